@@ -1,0 +1,26 @@
+"""``insightface-pwr heads``: the registered heads, their parameters and defaults."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from .registry import get_head_spec, list_heads
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("filter", nargs="?", default="", help="show only heads whose name contains this")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    specs = [get_head_spec(n) for n in list_heads(args.filter)]
+    if args.json:
+        print(json.dumps([{"name": s.name, "consumes": s.consumes, "paper": s.paper, "summary": s.summary,
+                           "params": {k: repr(v) for k, v in s.defaults().items()}} for s in specs], indent=2))
+        return 0
+    for s in specs:
+        print(f"{s.name}  [{s.consumes}]  {s.summary}")
+        print(f"    params: {s.describe_params() or '(none)'}")
+        if s.paper:
+            print(f"    paper:  {s.paper}")
+    return 0
