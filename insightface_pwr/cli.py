@@ -13,6 +13,7 @@ from typing import List, Optional
 # name -> (module, help). The module defines add_arguments(parser) and run(args) -> int.
 _SUBCOMMANDS = {
     "heads": ("insightface_pwr.cli_heads", "list the registered distillation heads with their parameters"),
+    "patch": ("insightface_pwr.cli_patch", "patch arcface_torch for distillation (--check, --revert)"),
 }
 
 
