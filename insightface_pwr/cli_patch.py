@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     target = args.arcface_dir
     n_hunks = sum(len(f.hunks) for f in patch_set.files)
-    listing = ", ".join(f"{f.path} ({'new file' if f.is_new else f'{len(f.hunks)} hunks'})"
-                        for f in patch_set.files)
+    listing = ", ".join(f"{f.path} (" + ("new file" if f.is_new else f"{len(f.hunks)} hunk" + "s" * (len(f.hunks) > 1))
+                        + ")" for f in patch_set.files)
     try:
         if args.check:
             patching.plan(target, patch_set, revert=args.revert)
