@@ -1,0 +1,111 @@
+"""The same contract checks for every registered head (inputs built from ``spec.consumes``)."""
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+
+import pytest
+import torch
+
+from insightface_pwr.registry import create_head, get_head_spec, list_heads
+
+N, D = 6, 5
+
+
+def make_inputs(name: str, n: int = N, dtype: torch.dtype = torch.float64, seed: int = 0) -> dict:
+    """Keyword inputs of head ``name``: embeddings (D_t = D_s + 1 unless the head needs equal sizes) or logits."""
+    spec = get_head_spec(name)
+    g = torch.Generator().manual_seed(seed)
+    if spec.consumes == "logits":
+        return {"student_logits": 5 * torch.randn(n, 7, generator=g, dtype=torch.float64).to(dtype),
+                "teacher_logits": 5 * torch.randn(n, 7, generator=g, dtype=torch.float64).to(dtype)}
+    dt = D if spec.cls.same_dim else D + 1
+    return {"student": torch.randn(n, D, generator=g, dtype=torch.float64).to(dtype),
+            "teacher": torch.randn(n, dt, generator=g, dtype=torch.float64).to(dtype)}
+
+
+def student_key(inputs: dict) -> str:
+    return next(iter(inputs))
+
+
+def run(name: str, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    key = student_key(inputs)
+    inputs = dict(inputs)
+    inputs[key] = inputs[key].clone().requires_grad_(True)
+    out = create_head(name)(**inputs)
+    out.backward()
+    return out, inputs[key].grad
+
+
+@pytest.fixture(params=list_heads())
+def name(request) -> str:
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_finite_scalar_with_gradient_to_the_student(name, dtype):
+    out, grad = run(name, make_inputs(name, dtype=dtype))
+    assert out.dim() == 0 and out.dtype == dtype and torch.isfinite(out)
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_single_sample(name):
+    spec = get_head_spec(name)
+    out, grad = run(name, make_inputs(name, n=1))
+    assert out.requires_grad and torch.isfinite(out) and torch.isfinite(grad).all()
+    if spec.consumes == "embeddings" and not spec.cls.same_dim:  # relational: no pair -> attached zero
+        assert out.item() == 0.0 and torch.equal(grad, torch.zeros_like(grad))
+
+
+def test_teacher_receives_no_gradient(name):
+    inputs = make_inputs(name)
+    s_key, t_key = list(inputs)
+    inputs[s_key].requires_grad_(True)
+    inputs[t_key].requires_grad_(True)
+    create_head(name)(**inputs).backward()
+    assert inputs[t_key].grad is None or not inputs[t_key].grad.any()
+
+
+def test_deterministic(name):
+    out1, grad1 = run(name, make_inputs(name, seed=3))
+    out2, grad2 = run(name, make_inputs(name, seed=3))
+    assert torch.equal(out1, out2) and torch.equal(grad1, grad2)
+
+
+def _bad_variants(x: torch.Tensor) -> list:
+    nan = x.clone()
+    nan[0, 0] = float("nan")
+    return [(x[0], ValueError, "2-D"), (x.unsqueeze(0), ValueError, "2-D"), (x.to(torch.int64), TypeError, "floating"),
+            (x[:0], ValueError, "empty"), (nan, ValueError, "non-finite")]
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_bad_input_errors_name_the_tensor_and_shape(name, which):
+    inputs = make_inputs(name)
+    key = list(inputs)[which]
+    head = create_head(name)
+    for bad, exc, what in _bad_variants(inputs[key]):
+        with pytest.raises(exc) as err:
+            head(**{**inputs, key: bad})
+        msg = str(err.value)
+        assert msg.startswith(key + " ") and what in msg and str(tuple(bad.shape)) in msg, msg
+
+
+def test_mismatched_batch_size(name):
+    inputs = make_inputs(name)
+    s_key, t_key = list(inputs)
+    short = inputs[t_key][:-1]
+    with pytest.raises(ValueError) as err:
+        create_head(name)(**{s_key: inputs[s_key], t_key: short})
+    msg = str(err.value)
+    assert s_key in msg and t_key in msg and str(tuple(inputs[s_key].shape)) in msg and str(tuple(short.shape)) in msg
+
+
+def test_docstring_cites_a_paper_and_shows_a_recipe(name):
+    spec = get_head_spec(name)
+    module_doc = inspect.getdoc(sys.modules[spec.cls.__module__]) or ""
+    assert re.search(r"\b(19|20)\d\d\b", spec.paper), spec.paper
+    assert spec.paper.split()[0].rstrip(",") in module_doc  # first author of the cited paper
+    assert f'name="{name}"' in module_doc  # a recipe snippet
+    assert spec.summary
