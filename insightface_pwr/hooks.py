@@ -1,0 +1,195 @@
+"""DistillHooks: what the training loop calls to add distillation. Generic: tensors and modules only.
+
+The patched arcface_torch ``train_v2.py`` (and the CPU host, ``insightface_pwr.host``) call, in this order
+(the contract in ``insightface_pwr/arcface.py``, which builds the hooks)::
+
+    lr_scheduler = hooks.lr_scheduler(lr_scheduler)           # replaced when the recipe has lr_schedule
+    start_epoch, global_step = hooks.resume(start_epoch, global_step)
+    for each step:
+        loss = hooks.step(global_step, img, local_embeddings, local_labels, loss)   # before backward
+        hooks.log(global_step, summary_writer)                # in the no_grad logging block
+    hooks.save(epoch, global_step)                            # BEFORE the loop's own checkpoint_gpu_{rank}.pt
+    hooks.end()
+
+``step`` returns ``classification_weight * loss + sum_k weight_k * head_k``: embedding heads see this rank's
+local batch (student embeddings N x D_s, teacher embeddings N x D_t); logit heads see the global batch's logits
+over this rank's classes (from ``logits.pair``). ``log`` writes the mean of each term over the last ``frequent``
+steps and over the ranks (one all_reduce every ``frequent`` steps). ``save`` writes the heads' state, the step and
+the RNG states to ``<output>/distill_gpu_{rank}.pt`` atomically, keeping the previous version; ``resume`` restores
+the version whose ``global_step`` equals the one the loop resumed from.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
+
+import torch
+from torch import distributed as dist
+from torch import nn
+
+from .checkpoint import CheckpointError, load_candidates, save_rotating
+
+__all__ = ["DistillHooks", "HeadTerm", "LogitSource", "STATE_FORMAT"]
+
+logger = logging.getLogger("insightface_pwr")
+STATE_FORMAT = "insightface_pwr.distill/1"
+
+
+class LogitSource(Protocol):
+    """Gives the student's and the teacher's logits of the current step (same rows, same classes)."""
+
+    def pair(self, teacher_embeddings: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclasses.dataclass
+class HeadTerm:
+    """One weighted term of the combined loss. ``fn(student, teacher) -> scalar``; ``module`` holds its state."""
+
+    name: str
+    weight: float
+    consumes: str  # "embeddings" | "logits"
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    module: nn.Module
+
+
+def _dist_on(world_size: int) -> bool:
+    return world_size > 1 and dist.is_available() and dist.is_initialized()
+
+
+class DistillHooks:
+    """The distillation side of a training loop (see the module docstring for the call order)."""
+
+    def __init__(self, *, teacher: Callable[[torch.Tensor], torch.Tensor], terms: List[HeadTerm],
+                 classification_weight: float, rank: int, world_size: int, output: str, resume: bool,
+                 frequent: int, formula: str, input_size: Tuple[int, int],
+                 logits: Optional[LogitSource] = None,
+                 make_lr_scheduler: Optional[Callable[[Any], Any]] = None) -> None:
+        self.teacher, self.terms, self.classification_weight = teacher, terms, float(classification_weight)
+        self.rank, self.world_size, self.output = rank, world_size, Path(output)
+        self.resume_enabled, self.frequent, self.formula = resume, frequent, formula
+        self.input_size, self.logits, self._make_lr_scheduler = tuple(input_size), logits, make_lr_scheduler
+        self.names = ["classification"] + [f"{t.name}" if [u.name for u in terms].count(t.name) == 1
+                                           else f"{t.name}_{i}" for i, t in enumerate(terms)] + ["total"]
+        self._sums = torch.zeros(len(self.names), dtype=torch.float64)
+        self._count = 0
+        self.last: Dict[str, float] = {}
+        if rank == 0:
+            logger.info("distillation: %s", formula)
+
+    # ---------------------------------------------------------------- parameters and schedule
+    def parameters(self) -> List[nn.Parameter]:
+        """The trainable parameters of the heads (possibly none)."""
+        return [p for t in self.terms for p in t.module.parameters() if p.requires_grad]
+
+    def lr_scheduler(self, upstream: Any) -> Any:
+        """The loop's scheduler, or the recipe's ``lr_schedule`` replacement built on the same optimizer."""
+        return upstream if self._make_lr_scheduler is None else self._make_lr_scheduler(upstream)
+
+    # ---------------------------------------------------------------- the step
+    def step(self, global_step: int, img: torch.Tensor, local_embeddings: torch.Tensor,
+             local_labels: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """The combined loss ``classification_weight * loss + sum_k weight_k * head_k`` (records each term)."""
+        if tuple(img.shape[-2:]) != self.input_size:
+            raise ValueError(f"the images are {tuple(img.shape[-2:])} (H, W) but config.distill.teacher.input_size "
+                             f"is {self.input_size}; set it to the training image size")
+        teacher_embeddings = self.teacher(img)
+        if teacher_embeddings.shape[0] != local_embeddings.shape[0]:
+            raise ValueError(f"teacher gave {teacher_embeddings.shape[0]} embeddings for a batch of "
+                             f"{local_embeddings.shape[0]} images (shape {tuple(teacher_embeddings.shape)})")
+        total = self.classification_weight * loss
+        values = [loss.detach().float()]
+        pair = None
+        for term in self.terms:
+            if term.consumes == "logits":
+                if pair is None:
+                    pair = self.logits.pair(teacher_embeddings)
+                value = term.fn(pair[0], pair[1])
+            else:
+                value = term.fn(local_embeddings, teacher_embeddings)
+            total = total + term.weight * value
+            values.append(value.detach().float())
+        values.append(total.detach().float())
+        self._sums += torch.stack(values).cpu().double()
+        self._count += 1
+        return total
+
+    # ---------------------------------------------------------------- logging
+    def log(self, global_step: int, summary_writer: Any = None) -> None:
+        """Every ``frequent`` steps: the mean of each term over those steps and over the ranks (all ranks call)."""
+        if global_step <= 0 or global_step % self.frequent != 0 or self._count == 0:
+            return
+        sums = torch.cat([self._sums, torch.tensor([float(self._count)], dtype=torch.float64)])
+        if _dist_on(self.world_size):
+            dist.all_reduce(sums)
+        means = (sums[:-1] / sums[-1]).tolist()
+        self.last = dict(zip(self.names, means))
+        self._sums.zero_()
+        self._count = 0
+        if self.rank == 0:
+            logger.info("distill step %d   %s", global_step,
+                        "   ".join(f"{k} {v:.6f}" for k, v in self.last.items()))
+            if summary_writer is not None:
+                for k, v in self.last.items():
+                    summary_writer.add_scalar(f"distill/{k}", v, global_step)
+
+    # ---------------------------------------------------------------- checkpoint and resume
+    @property
+    def state_path(self) -> Path:
+        return self.output / f"distill_gpu_{self.rank}.pt"
+
+    def state_dict(self, epoch: int, global_step: int) -> Dict[str, Any]:
+        state: Dict[str, Any] = {"format": STATE_FORMAT, "epoch": int(epoch), "global_step": int(global_step),
+                                 "world_size": self.world_size, "rank": self.rank,
+                                 "heads": [t.module.state_dict() for t in self.terms],
+                                 "rng_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["rng_cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def save(self, epoch: int, global_step: int) -> None:
+        """Write this rank's distillation state atomically (the previous version is kept as ``.prev``)."""
+        save_rotating(self.state_dict(epoch, global_step), self.state_path)
+
+    def resume(self, start_epoch: int, global_step: int) -> Tuple[int, int]:
+        """When ``cfg.resume``: restore the saved state of step ``global_step``; returns the pair unchanged."""
+        if not self.resume_enabled:
+            return start_epoch, global_step
+        candidates = load_candidates(self.state_path, "distillation state")
+        if not candidates:
+            if self.parameters():
+                raise CheckpointError(f"resume: {str(self.state_path)!r} not found, and the heads have "
+                                      f"parameters that only it holds")
+            logger.warning("resume: no %s; the heads have no state, continuing", self.state_path)
+            return start_epoch, global_step
+        for state in candidates:
+            if state.get("format") != STATE_FORMAT:
+                raise CheckpointError(f"{str(self.state_path)!r} is not a distillation state "
+                                      f"(format {state.get('format')!r}, expected {STATE_FORMAT!r})")
+        match = [s for s in candidates if s["global_step"] == global_step]
+        if not match:
+            raise CheckpointError(
+                f"resume from step {global_step}: {str(self.state_path)!r} holds steps "
+                f"{[s['global_step'] for s in candidates]} only. hooks.save must run BEFORE the loop's own "
+                f"checkpoint is written, so that a kill between the two leaves a matching pair")
+        state = match[0]
+        if state["world_size"] != self.world_size or len(state["heads"]) != len(self.terms):
+            raise CheckpointError(f"{str(self.state_path)!r} was written by {state['world_size']} process(es) with "
+                                  f"{len(state['heads'])} head(s); this run has {self.world_size} and "
+                                  f"{len(self.terms)}")
+        for term, sd in zip(self.terms, state["heads"]):
+            term.module.load_state_dict(sd)
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        if self.rank == 0:
+            logger.info("resumed distillation state of epoch %d, step %d", state["epoch"], global_step)
+        return start_epoch, global_step
+
+    def end(self) -> None:
+        """Undo what the build installed (partial FC's margin_softmax observer)."""
+        if self.logits is not None:
+            self.logits.close()

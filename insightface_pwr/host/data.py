@@ -1,0 +1,67 @@
+"""The host's data: a pluggable dataset and arcface_torch's sampling (DistributedSampler, drop_last).
+
+- ``cfg.rec == "synthetic"``: :class:`SyntheticFaces`, ``cfg.num_image`` images of ``cfg.image_size`` (H, W)
+  (host key, default 112 x 112) in ``cfg.num_classes`` classes: image i has label i % C and is its class's fixed
+  random pattern plus noise, in [-1, 1] like arcface_torch's normalised images. Deterministic given ``cfg.seed``.
+- a RecordIO folder: the data layer's face dataset (``insightface_pwr.data.FaceDataset``) when it exists.
+
+:func:`epoch_batches` mirrors ``DistributedSampler(shuffle=True, seed)`` + ``drop_last=True``: a permutation
+drawn from a generator seeded with seed + epoch (never the global RNG), padded to a multiple of the world size,
+rank r takes every W-th index from r; ``num_image // (batch_size * W)`` batches per epoch, as upstream counts.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Tuple
+
+import torch
+
+__all__ = ["SyntheticFaces", "build_dataset", "epoch_batches", "steps_per_epoch"]
+
+
+class SyntheticFaces(torch.utils.data.Dataset):
+    """In-memory class-conditional random images (N x 3 x H x W float32 in [-1, 1]) and int64 labels."""
+
+    def __init__(self, num_image: int, num_classes: int, image_size: Tuple[int, int], seed: int) -> None:
+        g = torch.Generator().manual_seed(int(seed))
+        h, w = image_size
+        protos = torch.rand(num_classes, 3, h, w, generator=g) * 2 - 1
+        self.labels = torch.arange(num_image) % num_classes
+        noise = torch.randn(num_image, 3, h, w, generator=g) * 0.3
+        self.images = (protos[self.labels] + noise).clamp(-1, 1)
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.labels[i]
+
+
+def build_dataset(cfg: Any) -> torch.utils.data.Dataset:
+    """The dataset named by ``cfg.rec``."""
+    size = cfg.get("image_size", (112, 112))
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if cfg.rec == "synthetic":
+        return SyntheticFaces(cfg.num_image, cfg.num_classes, size, cfg.seed)
+    from .. import data
+    if not hasattr(data, "FaceDataset"):
+        raise ValueError(f"config.rec = {cfg.rec!r}: the CPU host reads RecordIO folders through "
+                         f"insightface_pwr.data.FaceDataset, which this version does not have; use 'synthetic'")
+    return data.FaceDataset(cfg.rec)
+
+
+def steps_per_epoch(num_items: int, world_size: int, batch_size: int) -> int:
+    """Batches per epoch and rank, as :func:`epoch_batches` yields them."""
+    return -(-num_items // world_size) // batch_size
+
+
+def epoch_batches(dataset: torch.utils.data.Dataset, epoch: int, seed: int, rank: int, world_size: int,
+                  batch_size: int, skip: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's batches of ``epoch`` (the first ``skip`` left out, for a mid-epoch resume)."""
+    n = len(dataset)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + int(epoch))).tolist()
+    total = -(-n // world_size) * world_size
+    perm += perm[: total - n]
+    mine = perm[rank:total:world_size]
+    for b in range(skip, len(mine) // batch_size):
+        items = [dataset[i] for i in mine[b * batch_size:(b + 1) * batch_size]]
+        yield torch.stack([x for x, _ in items]), torch.stack([torch.as_tensor(y) for _, y in items])

@@ -1,0 +1,207 @@
+"""The CPU host's training loop: arcface_torch's ``train_v2.py`` step by step, on CPU with gloo.
+
+It mirrors upstream's ``main()`` (commit 0159b24d) in order, so that the distillation hooks are driven exactly as
+the patched upstream script drives them: config -> seed -> data -> backbone in DDP (``find_unused_parameters``,
+static graph) -> margin softmax + partial FC -> optimizer (backbone group first, partial FC last) ->
+``build_hooks`` -> total/warmup steps -> polynomial warmup lr -> ``hooks.lr_scheduler`` -> resume ->
+``hooks.resume`` -> loop: ``backbone(img)``, ``partial_fc(emb, labels)``, ``hooks.step``, backward, gradient
+accumulation with ``clip_grad_norm_(backbone, 5)``, ``lr_scheduler.step()`` every step, logging every ``frequent``
+steps, ``hooks.log`` -> per epoch ``hooks.save`` then ``checkpoint_gpu_{rank}.pt`` (``save_all_states``) and
+``model.pt`` (rank 0) -> ``hooks.end``.
+
+Differences, all small: CPU and fp32 only (no GradScaler, no fp16 comm hook, no DALI, no verification callback);
+checkpoints are atomic and keep their previous version; the host can also save every ``cfg.save_every_steps``
+steps and resume in the middle of an epoch (upstream saves per epoch); rank 0 appends every step's loss to
+``<output>/host_losses.jsonl`` (what the resume tests compare). Host-only config keys: ``image_size`` (H, W),
+``save_every_steps`` (0: per epoch only), ``host_threads`` (torch threads per process, default 1).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import distributed as dist
+
+from ..checkpoint import CheckpointError, atomic_save, load_candidates, save_rotating
+from ..lr_schedules import PolynomialWarmupLR
+from .backbones import get_model
+from .data import build_dataset, epoch_batches, steps_per_epoch
+from .partial_fc import MarginSoftmax, PartialFC
+
+__all__ = ["run_host", "train_process"]
+
+logger = logging.getLogger("insightface_pwr.host")
+
+
+def _setup_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _init_logging(rank: int, output: Path) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_insightface_pwr_host", False):
+            root.removeHandler(h)
+    if rank != 0:
+        root.setLevel(logging.WARNING)
+        return
+    root.setLevel(logging.INFO)
+    fmt = logging.Formatter("Training: %(asctime)s-%(message)s")
+    for h in (logging.StreamHandler(sys.stdout), logging.FileHandler(output / "training.log")):
+        h.setFormatter(fmt)
+        h._insightface_pwr_host = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+
+
+def _fault_after_step(global_step: int) -> None:
+    fault = os.environ.get("INSIGHTFACE_PWR_FAULT", "")
+    if fault.startswith("kill_after_step:") and global_step == int(fault.split(":", 1)[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _resume(output: Path, rank: int, world_size: int, backbone: Any, pfc: Any, opt: Any,
+            lr_scheduler: Any) -> Tuple[int, int]:
+    """Load the newest checkpoint that EVERY rank completed (ranks are at most one save apart)."""
+    path = output / f"checkpoint_gpu_{rank}.pt"
+    candidates = load_candidates(path, "host checkpoint")
+    newest = torch.tensor([max((c["global_step"] for c in candidates), default=-1)])
+    if world_size > 1:
+        dist.all_reduce(newest, dist.ReduceOp.MIN)
+    step = int(newest)
+    match = [c for c in candidates if c["global_step"] == step]
+    if step < 0 or not match:
+        raise CheckpointError(f"resume: no checkpoint common to all ranks in {str(output)!r} "
+                              f"(rank {rank} has steps {[c['global_step'] for c in candidates]})")
+    ckpt = match[0]
+    backbone.module.load_state_dict(ckpt["state_dict_backbone"])
+    pfc.load_state_dict(ckpt["state_dict_softmax_fc"])
+    opt.load_state_dict(ckpt["state_optimizer"])
+    lr_scheduler.load_state_dict(ckpt["state_lr_scheduler"])
+    return int(ckpt["epoch"]), int(ckpt["global_step"])
+
+
+def run_host(cfg: Any, rank: int, world_size: int) -> int:
+    """Train with ``cfg`` (a loaded recipe) in an initialised gloo process group; returns the last global step."""
+    torch.set_num_threads(int(cfg.get("host_threads", 1)))
+    _setup_seed(cfg.seed)
+    output = Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    _init_logging(rank, output)
+
+    dataset = build_dataset(cfg)
+    backbone = get_model(cfg.network, dropout=0.0, fp16=False, num_features=cfg.embedding_size)
+    backbone = torch.nn.parallel.DistributedDataParallel(module=backbone, broadcast_buffers=False,
+                                                         find_unused_parameters=True)
+    backbone.train()
+    backbone._set_static_graph()
+
+    margin_loss = MarginSoftmax(64, *cfg.margin_list)
+    module_partial_fc = PartialFC(margin_loss, cfg.embedding_size, cfg.num_classes, cfg.sample_rate)
+    module_partial_fc.train()
+    groups = [{"params": backbone.parameters()}, {"params": module_partial_fc.parameters()}]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        raise ValueError(f"config.optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
+
+    distill_hooks = None
+    if cfg.get("distill") is not None:
+        from ..arcface import build_hooks
+        distill_hooks = build_hooks(cfg, backbone=backbone, partial_fc=module_partial_fc, optimizer=opt,
+                                    rank=rank, world_size=world_size, local_rank=rank, model_factory=get_model)
+
+    cfg.total_batch_size = cfg.batch_size * world_size
+    cfg.warmup_step = cfg.num_image // cfg.total_batch_size * cfg.warmup_epoch
+    cfg.total_step = cfg.num_image // cfg.total_batch_size * cfg.num_epoch
+    lr_scheduler = PolynomialWarmupLR(opt, cfg.warmup_step, cfg.total_step)
+    if distill_hooks:
+        lr_scheduler = distill_hooks.lr_scheduler(lr_scheduler)
+
+    start_epoch, global_step = 0, 0
+    if cfg.resume:
+        start_epoch, global_step = _resume(output, rank, world_size, backbone, module_partial_fc, opt, lr_scheduler)
+    if distill_hooks:
+        start_epoch, global_step = distill_hooks.resume(start_epoch, global_step)
+
+    def save(epoch: int) -> None:
+        if distill_hooks:  # first: a kill between the two saves leaves a distill state matching the checkpoint
+            distill_hooks.save(epoch, global_step)
+        save_rotating({"epoch": epoch, "global_step": global_step,
+                       "state_dict_backbone": backbone.module.state_dict(),
+                       "state_dict_softmax_fc": module_partial_fc.state_dict(),
+                       "state_optimizer": opt.state_dict(),
+                       "state_lr_scheduler": lr_scheduler.state_dict()}, output / f"checkpoint_gpu_{rank}.pt")
+
+    spe = steps_per_epoch(len(dataset), world_size, cfg.batch_size)
+    save_every = int(cfg.get("save_every_steps", 0))
+    loss_log = open(output / "host_losses.jsonl", "a") if rank == 0 else None
+    loss_sum, loss_n = 0.0, 0
+    try:
+        for epoch in range(start_epoch, cfg.num_epoch):
+            skip = max(0, global_step - epoch * spe)
+            for img, local_labels in epoch_batches(dataset, epoch, cfg.seed, rank, world_size, cfg.batch_size,
+                                                   skip):
+                global_step += 1
+                local_embeddings = backbone(img)
+                loss = module_partial_fc(local_embeddings, local_labels)
+                if distill_hooks:
+                    loss = distill_hooks.step(global_step, img, local_embeddings, local_labels, loss)
+                loss.backward()
+                if global_step % cfg.gradient_acc == 0:
+                    torch.nn.utils.clip_grad_norm_(backbone.parameters(), 5)
+                    opt.step()
+                    opt.zero_grad()
+                lr_scheduler.step()
+
+                with torch.no_grad():
+                    value = loss.item()
+                    loss_sum, loss_n = loss_sum + value, loss_n + 1
+                    if rank == 0 and global_step % cfg.frequent == 0:
+                        logger.info("Loss %.4f   LearningRate %.6f   Epoch: %d   Global Step: %d", loss_sum / loss_n,
+                                    lr_scheduler.get_last_lr()[0], epoch, global_step)
+                        loss_sum, loss_n = 0.0, 0
+                    if distill_hooks:
+                        distill_hooks.log(global_step, None)
+                    if loss_log is not None:
+                        loss_log.write(json.dumps({"step": global_step, "epoch": epoch, "loss": value,
+                                                   "lr": lr_scheduler.get_last_lr()[0]}) + "\n")
+                        loss_log.flush()
+                _fault_after_step(global_step)
+                if save_every and global_step % save_every == 0:
+                    save(epoch)
+
+            if cfg.save_all_states:
+                save(epoch + 1)
+            if rank == 0:
+                atomic_save(backbone.module.state_dict(), output / "model.pt")
+    finally:
+        if loss_log is not None:
+            loss_log.close()
+    if distill_hooks:
+        distill_hooks.end()
+    return global_step
+
+
+def train_process(rank: int, world_size: int, recipe: str, init_method: str,
+                  overrides: Optional[dict] = None) -> None:
+    """Entry point of one host process: init gloo, load the recipe (plus ``overrides``), train, clean up."""
+    from ..recipe import load_recipe
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
+    try:
+        cfg = load_recipe(recipe)
+        cfg.update(overrides or {})
+        run_host(cfg, rank, world_size)
+    finally:
+        dist.destroy_process_group()

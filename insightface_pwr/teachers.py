@@ -1,0 +1,175 @@
+"""Frozen teachers: a callable ``teacher(images) -> embeddings`` that never builds a graph.
+
+Three kinds of file:
+- a backbone ``state_dict`` (arcface_torch's ``model.pt``, or a ``checkpoint_gpu_*.pt`` holding
+  ``state_dict_backbone``), built with a model factory (upstream's ``get_model`` inside arcface_torch);
+- a TorchScript file (``torch.jit.load``);
+- an ONNX file, run by onnxruntime (float32 in, float32 out; CUDA provider when the images are on CUDA and
+  onnxruntime has it).
+Every teacher is in eval mode with ``requires_grad`` off and runs under ``torch.no_grad()``; the embeddings come
+back as float32 on the images' device. ``fp16`` (module teachers on CUDA only) runs the module under autocast.
+
+Input convention: the teacher sees the student's images unchanged (arcface_torch feeds (pixel/255 - 0.5)/0.5, NCHW
+RGB float32); a teacher trained with another normalisation must be exported with it built in.
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, safe_load
+
+__all__ = ["Teacher", "ModuleTeacher", "OnnxTeacher", "load_teacher", "detect_format", "load_weights_strict",
+           "TeacherError", "extract_backbone_state"]
+
+
+class TeacherError(ValueError):
+    """The teacher (or student_init) file is missing or does not fit the network."""
+
+
+class Teacher:
+    """A frozen embedding function. ``__call__(images: N x 3 x H x W) -> N x D float32``, no graph."""
+
+    kind = "teacher"
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class ModuleTeacher(Teacher):
+    """A torch module (built from a state_dict, or TorchScript), frozen."""
+
+    def __init__(self, module: nn.Module, kind: str, fp16: bool = False) -> None:
+        self.module = module.eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.kind, self.fp16 = kind, fp16
+
+    def to(self, device: torch.device) -> "ModuleTeacher":
+        self.module.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.fp16:
+            with torch.autocast(device_type="cuda", dtype=torch.float16):
+                out = self.module(images)
+        else:
+            out = self.module(images)
+        return out.float()
+
+
+class OnnxTeacher(Teacher):
+    """An ONNX model run by onnxruntime (first input, output ``embedding`` or else the first output)."""
+
+    kind = "onnx"
+
+    def __init__(self, path: Path) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # pragma: no cover  (onnxruntime is in the test and onnx extras)
+            raise TeacherError(f"teacher {str(path)!r} is an ONNX file: install onnxruntime "
+                               f"(pip install insightface-pwr[onnx])") from e
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                     if p in ort.get_available_providers()]
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as e:  # noqa: BLE001  (onnxruntime raises its own exception types)
+            raise TeacherError(f"cannot load ONNX teacher {str(path)!r}: {type(e).__name__}: {e}") from e
+        self.input_name = self.session.get_inputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output_name = "embedding" if "embedding" in outputs else outputs[0]
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.detach().float().cpu().contiguous().numpy()
+        (out,) = self.session.run([self.output_name], {self.input_name: x})
+        return torch.from_numpy(out).float().to(images.device)
+
+
+def detect_format(path: Path) -> str:
+    """"onnx" (suffix .onnx), "torchscript" (a zip archive with a ``code/`` folder) or "state_dict"."""
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if any("/code/" in n for n in z.namelist()):
+                return "torchscript"
+    return "state_dict"
+
+
+def extract_backbone_state(obj: Any, path: Path, what: str) -> Dict[str, torch.Tensor]:
+    """The backbone state_dict in ``obj``: a plain state_dict, or an arcface_torch ``checkpoint_gpu_*.pt``
+    (``state_dict_backbone``); a ``module.`` prefix (DDP) is removed."""
+    if isinstance(obj, Mapping) and "state_dict_backbone" in obj:
+        obj = obj["state_dict_backbone"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise TeacherError(f"{what} {str(path)!r} is not a state_dict (a dict of tensors) nor an arcface_torch "
+                           f"checkpoint with 'state_dict_backbone'")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def load_weights_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Load ``state`` into ``module``; any missing, unexpected or wrongly shaped key is a TeacherError that
+    lists them all (names and shapes)."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        def show(xs: list) -> str:
+            return ", ".join(xs[:20]) + (f", ... ({len(xs)} in all)" if len(xs) > 20 else "") if xs else "none"
+        raise TeacherError(f"{what} does not fit the network (architecture mismatch): missing keys: "
+                           f"{show(missing)}; unexpected keys: {show(unexpected)}; shape mismatches: {show(shapes)}")
+    module.load_state_dict(state, strict=True)
+
+
+def load_teacher(spec: Mapping[str, Any], model_factory: Optional[Callable[..., nn.Module]],
+                 device: torch.device) -> Teacher:
+    """Build the frozen teacher described by ``config.distill.teacher`` (validated by the recipe loader).
+
+    ``model_factory(network, dropout=0.0, fp16=False, num_features=D)`` builds a backbone by name (upstream's
+    ``get_model``); needed only for a state_dict teacher."""
+    path = Path(spec["weights"])
+    if not path.is_file():
+        raise TeacherError(f"config.distill.teacher.weights: teacher file not found: {str(path)!r}")
+    fmt = spec.get("format", "auto")
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    fp16 = bool(spec.get("fp16", False))
+    if fp16 and (device.type != "cuda" or fmt == "onnx"):
+        raise TeacherError(f"config.distill.teacher.fp16 needs a torch teacher on CUDA (format {fmt!r}, "
+                           f"device {device}); set fp16=False")
+    if fmt == "onnx":
+        return OnnxTeacher(path)
+    if fmt == "torchscript":
+        try:
+            module = torch.jit.load(str(path), map_location=device)
+        except Exception as e:  # noqa: BLE001
+            raise TeacherError(f"cannot load TorchScript teacher {str(path)!r}: {type(e).__name__}: {e}") from e
+        return ModuleTeacher(module, "torchscript", fp16)
+    network = spec.get("network")
+    if not network:
+        raise TeacherError(f"config.distill.teacher.network is required for the state_dict teacher {str(path)!r} "
+                           f"(the arcface_torch backbone name, e.g. 'r50')")
+    if model_factory is None:
+        raise TeacherError("a state_dict teacher needs a model factory (upstream get_model); none was given")
+    try:
+        state = extract_backbone_state(safe_load(path, "teacher weights"), path, "teacher weights")
+    except CheckpointError as e:
+        raise TeacherError(str(e)) from e
+    kwargs: Dict[str, Any] = {"dropout": 0.0, "fp16": False}
+    if spec.get("embedding_size") is not None:
+        kwargs["num_features"] = spec["embedding_size"]
+    try:
+        module = model_factory(network, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise TeacherError(f"config.distill.teacher.network: cannot build {network!r}: {type(e).__name__}: {e}") from e
+    if module is None:
+        raise TeacherError(f"config.distill.teacher.network: unknown network {network!r}")
+    load_weights_strict(module, state, f"teacher weights {str(path)!r} for network {network!r}")
+    return ModuleTeacher(module.to(device), "state_dict", fp16)
