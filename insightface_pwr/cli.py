@@ -14,6 +14,7 @@ from typing import List, Optional
 _SUBCOMMANDS = {
     "heads": ("insightface_pwr.cli_heads", "list the registered distillation heads with their parameters"),
     "patch": ("insightface_pwr.cli_patch", "patch arcface_torch for distillation (--check, --revert)"),
+    "train": ("insightface_pwr.host.launch", "train a recipe on the CPU host (gloo processes; mirrors train_v2.py)"),
 }
 
 
