@@ -235,10 +235,18 @@ def build_hooks(cfg: Any, backbone: nn.Module, partial_fc: nn.Module, optimizer:
     cfg.distill = d = validate_distill(cfg.distill)
     device = next(backbone.parameters()).device
     factory = model_factory or _upstream_get_model()
-    teacher = load_teacher(d.teacher, factory, device)
+    spec = dict(d.teacher)
+    if spec["embedding_size"] is None:  # a state_dict teacher is built at the student's size unless told otherwise
+        spec["embedding_size"] = cfg.embedding_size
+    if d.teacher.cache is not None:  # look embeddings up by record key (insightface_pwr.teacher_cache)
+        from .teacher_cache import open_cached_teacher
+        teacher = open_cached_teacher(d.teacher, cfg.get("rec"))
+    else:
+        teacher = load_teacher(spec, factory, device)
 
     h, w = d.teacher.input_size
-    teacher_dim = teacher(torch.zeros(2, 3, h, w, device=device)).shape[1]
+    teacher_dim = (getattr(teacher, "embedding_size", None)
+                   or teacher(torch.zeros(2, 3, h, w, device=device)).shape[1])
     if d.teacher.embedding_size is not None and d.teacher.embedding_size != teacher_dim:
         raise TeacherError(f"config.distill.teacher.embedding_size is {d.teacher.embedding_size} but the teacher "
                            f"gives {teacher_dim}-d embeddings")

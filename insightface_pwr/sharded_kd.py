@@ -40,14 +40,15 @@ class ShardedHKDFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, student: torch.Tensor, teacher: torch.Tensor, temperature: float,
                 group: Optional[Any]) -> torch.Tensor:
-        log_ps = _global_log_softmax(student.float() / temperature, group)
-        log_pt = _global_log_softmax(teacher.float() / temperature, group)
+        dtype = torch.promote_types(student.dtype, torch.float32)  # half precision is computed in float32
+        log_ps = _global_log_softmax(student.to(dtype) / temperature, group)
+        log_pt = _global_log_softmax(teacher.to(dtype) / temperature, group)
         pt = log_pt.exp()
         rows = _all_reduce((pt * (log_pt - log_ps)).sum(dim=1), dist.ReduceOp.SUM, group)
         ctx.save_for_backward(log_ps.exp() - pt)
         ctx.scale = 1.0 / (temperature * student.shape[0])
         ctx.dtype = student.dtype
-        return rows.mean()
+        return rows.mean().to(student.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
