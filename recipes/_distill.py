@@ -1,0 +1,16 @@
+"""The shared distillation setup of every Table 1 row (not a row itself): teacher, student start, schedule.
+
+Each row recipe is ``load_base(__file__, "_distill.py")`` plus its loss terms (classification_weight and heads).
+"""
+from easydict import EasyDict as edict
+
+from insightface_pwr.recipe import load_base
+
+config = load_base(__file__, "student_r18.py")
+config.distill = edict(
+    teacher=edict(network="r50", weights="work_dirs/teacher_r50/model.pt", embedding_size=512),
+    student_init="work_dirs/student_r18/model.pt",   # "students start from the baseline student's weights"
+    # lr 0.1, divided by 10 every 2 epochs: 0.1 (epochs 0-1), 0.01 (2-3), ..., 1e-7 (epoch 12)
+    lr_schedule=edict(kind="step", every_epochs=2, factor=0.1),
+    classification_weight=1.0,                        # CosFace (beta in the paper's eq. 12); rows change it
+    heads=[])

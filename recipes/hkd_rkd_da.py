@@ -1,0 +1,8 @@
+"""Table 1, row "HKD + RKD-DA": L = 0.7 * CosFace + 0.3 * HKD(T = 4) + 100 * RKD-D + 200 * RKD-A."""
+from easydict import EasyDict as edict
+
+from insightface_pwr.recipe import load_base
+
+config = load_base(__file__, "hkd.py")
+config.distill.heads.append(edict(name="rkd_da", weight=100.0,   # rkd_d + 2 * rkd_a: 100 * D + 200 * A
+                                  params=edict(relation="euclidean", mean_normalize=False, huber_delta=1.0)))
