@@ -23,7 +23,8 @@ The ``distill`` section (defaults in brackets)::
                       classifier=None,         # folder (or list of files) of checkpoint_gpu_*.pt shards (HKD)
                       format="auto",           # "auto" | "state_dict" | "torchscript" | "onnx"
                       fp16=False,              # run the teacher in half precision (CUDA only)
-                      input_size=(112, 112)),  # H, W of the images, used to probe the teacher before training
+                      input_size=(112, 112),   # H, W of the images, used to probe the teacher before training
+                      cache=None),             # insightface-pwr cache-teacher output: look embeddings up instead
         student_init=None,                     # backbone weights to start the student from (model.pt)
         classification_weight=1.0,             # weight of partial FC's margin softmax loss (0: heads alone)
         heads=[edict(name="pwr", weight=100.0, params=edict())],
@@ -77,12 +78,12 @@ _ORDINARY_TYPES: Dict[str, tuple] = {
 }
 
 TEACHER_DEFAULTS: Dict[str, Any] = {"weights": None, "network": None, "embedding_size": None, "classifier": None,
-                                    "format": "auto", "fp16": False, "input_size": (112, 112)}
+                                    "format": "auto", "fp16": False, "input_size": (112, 112), "cache": None}
 DISTILL_DEFAULTS: Dict[str, Any] = {"teacher": None, "student_init": None, "classification_weight": 1.0,
                                     "heads": None, "inherit_classifier": False, "lr_schedule": None}
 _TEACHER_TYPES = {"weights": (str,), "network": _STR_NONE, "embedding_size": (int, type(None)),
                   "classifier": (str, list, tuple, type(None)), "format": (str,), "fp16": (bool,),
-                  "input_size": (list, tuple)}
+                  "input_size": (list, tuple), "cache": _STR_NONE}
 _DISTILL_TYPES = {"teacher": (dict,), "student_init": _STR_NONE, "classification_weight": _NUM,
                   "heads": (list, tuple), "inherit_classifier": (bool,), "lr_schedule": (dict, type(None))}
 TEACHER_FORMATS = ("auto", "state_dict", "torchscript", "onnx")
