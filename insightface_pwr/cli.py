@@ -15,6 +15,7 @@ _SUBCOMMANDS = {
     "heads": ("insightface_pwr.cli_heads", "list the registered distillation heads with their parameters"),
     "patch": ("insightface_pwr.cli_patch", "patch arcface_torch for distillation (--check, --revert)"),
     "train": ("insightface_pwr.host.launch", "train a recipe on the CPU host (gloo processes; mirrors train_v2.py)"),
+    "cache-teacher": ("insightface_pwr.cli_cache", "cache a frozen teacher's embeddings of a RecordIO set (float16)"),
     "check": ("insightface_pwr.cli_check", "validate a recipe (no GPU, data or teacher needed): effective config and loss formula"),
 }
 
