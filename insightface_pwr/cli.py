@@ -13,6 +13,7 @@ from typing import List, Optional
 # name -> (module, help). The module defines add_arguments(parser) and run(args) -> int.
 _SUBCOMMANDS = {
     "heads": ("insightface_pwr.cli_heads", "list the registered distillation heads with their parameters"),
+    "eval": ("insightface_pwr.evaluate", "verification accuracy of an embedding model on InsightFace .bin files"),
     "patch": ("insightface_pwr.cli_patch", "patch arcface_torch for distillation (--check, --revert)"),
     "train": ("insightface_pwr.host.launch", "train a recipe on the CPU host (gloo processes; mirrors train_v2.py)"),
     "cache-teacher": ("insightface_pwr.cli_cache", "cache a frozen teacher's embeddings of a RecordIO set (float16)"),

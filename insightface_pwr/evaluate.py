@@ -1,0 +1,122 @@
+"""``insightface-pwr eval``: verification accuracy of an embedding model on InsightFace ``.bin`` files.
+
+Per ``.bin``: the 10-fold accuracy with plain and flip-summed embeddings (mean and std over folds), TPR at the
+FPRs the pair count supports and the ROC AUC (both on flip-summed embeddings), as in
+:mod:`insightface_pwr.data.verification_metrics`. Models: ONNX, TorchScript, or an arcface_torch backbone
+checkpoint (``model.pt`` or ``checkpoint_gpu_0.pt``) with ``--network NAME`` (its code comes from arcface_torch's
+``backbones`` package: run inside arcface_torch or pass ``--arcface-root``). Inputs are RGB, normalised as
+``(pixel - input_mean) / input_std``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from .data.embedding_models import EmbeddingModel, TorchEmbeddingModel, embed_images, load_embedding_model
+from .data.verification_bin import decode_bin_images, load_bin
+from .data.verification_metrics import VerificationResult, evaluate_verification
+
+__all__ = ["add_arguments", "run", "evaluate_bin", "load_checkpoint_model"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="ONNX file, TorchScript file, or arcface_torch checkpoint "
+                                                        "(with --network)")
+    parser.add_argument("--bin", required=True, action="append", dest="bins", metavar="PATH",
+                        help="an InsightFace verification .bin (repeat for several)")
+    parser.add_argument("--input-mean", type=float, default=127.5, help="input = (pixel - mean) / std (default 127.5)")
+    parser.add_argument("--input-std", type=float, default=127.5, help="(default 127.5, arcface_torch's)")
+    parser.add_argument("--network", default=None, help="arcface_torch backbone name for a checkpoint (e.g. r50, mbf)")
+    parser.add_argument("--num-features", type=int, default=512, help="embedding size of --network (default 512)")
+    parser.add_argument("--arcface-root", default=None, help="arcface_torch directory (for --network)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--folds", type=int, default=10)
+    parser.add_argument("--image-size", type=int, default=112)
+    parser.add_argument("--limit-pairs", type=int, default=None, help="use only the first N pairs of each .bin")
+    parser.add_argument("--device", default="cpu", help="torch device for TorchScript/checkpoints (default cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's setting)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list, one object per .bin")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def load_checkpoint_model(path: str, network: str, num_features: int = 512, arcface_root: Optional[str] = None,
+                          input_mean: float = 127.5, input_std: float = 127.5, device: str = "cpu"
+                          ) -> EmbeddingModel:
+    """An arcface_torch backbone from ``backbones.get_model(network)`` with the weights of a checkpoint."""
+    root = os.path.abspath(arcface_root or os.getcwd())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        from backbones import get_model  # arcface_torch's package
+    except ImportError as e:
+        raise ImportError(f"--network needs arcface_torch's 'backbones' package; not importable from {root} "
+                          f"(pass --arcface-root)") from e
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict_backbone" in state:
+        state = state["state_dict_backbone"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state_dict (or a checkpoint with 'state_dict_backbone'), got "
+                         f"{type(state).__name__}")
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    backbone = get_model(network, dropout=0.0, fp16=False, num_features=num_features)
+    backbone.load_state_dict(state, strict=True)
+    return TorchEmbeddingModel(backbone, input_mean, input_std, device)
+
+
+def evaluate_bin(model: EmbeddingModel, path: str, batch_size: int = 64, folds: int = 10, image_size: int = 112,
+                 limit_pairs: Optional[int] = None, progress: bool = True) -> VerificationResult:
+    """Embed every image of a ``.bin`` and its mirror image, then compute the verification metrics."""
+    vbin = load_bin(path)
+    if limit_pairs is not None:
+        vbin.images, vbin.issame = vbin.images[:2 * limit_pairs], vbin.issame[:limit_pairs]
+    name = vbin.name
+    plain = embed_images(model, decode_bin_images(vbin, image_size), batch_size, progress, f"{name}")
+    flipped = embed_images(model, decode_bin_images(vbin, image_size, flip=True), batch_size, progress,
+                           f"{name} (flip)")
+    return evaluate_verification(name, plain, vbin.issame, flipped=flipped, folds=folds)
+
+
+def _fmt(x: Optional[float], pct: bool = True) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{100 * x:.2f}" if pct else f"{x:.4f}"
+
+
+def format_table(results: List[VerificationResult]) -> str:
+    fprs = sorted({k for r in results for k in r.tpr_at_fpr}, key=float, reverse=True)
+    head = ["set", "pairs", "acc %", "acc flip %", *[f"TPR@FPR={f}" for f in fprs], "AUC"]
+    rows = [[r.name, str(r.pairs), f"{_fmt(r.accuracy)} +- {_fmt(r.accuracy_std)}",
+             f"{_fmt(r.accuracy_flip)} +- {_fmt(r.accuracy_flip_std)}",
+             *[_fmt(r.tpr_at_fpr.get(f)) for f in fprs], _fmt(r.auc, pct=False)] for r in results]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.network:
+        model = load_checkpoint_model(args.model, args.network, args.num_features, args.arcface_root,
+                                      args.input_mean, args.input_std, args.device)
+    else:
+        model = load_embedding_model(args.model, args.input_mean, args.input_std, args.device)
+    results = []
+    for path in args.bins:
+        start = time.perf_counter()
+        results.append(evaluate_bin(model, path, args.batch_size, args.folds, args.image_size, args.limit_pairs,
+                                    progress=not args.no_progress))
+        print(f"{path}: {results[-1].pairs} pairs in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        print(format_table(results))
+    return 0
