@@ -15,6 +15,18 @@ the MEAN of l(x_pq) over those pairs of pairs:
 
 A batch with no strictly ordered pair (N < 3 or all teacher relations equal) gives a zero attached to the graph.
 
+Computation (``method``): ``"fast"`` is exact in O(M log M) time and O(M) memory for ``diff``, ``exp`` and
+``power`` with integer 1 <= p <= 8 (``pwr_fast.py`` explains the decomposition); ``"tiled"`` is exact for every
+inversion (``ranknet``, non-integer p) in O(M^2) time and O(M + tile^2) memory; ``"dense"`` is the O(M^2)-memory
+reference ``pwr_loss_dense``; ``"auto"`` (default) takes ``fast`` where it applies, else ``tiled``. No method
+approximates. Sums run in float64 (the loss and its gradient come back in the input dtype).
+
+Scope (``scope``): ``"local"`` ranks the pairs of this rank's batch; ``"global"`` all-gathers the student
+embeddings (with gradient) and the teacher embeddings over the process group and ranks the pairs of the whole
+global batch (``insightface_pwr/distributed.py``): every rank returns the same global loss, and after DDP's
+gradient averaging the parameters receive exactly the gradient of that global loss. Without a process group
+(or with one rank) ``"global"`` is ``"local"``.
+
 Recipe use (the paper's best, PWR-Exp (teacher-diff), alone, weight 100)::
 
     config.distill.heads = [edict(name="pwr", weight=100.0,
@@ -27,14 +39,17 @@ from typing import Literal, Union
 import torch
 import torch.nn.functional as F
 
+from ..distributed import all_gather_no_grad, all_gather_with_grad, share_of_replicated_loss
 from ..registry import register_head
 from .base import EmbeddingHead, zero_loss
+from .pwr_fast import METHODS, pwr_loss
 from .relations import RELATIONS, normalize, pairwise_relations
 
-__all__ = ["PairwiseRankingLoss", "pwr_loss_dense", "INVERSIONS", "MARGINS"]
+__all__ = ["PairwiseRankingLoss", "pwr_loss_dense", "INVERSIONS", "MARGINS", "SCOPES"]
 
 INVERSIONS = ("diff", "power", "exp", "ranknet")
 MARGINS = ("teacher_std", "teacher_diff")
+SCOPES = ("local", "global")
 
 
 def _margin_value(margin: Union[float, str], t: torch.Tensor) -> Union[float, torch.Tensor]:
@@ -88,7 +103,9 @@ class PairwiseRankingLoss(EmbeddingHead):
     def __init__(self, relation: Literal["cosine", "euclidean"] = "cosine",
                  inversion: Literal["diff", "power", "exp", "ranknet"] = "exp",
                  margin: Union[float, Literal["teacher_std", "teacher_diff"]] = "teacher_diff",
-                 p: float = 1.0, beta: float = 1.0) -> None:
+                 p: float = 1.0, beta: float = 1.0,
+                 method: Literal["auto", "fast", "tiled", "dense"] = "auto",
+                 scope: Literal["local", "global"] = "local", tile: int = 4096) -> None:
         super().__init__()
         if relation not in RELATIONS:
             raise ValueError(f"pwr: relation must be one of {RELATIONS}, got {relation!r}")
@@ -100,8 +117,18 @@ class PairwiseRankingLoss(EmbeddingHead):
             raise ValueError(f"pwr: p must be > 0, got {p!r}")
         if not beta > 0:
             raise ValueError(f"pwr: beta must be > 0, got {beta!r}")
+        if method not in METHODS:
+            raise ValueError(f"pwr: method must be one of {METHODS}, got {method!r}")
+        if scope not in SCOPES:
+            raise ValueError(f"pwr: scope must be one of {SCOPES}, got {scope!r}")
+        if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+            raise ValueError(f"pwr: tile must be a positive int (pairs per block side), got {tile!r}")
+        if method == "fast":  # fail at construction, not at the first batch
+            from .pwr_fast import resolve_method
+            resolve_method(method, inversion, float(p))
         self.relation, self.inversion, self.margin, self.p, self.beta = relation, inversion, margin, float(p), float(beta)
-        self._param_names = ("relation", "inversion", "margin", "p", "beta")
+        self.method, self.scope, self.tile = method, scope, tile
+        self._param_names = ("relation", "inversion", "margin", "p", "beta", "method", "scope", "tile")
 
     def relations(self, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The pair relation vectors (s, t) of the normalised embeddings."""
@@ -109,7 +136,12 @@ class PairwiseRankingLoss(EmbeddingHead):
                 pairwise_relations(normalize(teacher), self.relation))
 
     def compute_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if self.scope == "global":
+            student = all_gather_with_grad(student, "pwr student embeddings")
+            teacher = all_gather_no_grad(teacher, "pwr teacher embeddings")
         s, t = self.relations(student, teacher)
         if s.numel() == 0:
-            return zero_loss(student)
-        return pwr_loss_dense(s, t, self.inversion, self.margin, self.p, self.beta)
+            loss = zero_loss(student)
+        else:
+            loss = pwr_loss(s, t, self.inversion, self.margin, self.p, self.beta, self.method, self.tile)
+        return share_of_replicated_loss(loss) if self.scope == "global" else loss

@@ -1,0 +1,317 @@
+"""Exact PWR loss and gradient in O(M log M) (``diff``, integer ``power``, ``exp``) and an exact tiled O(M^2)
+path with bounded memory (every inversion, ``ranknet`` and non-integer p included).
+
+Notation (see ``pwr.py`` and ``shared/spec/HEADS.md``): M relations with teacher values t and student values s; the
+loss is sum over ordered pairs (p, q) with t_p > t_q of l(x_pq), x_pq = m_pq - (s_p - s_q), divided by the exact
+count C = #{(p, q): t_p > t_q} = (M^2 - sum over tie groups of size g of g^2) / 2.
+
+Decomposition (the fast path). With the KEY a_q = s_q - lambda t_q + m and the QUERY b_p = s_p - lambda t_p
+(lambda = 1, m = 0 for the ``teacher_diff`` margin; lambda = 0 and m the constant or the teacher std otherwise),
+x_pq = a_q - b_p. Every decomposable l vanishes for x <= 0, so only the pairs with t_q < t_p AND a_q > b_p count,
+and on that region
+- relu(x)^k = sum_c binom(k, c) a^c (-b)^(k-c)                       (``diff`` is k = 1, ``power`` integer p = k);
+- exp(beta x) - 1 = exp(beta a) exp(-beta b) - 1;
+so a query needs only a count and k + 1 (or one) sums over the keys that dominate it, and the gradient
+dL/ds_r = (sum over queries p dominated by key r of l'(a_r - b_p) - sum over keys q dominating query r of
+l'(a_q - b_r)) / C needs the same kind of sums from both sides.
+
+The dominance sums come from one top-down pass over a binary tree on the t order (log2(n) levels, n = 2M rounded
+up to a power of two; items are the M keys and M queries, in t order with queries BEFORE keys at equal t, so ties in
+t are excluded exactly). At each level the items are arranged group by group (a group = a block of 2^level
+consecutive t positions), each group in value order (keys BEFORE queries at equal value, so a_q = b_p is excluded,
+as relu'(0) = 0 in the dense reference). For every group, its right half's queries receive the suffix sums of its
+left half's keys (a segmented cumsum on a (groups, width) view), its left half's keys the prefix sums of its right
+half's queries; then a stable partition by the next t bit (two cumsums) gives the next level's arrangement. Every
+pair (q, p) with t-position(q) < t-position(p) meets at exactly one level: the one where they split. All of it is
+vectorised (cumsum, amax, index_add): no Python loop over elements, works on any device.
+
+Numerics: everything in float64. Each group shifts its values by the largest key value of its left half (so every
+exp(beta (a - c)) <= 1 and |a - c|, |b - c| stay within the range R of the values); the key side of ``exp`` shifts by
+the smallest query of the right half. For normalised embeddings both relations lie in [0, 2], hence a, b lie in
+[-2, 2 + |m|] (teacher_diff: a, b in [-2, 2]) and x in [-4, 4 + |m|]; a product exp(beta (c - b)) overflows only when
+the largest term of the loss itself, exp(beta x), does (beta x > 709). The binomial expansion loses
+about binom(k, k/2) R^k float64 ulps per term, hence fast ``power`` is limited to integer p <= ``MAX_FAST_POWER``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from .base import zero_loss
+
+__all__ = ["pwr_loss", "pair_count", "is_decomposable", "resolve_method", "pwr_sum_and_grad_fast",
+           "pwr_sum_and_grad_tiled", "margin_constant", "MAX_FAST_POWER", "METHODS"]
+
+MAX_FAST_POWER = 8
+_QUERY, _KEY = 1, 2
+_EXP_RANGE = 700.0
+
+
+def pair_count(t: torch.Tensor) -> int:
+    """#{(p, q): t_p > t_q} exactly (ties excluded), from the run lengths of the sorted t: (M^2 - sum g^2) / 2."""
+    m = t.numel()
+    if m < 2:
+        return 0
+    runs = torch.unique_consecutive(torch.sort(t.reshape(-1)).values, return_counts=True)[1].to(torch.int64)
+    return (m * m - int((runs * runs).sum())) // 2
+
+
+def is_decomposable(inversion: str, p: float) -> bool:
+    """Whether the fast O(M log M) path covers this inversion (``diff``, ``exp``, ``power`` with integer
+    1 <= p <= MAX_FAST_POWER)."""
+    if inversion in ("diff", "exp"):
+        return True
+    return inversion == "power" and float(p).is_integer() and 1 <= p <= MAX_FAST_POWER
+
+
+def margin_constant(margin: Union[float, str], t: torch.Tensor) -> float:
+    """The constant margin m (``teacher_diff`` -> 0, its lambda = 1 carries it; ``teacher_std`` -> population std)."""
+    if margin == "teacher_diff":
+        return 0.0
+    if margin == "teacher_std":
+        return float(t.std(unbiased=False)) if t.numel() > 1 else 0.0
+    if isinstance(margin, str):
+        raise ValueError(f"margin must be a number, 'teacher_std' or 'teacher_diff', got {margin!r}")
+    return float(margin)
+
+
+def _binom_row(k: int) -> list:
+    return [math.comb(k, c) for c in range(k + 1)]
+
+
+def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, margin: Union[float, str],
+                          p: float = 1.0, beta: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The SUM of l(x_pq) over the pairs t_p > t_q (float64 scalar) and its gradient d sum / d s (float64, length M),
+    in O(M log M) time and O(M) memory. ``s`` and ``t`` are vectors of the same length (no grad needed)."""
+    if not is_decomposable(inversion, p):
+        raise ValueError(f"pwr fast path: inversion {inversion!r} with p={p!r} is not decomposable; the fast path "
+                         f"covers 'diff', 'exp' and 'power' with integer 1 <= p <= {MAX_FAST_POWER}; "
+                         f"use method='tiled' (exact, O(M^2) time) instead")
+    dev = s.device
+    s = s.detach().to(torch.float64).reshape(-1)
+    t = t.detach().to(torch.float64).reshape(-1)
+    m_rel = s.numel()
+    zero = torch.zeros((), dtype=torch.float64, device=dev)
+    if m_rel < 2:
+        return zero, torch.zeros_like(s)
+    lam = 1.0 if margin == "teacher_diff" else 0.0
+    mconst = margin_constant(margin, t)
+    key_val = s - lam * t + mconst
+    qry_val = s - lam * t
+    k = 1 if inversion == "diff" else (int(p) if inversion == "power" else 0)
+    is_exp = inversion == "exp"
+    hi = float(torch.maximum(key_val.max(), qry_val.max()))
+    lo = float(torch.minimum(key_val.min(), qry_val.min()))
+    if is_exp:
+        # one global shift: exp(beta (a - c)) <= 1 and exp(beta (c - b)) <= exp(beta (hi - lo)) never over/underflow
+        if beta * (hi - lo) > _EXP_RANGE:
+            raise ValueError(f"pwr fast path (exp): beta * (value range) = {beta} * {hi - lo:.4g} exceeds "
+                             f"{_EXP_RANGE} (float64 exp would overflow); use method='tiled'")
+        center = hi
+    else:
+        center = 0.5 * (hi + lo)  # |a - c|, |b - c| <= (hi - lo) / 2 keeps the binomial expansion well conditioned
+
+    # items: M queries, M keys, pads up to n = 2^levels (inert: queries after everything with feature 0)
+    n_real = 2 * m_rel
+    levels = max(1, (n_real - 1).bit_length())
+    n = 1 << levels
+    f64 = dict(dtype=torch.float64, device=dev)
+    i64 = dict(dtype=torch.int64, device=dev)
+    # t positions: a run of g equal t starting at sorted rank r0 puts its g queries at 2 r0 .. 2 r0 + g - 1 and
+    # its g keys right after them, so a key precedes a query exactly when its t is strictly smaller
+    t_sorted, t_perm = torch.sort(t)
+    counts = torch.unique_consecutive(t_sorted, return_counts=True)[1]
+    run_start = torch.cumsum(counts, 0) - counts
+    r0 = torch.repeat_interleave(run_start, counts)
+    g = torch.repeat_interleave(counts, counts)
+    qpos_sorted = torch.arange(m_rel, **i64) + r0  # t position of the query of the relation of t-rank r
+    tpos = torch.empty(m_rel, 2, **i64)  # per relation: (query t position, key t position)
+    tpos[t_perm] = torch.stack([qpos_sorted, qpos_sorted + g], 1)
+    # value order: queries sorted by b; the same permutation sorts the keys (a = b + m, or a = b for
+    # teacher_diff); merged with keys BEFORE queries at equal value (searchsorted left / right)
+    b_sorted, v_perm = torch.sort(qry_val)
+    a_sorted = key_val[v_perm]
+    ranks = torch.arange(m_rel, **i64)
+    kpos = ranks + torch.searchsorted(b_sorted, a_sorted, right=False)  # queries with b < a come first
+    qpos = ranks + torch.searchsorted(a_sorted, b_sorted, right=True)  # keys with a <= b come first
+    if is_exp:
+        fa, fb = torch.exp(beta * (a_sorted - center)), torch.exp(-beta * (b_sorted - center))
+    else:
+        fa, fb = a_sorted - center, b_sorted - center
+    tp_v = tpos[v_perm]
+    # carried in arranged order from here on: t position, feature, key flag
+    tp = torch.arange(n, **i64)  # pads keep t positions 2M..n-1 at the end of the value order
+    tp[kpos] = tp_v[:, 1]
+    tp[qpos] = tp_v[:, 0]
+    f = torch.zeros(n, **f64)
+    f[kpos] = fa
+    f[qpos] = fb
+    kf = torch.zeros(n, **f64)
+    kf[kpos] = 1.0
+    acc = torch.zeros(n, **f64)  # keys: + sum l'; queries: - sum l'
+    pos = torch.arange(n, **f64)
+    total = zero.clone()
+    if k:
+        binom_k, binom_k1 = _binom_row(k), _binom_row(k - 1)
+    for lev in range(levels, 0, -1):
+        width = 1 << lev
+        groups = n >> lev
+        shape = (groups, width)
+        right = ((tp >> (lev - 1)) & 1).to(torch.float64).view(shape)
+        left = 1.0 - right
+        fv, kv = f.view(shape), kf.view(shape)
+        mk = kv * left  # keys of the left half
+        mq = right - kv * right  # queries of the right half
+        if is_exp:
+            fk = fv * mk
+            cs = fk.cumsum(1)
+            tq = fv * mq
+            pre = tq.cumsum(1)  # sum of exp(beta (c - b_i)) over right queries before (value < a_j)
+            tq.mul_(cs[:, -1:] - cs)  # sum_j exp(beta (a_j - b_i)) over left keys after (value > b_i)
+            cc = mk.cumsum(1)
+            n_pairs = (mq.sum(1) * cc[:, -1]).sum() - (mq * cc).sum()
+            total = total + (tq.sum() - n_pairs)
+            contrib = fk.mul_(pre).sub_(tq).mul_(beta)
+        else:
+            pw = [mk + mq]
+            for _ in range(k):
+                pw.append(pw[-1] * fv)
+            val_q = torch.zeros_like(fv)
+            g_q = torch.zeros_like(fv)
+            g_k = torch.zeros_like(fv)
+            for e in range(k + 1):
+                cs = (pw[e] * mk).cumsum(1)
+                suf = cs[:, -1:] - cs  # S_e = sum of a'^e over the left keys dominating each query
+                val_q += (binom_k[e] * (-1.0) ** (k - e)) * suf * pw[k - e]
+                if e <= k - 1:
+                    g_q += (binom_k1[e] * (-1.0) ** (k - 1 - e)) * suf * pw[k - 1 - e]
+                    # key side: sum_i (a' - b'_i)^(k-1) = sum_e C(k-1,e) a'^e (-1)^(k-1-e) R_(k-1-e)
+                    pre = (pw[k - 1 - e] * mq).cumsum(1)
+                    g_k += (binom_k1[e] * (-1.0) ** (k - 1 - e)) * pw[e] * pre
+            total = total + (val_q * mq).sum()
+            contrib = (g_k * mk - g_q * mq).mul_(k)
+        acc += contrib.view(-1)
+        # stable partition of every group by the split bit: left half first, each half still in value order;
+        # a left item moves back by the number of right items before it, a right one forward by the lefts after it
+        cl = left.cumsum(1)
+        jr = torch.arange(1, width + 1, **f64)
+        dest = (pos.view(shape) + right * (cl[:, -1:] - cl) - left * (jr - cl)).view(-1).to(torch.int64)
+        tp = torch.empty_like(tp).index_copy_(0, dest, tp)
+        f = torch.empty_like(f).index_copy_(0, dest, f)
+        kf = torch.empty_like(kf).index_copy_(0, dest, kf)
+        acc = torch.empty_like(acc).index_copy_(0, dest, acc)
+    # the final arrangement is the t order: the relation of t-rank r has its query at r + r0, its key at + g
+    grad = torch.empty(m_rel, **f64)
+    grad[t_perm] = acc[qpos_sorted] + acc[qpos_sorted + g]
+    return total, grad
+
+
+def _inversion_and_grad(x: torch.Tensor, inversion: str, p: float, beta: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """l(x) and l'(x) elementwise (not ranknet); both 0 where x <= 0, as in the dense reference."""
+    pos = x > 0
+    if inversion == "diff":
+        return torch.where(pos, x, torch.zeros_like(x)), pos.to(x.dtype)
+    if inversion == "power":
+        xc = x.clamp(min=torch.finfo(x.dtype).tiny)
+        return (torch.where(pos, xc ** p, torch.zeros_like(x)),
+                torch.where(pos, p * xc ** (p - 1.0), torch.zeros_like(x)))
+    if inversion == "exp":
+        e = torch.exp(beta * x)
+        return torch.where(pos, e - 1.0, torch.zeros_like(x)), torch.where(pos, beta * e, torch.zeros_like(x))
+    raise ValueError(f"unknown inversion {inversion!r}")
+
+
+def pwr_sum_and_grad_tiled(s: torch.Tensor, t: torch.Tensor, inversion: str, margin: Union[float, str],
+                           p: float = 1.0, beta: float = 1.0, tile: int = 4096) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Exact SUM of l(x_pq) over t_p > t_q and d sum / d s for EVERY inversion (ranknet and non-integer p
+    included), block by block: O(M^2) time, O(M + tile^2) memory (blocks of tile x tile pairs, float64)."""
+    if not isinstance(tile, int) or tile < 1:
+        raise ValueError(f"pwr tiled path: tile must be a positive int, got {tile!r}")
+    s = s.detach().to(torch.float64).reshape(-1)
+    t = t.detach().to(torch.float64).reshape(-1)
+    m_rel = s.numel()
+    lam = 1.0 if margin == "teacher_diff" else 0.0
+    mconst = margin_constant(margin, t) if inversion != "ranknet" else 0.0
+    total = torch.zeros((), dtype=torch.float64, device=s.device)
+    grad = torch.zeros_like(s)
+    for p0 in range(0, m_rel, tile):
+        sp, tp = s[p0:p0 + tile, None], t[p0:p0 + tile, None]
+        for q0 in range(0, m_rel, tile):
+            sq, tq = s[None, q0:q0 + tile], t[None, q0:q0 + tile]
+            mask = tp > tq
+            if not bool(mask.any()):
+                continue
+            ds = sp - sq
+            if inversion == "ranknet":
+                val = F.softplus(-beta * ds)
+                der = beta * torch.sigmoid(-beta * ds)  # d l / d s_q ( = - d l / d s_p)
+            else:
+                x = (mconst + lam * (tp - tq)) - ds
+                val, der = _inversion_and_grad(x, inversion, p, beta)
+            val = torch.where(mask, val, torch.zeros_like(val))
+            der = torch.where(mask, der, torch.zeros_like(der))
+            total = total + val.sum()
+            grad[p0:p0 + tile] -= der.sum(1)
+            grad[q0:q0 + tile] += der.sum(0)
+    return total, grad
+
+
+METHODS = ("auto", "fast", "tiled", "dense")
+
+
+def resolve_method(method: str, inversion: str, p: float) -> str:
+    """``auto`` -> ``fast`` where decomposable, else ``tiled`` (exact; never an approximation). An explicit
+    ``fast`` on a non-decomposable inversion is an error, not a silent fallback."""
+    if method not in METHODS:
+        raise ValueError(f"pwr: method must be one of {METHODS}, got {method!r}")
+    if method == "auto":
+        return "fast" if is_decomposable(inversion, p) else "tiled"
+    if method == "fast" and not is_decomposable(inversion, p):
+        raise ValueError(f"pwr: method='fast' needs a decomposable inversion ('diff', 'exp', or 'power' with "
+                         f"integer 1 <= p <= {MAX_FAST_POWER}), got inversion={inversion!r}, p={p!r}; "
+                         f"use method='tiled' (exact, O(M^2) time, O(M + tile^2) memory) or 'auto'")
+    return method
+
+
+class _PWRSumFunction(torch.autograd.Function):
+    """mean = sum / C with a gradient computed in the forward by the sub-quadratic (or tiled) pass and stored:
+    the backward is O(M) (grad_output times the stored vector). Not twice differentiable."""
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, total: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(grad)
+        return total.to(s.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_out.to(grad.dtype)), None, None
+
+
+def pwr_loss(s: torch.Tensor, t: torch.Tensor, inversion: str = "exp", margin: Union[float, str] = "teacher_diff",
+             p: float = 1.0, beta: float = 1.0, method: str = "auto", tile: int = 4096) -> torch.Tensor:
+    """The PWR loss (the mean of l over the ordered pairs t_p > t_q) of relation vectors ``s`` (student, with
+    grad) and ``t`` (teacher, detached), by ``method`` (see ``resolve_method``); ``dense`` is ``pwr_loss_dense``.
+    Sums run in float64; the loss comes back in ``s.dtype``, its gradient (d loss / d s) in ``s.dtype``."""
+    from .pwr import pwr_loss_dense  # the O(M^2)-memory reference
+
+    if s.shape != t.shape or s.dim() != 1:
+        raise ValueError(f"s and t must be vectors of the same length, got {tuple(s.shape)} and {tuple(t.shape)}")
+    method = resolve_method(method, inversion, p)
+    if method == "dense":
+        return pwr_loss_dense(s, t, inversion, margin, p, beta)
+    t = t.detach()
+    count = pair_count(t)
+    if count == 0:
+        return zero_loss(s)
+    if method == "fast":
+        total, grad = pwr_sum_and_grad_fast(s, t, inversion, margin, p, beta)
+    else:
+        total, grad = pwr_sum_and_grad_tiled(s, t, inversion, margin, p, beta, tile)
+    mean = total / count
+    grad = (grad / count).to(s.dtype)
+    return _PWRSumFunction.apply(s, mean, grad)
