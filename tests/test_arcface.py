@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from easydict import EasyDict as edict
 
-from host.conftest import run_gloo_processes
+from host.gloo_helpers import run_gloo_processes
 from insightface_pwr import create_head
 from insightface_pwr.arcface import (ClassifierError, PartialFCLogits, build_hooks, load_classifier_rows,
                                      shard_range)

@@ -33,6 +33,8 @@ def launch(recipe: str, nproc: int = 1, port: Optional[int] = None, overrides: O
     else:
         if start_method is None:
             start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        if start_method == "fork":
+            import torch._dynamo  # noqa: F401  (DDP imports it: seconds, paid once here rather than per process)
         mp.start_processes(_worker, args=(nproc, recipe, init_method, overrides), nprocs=nproc, join=True,
                            start_method=start_method)
 

@@ -23,6 +23,7 @@ import os
 import random
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
@@ -100,8 +101,10 @@ def run_host(cfg: Any, rank: int, world_size: int) -> int:
 
     dataset = build_dataset(cfg)
     backbone = get_model(cfg.network, dropout=0.0, fp16=False, num_features=cfg.embedding_size)
-    backbone = torch.nn.parallel.DistributedDataParallel(module=backbone, broadcast_buffers=False,
-                                                         find_unused_parameters=True)
+    with warnings.catch_warnings():  # upstream's broadcast_buffers=False (rank-local BN statistics), deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        # (upstream also passes find_unused_parameters=True, which the static graph makes redundant)
+        backbone = torch.nn.parallel.DistributedDataParallel(module=backbone, broadcast_buffers=False)
     backbone.train()
     backbone._set_static_graph()
 

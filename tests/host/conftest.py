@@ -1,53 +1,7 @@
-"""``run_gloo(fn, world_size, *args)``: run ``fn(rank, world_size, *args)`` in forked gloo processes, return the
-per-rank results (keep them to numpy arrays and Python values). A failing rank fails the test with its traceback."""
-import multiprocessing as mp
-import os
-import traceback
-
+"""Fixtures of the host tests: ``run_gloo`` (see ``gloo_helpers.py``)."""
 import pytest
-import torch
-from torch import distributed as dist
 
-from insightface_pwr.host.launch import free_port
-
-
-def _entry(fn, rank, world_size, port, queue, args):
-    code = 0
-    try:
-        torch.set_num_threads(1)
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-        queue.put((rank, True, fn(rank, world_size, *args)))
-    except BaseException:  # noqa: BLE001  (report everything to the parent)
-        queue.put((rank, False, traceback.format_exc()))
-        code = 1
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        queue.close()
-        queue.join_thread()
-        os._exit(code)
-
-
-def run_gloo_processes(fn, world_size, *args, timeout=120):
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_entry, args=(fn, r, world_size, port, queue, args)) for r in range(world_size)]
-    for p in procs:
-        p.start()
-    results = {}
-    try:
-        for _ in range(world_size):
-            rank, ok, payload = queue.get(timeout=timeout)
-            if not ok:
-                raise AssertionError(f"rank {rank} of {world_size} failed:\n{payload}")
-            results[rank] = payload
-    finally:
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-    return [results[r] for r in range(world_size)]
+from gloo_helpers import run_gloo_processes
 
 
 @pytest.fixture
