@@ -18,9 +18,11 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
+import numpy as np
 import pytest
 
 from insightface_pwr import patching
@@ -262,3 +264,341 @@ def test_new_train_py_runs_train_v2_as_the_main_script(fixture_tree, tmp_path):
     name, argv, path0 = json.loads(out)
     assert name == "__main__" and argv[1:] == ["recipes/pwr_exp.py"] and Path(argv[0]).name == "train_v2.py"
     assert Path(path0).resolve() == train_py.parent.resolve()  # `from backbones import ...` still resolves
+
+
+# --------------------------------------------------------------------------- on the real pinned upstream
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory) -> Path:
+    """The pristine pinned arcface_torch folder, extracted from the git mirror (read it, copy it, never modify)."""
+    if not (MIRROR / "HEAD").exists():
+        pytest.skip(f"the upstream git mirror {MIRROR} is absent (set INSIGHTFACE_PWR_UPSTREAM_MIRROR); the fixture "
+                    "tests above cover the same logic")
+    import io
+    import tarfile
+    root = tmp_path_factory.mktemp("upstream")
+    data = subprocess.run(["git", "-C", str(MIRROR), "archive", COMMIT, "recognition/arcface_torch"],
+                          capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(root, filter="data")
+    return root / "recognition" / "arcface_torch"
+
+
+@pytest.fixture(scope="module")
+def patched(upstream, tmp_path_factory) -> Path:
+    """A patched copy of the upstream folder (made with the CLI and the default patches/)."""
+    target = tmp_path_factory.mktemp("patched") / "arcface_torch"
+    shutil.copytree(upstream, target)
+    assert cli_main(["patch", str(target)]) == 0
+    return target
+
+
+def test_real_upstream_check_apply_compile_revert_exact_bytes(upstream, tmp_path, capsys):
+    target = tmp_path / "arcface_torch"
+    shutil.copytree(upstream, target)
+    pristine = _tree_hashes(upstream)
+    assert cli_main(["patch", "--check", str(target)]) == 0, capsys.readouterr().err  # manifest = pinned bytes
+    assert cli_main(["patch", str(target)]) == 0
+    changed = {p for p, h in _tree_hashes(target).items() if pristine.get(p) != h}
+    assert changed == {"train_v2.py", "utils/utils_config.py", "utils/utils_callbacks.py", "lr_scheduler.py",
+                       "train.py"}
+    for rel in changed:
+        with warnings.catch_warnings():  # upstream's `self.rank is 0` (utils_callbacks.py) warns
+            warnings.simplefilter("ignore", SyntaxWarning)
+            py_compile.compile(str(target / rel), cfile=str(tmp_path / "compiled.pyc"), doraise=True)
+    assert cli_main(["patch", str(target)]) == 1
+    assert cli_main(["patch", "--revert", str(target)]) == 0
+    assert _tree_hashes(target) == pristine, "revert must give back the exact upstream bytes"
+
+
+def test_patched_utils_config_imports_only_importlib_and_os(patched):
+    tree = ast.parse((patched / "utils" / "utils_config.py").read_text())
+    top = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    top |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom)}
+    inner = {n.module for f in tree.body if isinstance(f, ast.FunctionDef) for n in ast.walk(f)
+             if isinstance(n, ast.ImportFrom)}
+    assert top == {"importlib", "os.path"} and inner == {"insightface_pwr.recipe"}
+
+
+_GET_CONFIG = """
+import json, sys
+from utils.utils_config import get_config
+cfg = get_config(sys.argv[1])
+print(json.dumps({"cfg": {k: cfg[k] for k in sorted(cfg)},
+                  "pwr": sorted(m for m in sys.modules if m.startswith("insightface_pwr"))}, default=repr))
+"""
+
+
+def _get_config(tree: Path, config: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _GET_CONFIG, config], cwd=tree, capture_output=True, text=True)
+
+
+def test_patched_get_config_upstream_for_configs_and_our_loader_for_recipes(upstream, patched, tmp_path):
+    for name in ("configs/ms1mv3_r50", "configs/wf42m_pfc02_16gpus_r100.py"):
+        ours, theirs = _get_config(patched, name), _get_config(upstream, name)
+        assert theirs.returncode == 0, theirs.stderr
+        assert json.loads(ours.stdout) == json.loads(theirs.stdout)
+        assert json.loads(ours.stdout)["pwr"] == [], "an upstream config must not import insightface_pwr"
+
+    recipe = tmp_path / "recipes" / "tiny_exp.py"
+    recipe.parent.mkdir()
+    recipe.write_text(textwrap.dedent("""
+        from easydict import EasyDict as edict
+        config = edict()
+        config.margin_list = (1.0, 0.0, 0.35)
+        config.network = "r18"
+        config.rec = "/data/faces_emore"
+        config.num_classes = 85742
+        config.num_image = 5822653
+        config.num_epoch = 20
+        config.warmup_epoch = 0
+        config.val_targets = ["lfw"]
+        config.data_backend = "insightface_pwr"
+    """))
+    from insightface_pwr.recipe import load_recipe
+    expected = json.loads(json.dumps(dict(load_recipe(str(recipe))), default=repr))
+    out = _get_config(patched, str(recipe))
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["cfg"] == expected and got["cfg"]["output"] == "work_dirs/tiny_exp"
+    assert "insightface_pwr.recipe" in got["pwr"]
+    refused = _get_config(upstream, str(recipe))
+    assert refused.returncode != 0 and "config file setting must start with configs/" in refused.stderr
+
+
+def test_patched_utils_callbacks_imports_without_mxnet(upstream, patched):
+    script = textwrap.dedent("""
+        import sys, types
+        sys.modules["mxnet"] = None  # `import mxnet` raises ImportError
+        sys.modules["torch.utils.tensorboard"] = types.SimpleNamespace(SummaryWriter=object)
+        from utils.utils_callbacks import CallBackLogging, CallBackVerification
+        print("imported")
+        try:
+            CallBackVerification(["lfw"], "/nowhere")
+        except ImportError as e:
+            print("verification needs mxnet:", e)
+    """)
+    ours = subprocess.run([sys.executable, "-c", script], cwd=patched, capture_output=True, text=True)
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout.splitlines()[0] == "imported" and "verification needs mxnet" in ours.stdout
+    theirs = subprocess.run([sys.executable, "-c", script], cwd=upstream, capture_output=True, text=True)
+    assert theirs.returncode != 0 and "mxnet" in theirs.stderr
+
+
+# The patched train_v2.py, run on CPU through the new train.py: NCCL -> gloo, no CUDA, a CPU stand-in for partial
+# FC (upstream's calls .cuda()), a tiny backbone, fakes for the mxnet/torchvision/tensorboard modules; the rest
+# (config, margin loss, optimizer, lr scheduler, checkpoints, resume, logging) is upstream's.
+_CPU_RUNNER = r'''
+import json, os, runpy, sys, types
+import torch
+import torch.distributed as dist
+torch.set_num_threads(2)
+calls = []
+
+_init = dist.init_process_group
+def init_process_group(*args, **kwargs):
+    calls.append(["init_process_group", kwargs.get("backend", args[0] if args else None)])
+    if not dist.is_initialized():
+        _init(backend="gloo", init_method="file://" + os.path.abspath("pg_rendezvous"), rank=0, world_size=1)
+dist.init_process_group = init_process_group
+torch.cuda.set_device = lambda *a, **k: None
+torch.nn.Module.cuda = lambda self, *a, **k: self
+
+class FakeDDP(torch.nn.Module):
+    def __init__(self, module, **kwargs):
+        super().__init__()
+        self.module = module
+    def forward(self, x):
+        return self.module(x)
+    def register_comm_hook(self, *a):
+        pass
+    def _set_static_graph(self):
+        pass
+torch.nn.parallel.DistributedDataParallel = FakeDDP
+
+class SummaryWriter:
+    def __init__(self, *a, **k):
+        pass
+    def add_scalar(self, tag=None, scalar_value=None, global_step=None, **k):
+        if tag not in ("time_for_end", "learning_rate", "loss"):
+            calls.append(["add_scalar", tag, global_step])
+sys.modules["torch.utils.tensorboard"] = types.SimpleNamespace(SummaryWriter=SummaryWriter)
+
+class PartialFC_V2(torch.nn.Module):
+    def __init__(self, margin_loss, embedding_size, num_classes, sample_rate=1.0, fp16=False):
+        super().__init__()
+        self.margin_softmax = margin_loss
+        self.weight = torch.nn.Parameter(torch.normal(0, 0.01, (num_classes, embedding_size)))
+    def forward(self, embeddings, labels):
+        F = torch.nn.functional
+        logits = F.linear(F.normalize(embeddings), F.normalize(self.weight)).clamp(-1, 1)
+        return F.cross_entropy(self.margin_softmax(logits, labels), labels)
+sys.modules["partial_fc_v2"] = types.SimpleNamespace(PartialFC_V2=PartialFC_V2)
+
+def get_model(name, dropout=0.0, fp16=False, num_features=512):  # upstream's backbones are slow on a shared CPU
+    calls.append(["get_model", name, num_features])
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 8, stride=8), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 14 * 14, num_features))
+sys.modules["backbones"] = types.SimpleNamespace(get_model=get_model)
+
+def upstream_get_dataloader(root_dir, local_rank, batch_size, dali=False, dali_aug=False, seed=2048, num_workers=2):
+    calls.append(["get_dataloader", "upstream"])
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(batch_size, 3, 112, 112, generator=g), torch.randint(0, 8, (batch_size,), generator=g))
+            for _ in range(3)]
+
+_save = torch.save
+def torch_save(obj, f, *a, **k):
+    if isinstance(f, (str, os.PathLike)):
+        calls.append(["torch.save", os.path.basename(f)])
+    return _save(obj, f, *a, **k)
+torch.save = torch_save
+
+def train(config):
+    for name in [m for m in sys.modules if m == "configs" or m.startswith("configs.")]:
+        del sys.modules[name]  # upstream's get_config updates configs.base's dict in place
+    del calls[:]
+    sys.argv = ["train.py", config]
+    runpy.run_path("train.py", run_name="__main__")
+    return list(calls)
+
+results = {}
+sys.modules["dataset"] = types.SimpleNamespace(get_dataloader=upstream_get_dataloader)
+sys.modules["eval.verification"] = types.ModuleType("eval.verification")  # needs mxnet + sklearn; no .bin here
+results["upstream"] = train("configs/cpu_tiny.py")
+results["pwr_modules_after_upstream"] = sorted(m for m in sys.modules if m.startswith("insightface_pwr"))
+
+import insightface_pwr.arcface as arcface
+import insightface_pwr.checkpoint as checkpoint
+_atomic = checkpoint.atomic_save
+def atomic_save(obj, path):
+    calls.append(["atomic_save", os.path.basename(path)])
+    _atomic(obj, path)
+checkpoint.atomic_save = atomic_save
+
+class Hooks:
+    def __init__(self):
+        self.p = torch.nn.Parameter(torch.zeros(()))  # not in the optimizer: its grad counts the backwards
+    def lr_scheduler(self, s):
+        calls.append(["lr_scheduler", type(s).__name__])
+        return s
+    def resume(self, e, g):
+        calls.append(["resume", e, g])
+        return e, g
+    def step(self, gs, img, emb, labels, loss):
+        calls.append(["step", gs, list(img.shape), list(emb.shape), list(labels.shape)])
+        return loss + self.p
+    def log(self, gs, writer):
+        calls.append(["log", gs, type(writer).__name__, float(self.p.grad)])
+    def save(self, e, g):
+        calls.append(["save", e, g])
+    def end(self):
+        calls.append(["end"])
+
+def build_hooks(cfg, **kw):
+    calls.append(["build_hooks", sorted(kw), kw["rank"], kw["world_size"], kw["local_rank"],
+                  len(kw["optimizer"].param_groups), type(kw["partial_fc"]).__name__, cfg.distill.teacher])
+    return Hooks()
+arcface.build_hooks = build_hooks
+results["distill"] = train("configs/cpu_tiny_distill.py")
+results["resume"] = train("configs/cpu_tiny_distill_resume.py")
+
+sys.modules["dataset"] = None  # `import dataset` (upstream's, mxnet) would now raise
+sys.modules["eval.verification"] = None
+results["data_backend"] = train("configs/cpu_tiny_data.py")
+print("RESULTS " + json.dumps(results))
+'''
+
+_CPU_CONFIG = """
+from easydict import EasyDict as edict
+config = edict()
+config.network = "mbf"
+config.embedding_size = 64
+config.batch_size = 4
+config.num_classes = 8
+config.num_image = 12
+config.num_epoch = {epochs}
+config.warmup_epoch = 0
+config.rec = "synthetic"
+config.val_targets = {val_targets}
+config.frequent = 1
+config.verbose = 3
+config.save_all_states = True
+config.num_workers = 0
+config.output = "work_dirs/{output}"
+config.resume = {resume}
+"""
+
+
+def test_patched_train_v2_runs_on_cpu_and_calls_the_hooks_in_contract_order(patched, tmp_path):
+    tree = tmp_path / "arcface_torch"
+    shutil.copytree(patched, tree)
+    configs = {"cpu_tiny": dict(epochs=2, output="plain", resume=False, val_targets=[]),
+               "cpu_tiny_distill": dict(epochs=2, output="distill", resume=False, val_targets=[]),
+               "cpu_tiny_distill_resume": dict(epochs=3, output="distill", resume=True, val_targets=[]),
+               "cpu_tiny_data": dict(epochs=2, output="data", resume=False, val_targets=["tiny"])}
+    for name, values in configs.items():
+        text = _CPU_CONFIG.format(**values)
+        if "distill" in name:
+            text += "config.distill = edict(teacher=edict(weights='teacher.pt'))\n"
+        if name == "cpu_tiny_data":
+            text += "config.data_backend = 'insightface_pwr'\n"
+        (tree / "configs" / f"{name}.py").write_text(text)
+    from PIL import Image
+    import io
+    import pickle
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(20):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(buf, "PNG")
+        images.append(buf.getvalue())
+    (tree / "synthetic").mkdir()
+    (tree / "synthetic" / "tiny.bin").write_bytes(pickle.dumps((images, [True, False] * 5)))
+
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
+    env.pop("RANK", None)
+    out = subprocess.run([sys.executable, "-c", _CPU_RUNNER], cwd=tree, capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads(out.stdout.split("RESULTS ", 1)[1])
+
+    # no distill section: upstream's path, insightface_pwr never imported, plain torch.save
+    upstream = results["upstream"]
+    assert upstream[0] == ["init_process_group", "nccl"] and ["get_dataloader", "upstream"] in upstream
+    assert ["get_model", "mbf", 64] in upstream
+    assert results["pwr_modules_after_upstream"] == []
+    assert [c for c in upstream if c[0] == "torch.save"] == [["torch.save", "checkpoint_gpu_0.pt"],
+                                                             ["torch.save", "model.pt"]] * 2 + [["torch.save",
+                                                                                                 "model.pt"]]
+    assert not [c for c in upstream if c[0] in ("atomic_save", "build_hooks", "step")]
+
+    # distill section: the contract's order, the hook's loss is the one backpropagated, atomic checkpoints
+    distill = [c for c in results["distill"] if c[0] not in ("init_process_group", "get_dataloader", "get_model")]
+    hooks = [c for c in distill if c[0] not in ("atomic_save", "torch.save")]
+    assert hooks[0] == ["build_hooks", ["backbone", "local_rank", "optimizer", "partial_fc", "rank", "world_size"],
+                        0, 1, 0, 2, "PartialFC_V2", {"weights": "teacher.pt"}]
+    assert hooks[1] == ["lr_scheduler", "PolynomialLRWarmup"] and hooks[2] == ["resume", 0, 0]
+    expected = []
+    for epoch in range(2):
+        for k in range(1, 4):
+            step = 3 * epoch + k
+            expected += [["step", step, [4, 3, 112, 112], [4, 64], [4]], ["log", step, "SummaryWriter", float(step)]]
+        expected.append(["save", epoch + 1, 3 * epoch + 3])
+    assert hooks[3:] == expected + [["end"]]
+    saves = [c for c in distill if c[0] in ("atomic_save", "torch.save")]
+    assert saves == [["atomic_save", "checkpoint_gpu_0.pt"], ["atomic_save", "model.pt"]] * 2 + \
+        [["atomic_save", "model.pt"]]
+    assert distill.index(["atomic_save", "checkpoint_gpu_0.pt"]) < distill.index(["save", 1, 3])
+    assert distill.index(["end"]) < len(distill) - 1 and distill[-1] == ["atomic_save", "model.pt"]
+
+    # resume: upstream's checkpoint gives (epoch 2, step 6), the hooks' resume sees it, training goes on
+    resume = [c for c in results["resume"] if c[0] in ("resume", "step", "save", "end")]
+    assert resume[0] == ["resume", 2, 6] and [c[1] for c in resume if c[0] == "step"] == [7, 8, 9]
+    assert resume[-2:] == [["save", 3, 9], ["end"]]
+
+    # data_backend: our loader (synthetic faces, upstream's sampler) and .bin verification, no mxnet module
+    data = results["data_backend"]
+    assert ["get_dataloader", "upstream"] not in data
+    assert [c for c in data if c[0] == "add_scalar"] == [["add_scalar", "tiny", 3], ["add_scalar", "tiny", 6]]
+    assert (tree / "work_dirs" / "data" / "model.pt").is_file()
+    assert not list((tree / "work_dirs").rglob("*.tmp*")), "temp files left behind"
