@@ -1,0 +1,159 @@
+"""The fast O(M log M) and the tiled PWR paths against the dense reference ``pwr_loss_dense`` (values and
+gradients, float64, rtol 1e-6), over every inversion and margin, with ties in t, in s and in both.
+
+Ties come from quantising the values to a dyadic grid (multiples of 1/8 in [0, 2]): every sum and difference of
+such values is exact in float64, so the reference and the fast path agree on which x_pq are exactly 0."""
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+from insightface_pwr.heads.pwr import pwr_loss_dense
+from insightface_pwr.heads.pwr_fast import (MAX_FAST_POWER, is_decomposable, pair_count, pwr_loss,
+                                            pwr_sum_and_grad_fast, resolve_method)
+from insightface_pwr.registry import create_head
+
+RTOL = 1e-6
+FAST = [("diff", 1.0, 1.0), ("power", 2.0, 1.0), ("power", 3.0, 1.0), ("exp", 1.0, 1.0), ("exp", 1.0, 2.5)]
+TILED_ONLY = [("ranknet", 1.0, 1.0), ("ranknet", 1.0, 3.0), ("power", 1.5, 1.0), ("power", 0.5, 1.0)]
+MARGINS = [0.0, 0.1, "teacher_std", "teacher_diff"]
+TIES = ["none", "t", "s", "both"]
+
+
+def relations(m: int, ties: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relation-like vectors in [0, 2] (the range of cosine / euclidean distances of normalised rows)."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.rand(m, generator=g, dtype=torch.float64) * 2.0
+    t = torch.rand(m, generator=g, dtype=torch.float64) * 2.0
+    if ties in ("t", "both"):
+        t = torch.round(t * 8.0) / 8.0
+    if ties in ("s", "both"):
+        s = torch.round(s * 8.0) / 8.0
+    return s, t
+
+
+def assert_close_rel(got: torch.Tensor, ref: torch.Tensor, what: str) -> None:
+    """|got - ref| <= RTOL * max|ref| (elementwise for the gradient, relative to its largest entry)."""
+    scale = ref.abs().max().clamp(min=1e-300)
+    err = float((got - ref).abs().max() / scale)
+    assert err <= RTOL, f"{what}: relative error {err:.3g} > {RTOL} (max |ref| = {float(scale):.6g})"
+
+
+def check_against_dense(s: torch.Tensor, t: torch.Tensor, inversion: str, margin, p: float, beta: float,
+                        method: str) -> None:
+    s_ref = s.clone().requires_grad_(True)
+    ref = pwr_loss_dense(s_ref, t, inversion, margin, p, beta)
+    (g_ref,) = torch.autograd.grad(ref, s_ref)
+    s_new = s.clone().requires_grad_(True)
+    got = pwr_loss(s_new, t, inversion, margin, p, beta, method=method, tile=37)
+    (g_new,) = torch.autograd.grad(got * 3.0, s_new)  # a non-unit upstream gradient must scale through
+    tag = f"{method} {inversion} p={p} beta={beta} margin={margin!r}"
+    assert got.dtype == torch.float64
+    assert_close_rel(got.detach(), ref.detach(), f"loss ({tag})")
+    assert_close_rel(g_new, 3.0 * g_ref, f"grad ({tag})")
+
+
+@pytest.mark.parametrize("ties", TIES)
+@pytest.mark.parametrize("margin", MARGINS)
+@pytest.mark.parametrize("inversion,p,beta", FAST)
+def test_fast_equals_dense(inversion: str, p: float, beta: float, margin, ties: str) -> None:
+    s, t = relations(231, ties, seed=zlib.crc32(f"{inversion}{p}{beta}{margin}{ties}".encode()) % 1000)
+    check_against_dense(s, t, inversion, margin, p, beta, "fast")
+
+
+@pytest.mark.parametrize("ties", TIES)
+@pytest.mark.parametrize("margin", MARGINS)
+@pytest.mark.parametrize("inversion,p,beta", FAST[::2] + TILED_ONLY)
+def test_tiled_equals_dense(inversion: str, p: float, beta: float, margin, ties: str) -> None:
+    s, t = relations(150, ties, seed=7)
+    check_against_dense(s, t, inversion, margin, p, beta, "tiled")
+
+
+@pytest.mark.parametrize("m", [2, 3, 4, 5, 8, 17, 64, 65])
+def test_fast_small_and_non_power_of_two_sizes(m: int) -> None:
+    """Sizes around the padding to 2^levels, with heavy ties."""
+    s, t = relations(m, "both", seed=m)
+    if pair_count(t) == 0:
+        t[0] = t.max() + 0.125
+    for inversion, p, beta in FAST:
+        check_against_dense(s, t, inversion, "teacher_diff", p, beta, "fast")
+        check_against_dense(s, t, inversion, 0.125, p, beta, "fast")
+
+
+def test_fast_equals_dense_m_4950() -> None:
+    """M = 4950 (N = 100): 2.45e7 pairs of pairs, the dense reference still fits (about 1 GB). The paper's best
+    variant, with ties in t and s."""
+    s, t = relations(4950, "both", seed=11)
+    check_against_dense(s, t, "exp", "teacher_diff", 1.0, 1.0, "fast")
+
+
+def test_pair_count_matches_brute_force() -> None:
+    for ties in TIES:
+        _, t = relations(300, ties, seed=3)
+        assert pair_count(t) == int((t[:, None] > t[None, :]).sum())
+    assert pair_count(torch.ones(10)) == 0
+    assert pair_count(torch.ones(1)) == 0
+
+
+def test_all_teacher_relations_equal_gives_attached_zero() -> None:
+    s = torch.rand(10, dtype=torch.float64, requires_grad=True)
+    loss = pwr_loss(s, torch.full((10,), 0.5, dtype=torch.float64), method="fast")
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and s.grad is not None and float(s.grad.abs().sum()) == 0.0
+
+
+def test_float32_input_returns_float32() -> None:
+    s, t = relations(120, "none", seed=5)
+    s32 = s.float().requires_grad_(True)
+    loss = pwr_loss(s32, t.float(), "exp", "teacher_diff", method="fast")
+    loss.backward()
+    assert loss.dtype == torch.float32 and s32.grad.dtype == torch.float32
+    s64 = s.clone().requires_grad_(True)
+    ref = pwr_loss_dense(s64, t, "exp", "teacher_diff")
+    ref.backward()
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(s32.grad.double(), s64.grad, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("relation", ["cosine", "euclidean"])
+@pytest.mark.parametrize("inversion,margin", [("exp", "teacher_diff"), ("diff", 0.1), ("power", "teacher_std")])
+def test_head_methods_agree_on_embeddings(relation: str, inversion: str, margin) -> None:
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(40, 16, generator=g, dtype=torch.float64)
+    teacher = torch.randn(40, 24, generator=g, dtype=torch.float64)
+    params = dict(relation=relation, inversion=inversion, margin=margin, p=2.0)
+    grads, losses = [], []
+    for method in ("dense", "fast", "tiled", "auto"):
+        x = student.clone().requires_grad_(True)
+        loss = create_head("pwr", method=method, tile=100, **params)(student=x, teacher=teacher)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(x.grad)
+    for loss, grad in zip(losses[1:], grads[1:]):
+        assert_close_rel(loss, losses[0], "head loss")
+        assert_close_rel(grad, grads[0], "head embedding grad")
+
+
+def test_method_resolution_never_approximates_silently() -> None:
+    assert resolve_method("auto", "exp", 1.0) == "fast"
+    assert resolve_method("auto", "power", 3.0) == "fast"
+    assert resolve_method("auto", "power", 2.5) == "tiled"
+    assert resolve_method("auto", "power", float(MAX_FAST_POWER + 1)) == "tiled"
+    assert resolve_method("auto", "ranknet", 1.0) == "tiled"
+    assert not is_decomposable("ranknet", 1.0)
+    with pytest.raises(ValueError, match="method='fast' needs a decomposable inversion"):
+        resolve_method("fast", "ranknet", 1.0)
+    with pytest.raises(ValueError, match="method='fast'.*p=2.5"):
+        create_head("pwr", method="fast", inversion="power", p=2.5)
+    with pytest.raises(ValueError, match="method must be one of"):
+        resolve_method("approx", "exp", 1.0)
+    with pytest.raises(ValueError, match="tile must be a positive int"):
+        create_head("pwr", tile=0)
+
+
+def test_exp_fast_refuses_overflowing_range() -> None:
+    s, t = relations(20, "none", seed=1)
+    with pytest.raises(ValueError, match="exceeds .* use method='tiled'"):
+        pwr_sum_and_grad_fast(s, t, "exp", 0.0, beta=2000.0)
