@@ -176,6 +176,20 @@ def _upstream_get_model() -> Optional[Callable[..., nn.Module]]:
     return get_model
 
 
+def _probe_teacher(teacher: Callable[[torch.Tensor], torch.Tensor], shape: Tuple[int, ...],
+                   device: torch.device) -> int:
+    """The teacher's embedding size, from one batch of zeros of ``shape`` (fails before training, not at step 1)."""
+    try:
+        out = teacher(torch.zeros(*shape, device=device))
+    except Exception as e:  # noqa: BLE001  (torch, TorchScript and onnxruntime raise different types)
+        raise TeacherError(f"the teacher fails on a batch of shape {shape} (N, C, H, W): {type(e).__name__}: {e}; "
+                           f"check config.distill.teacher.input_size") from e
+    if out.dim() != 2 or out.shape[0] != shape[0]:
+        raise TeacherError(f"the teacher must return N x D embeddings, got shape {tuple(out.shape)} for a batch of "
+                           f"{shape[0]}")
+    return int(out.shape[1])
+
+
 def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if hasattr(module, "module") and isinstance(module.module, nn.Module) else module
 
@@ -245,8 +259,7 @@ def build_hooks(cfg: Any, backbone: nn.Module, partial_fc: nn.Module, optimizer:
         teacher = load_teacher(spec, factory, device)
 
     h, w = d.teacher.input_size
-    teacher_dim = (getattr(teacher, "embedding_size", None)
-                   or teacher(torch.zeros(2, 3, h, w, device=device)).shape[1])
+    teacher_dim = getattr(teacher, "embedding_size", None) or _probe_teacher(teacher, (2, 3, h, w), device)
     if d.teacher.embedding_size is not None and d.teacher.embedding_size != teacher_dim:
         raise TeacherError(f"config.distill.teacher.embedding_size is {d.teacher.embedding_size} but the teacher "
                            f"gives {teacher_dim}-d embeddings")

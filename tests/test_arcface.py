@@ -204,3 +204,58 @@ def test_student_init_mismatch_lists_keys(tmp_path):
     cfg.distill.student_init = str(tmp_path / "good.pt")
     _build(cfg, backbone, pfc, opt)
     assert torch.equal(backbone.state_dict()["fc.weight"], torch.load(tmp_path / "good.pt")["fc.weight"])
+
+
+def _onnx_teacher(path, dim, hw=16):
+    """A linear ONNX teacher (Flatten + MatMul), built with the onnx helpers: embeddings = x.flatten() @ W."""
+    import numpy as np
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    w = np.random.default_rng(0).standard_normal((3 * hw * hw, dim)).astype(np.float32) * 0.05
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input.1"], ["flat"], axis=1),
+         helper.make_node("MatMul", ["flat", "W"], ["embedding"])], "linear_teacher",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["batch", 3, hw, hw])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
+        [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return torch.from_numpy(w)
+
+
+def test_onnx_teacher_through_build_hooks(tmp_path):
+    cfg, backbone, pfc, opt = _setup(tmp_path, edict(heads=[edict(name="feature", weight=1.0)]))
+    w = _onnx_teacher(tmp_path / "t.onnx", 8)
+    cfg.distill.teacher = edict(weights=str(tmp_path / "t.onnx"), input_size=(16, 16))
+    hooks = _build(cfg, backbone, pfc, opt)
+    img, labels = torch.randn(4, 3, 16, 16), torch.tensor([1, 2, 3, 1])
+    emb = backbone(img)
+    total = hooks.step(1, img, emb, labels, pfc(emb, labels.clone()))
+    assert torch.allclose(hooks.teacher(img), img.flatten(1) @ w, atol=1e-5)
+    assert total.requires_grad
+    # a teacher of another size cannot serve a same-size head; a wrong input size fails at build time
+    _onnx_teacher(tmp_path / "t5.onnx", 5)
+    cfg.distill.teacher = edict(weights=str(tmp_path / "t5.onnx"), input_size=(16, 16))
+    with pytest.raises(RecipeError, match="feature.*needs equal embedding sizes.*teacher 5"):
+        _build(cfg, backbone, pfc, opt)
+    cfg.distill.teacher = edict(weights=str(tmp_path / "t.onnx"), input_size=(32, 32))
+    with pytest.raises(TeacherError, match="fails on a batch of shape \\(2, 3, 32, 32\\)"):
+        _build(cfg, backbone, pfc, opt)
+
+
+def test_lr_schedule_replaces_the_upstream_scheduler(tmp_path):
+    from insightface_pwr.lr_schedules import PolynomialWarmupLR, StepEpochLR
+    cfg, backbone, pfc, opt = _setup(tmp_path, edict(heads=[edict(name="pwr")],
+                                                     lr_schedule=edict(kind="step", every_epochs=2, factor=0.1)))
+    hooks = _build(cfg, backbone, pfc, opt)
+    cfg.total_batch_size = 8  # what the loop sets after build_hooks: 32 images / 8 = 4 steps per epoch
+    upstream = PolynomialWarmupLR(opt, 0, 16)
+    sched = hooks.lr_scheduler(upstream)
+    assert isinstance(sched, StepEpochLR) and sched.steps_per_epoch == 4
+    lrs = []
+    for _ in range(9):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == [0.1] * 8 + [pytest.approx(0.01)]

@@ -3,7 +3,10 @@
 - ``cfg.rec == "synthetic"``: :class:`SyntheticFaces`, ``cfg.num_image`` images of ``cfg.image_size`` (H, W)
   (host key, default 112 x 112) in ``cfg.num_classes`` classes: image i has label i % C and is its class's fixed
   random pattern plus noise, in [-1, 1] like arcface_torch's normalised images. Deterministic given ``cfg.seed``.
-- a RecordIO folder: the data layer's face dataset (``insightface_pwr.data.FaceDataset``) when it exists.
+- a RecordIO folder: the data layer's :class:`~insightface_pwr.data.dataset.FaceDataset` with upstream's
+  transform (random horizontal flip drawn from torch's RNG, (pixel/255 - 0.5)/0.5); each batch's record keys and
+  flips are published on :data:`~insightface_pwr.batch_keys.BATCH_KEYS` as it is yielded (a teacher cache needs
+  them).
 
 :func:`epoch_batches` mirrors ``DistributedSampler(shuffle=True, seed)`` + ``drop_last=True``: a permutation
 drawn from a generator seeded with seed + epoch (never the global RNG), padded to a multiple of the world size,
@@ -14,6 +17,8 @@ from __future__ import annotations
 from typing import Any, Iterator, Tuple
 
 import torch
+
+from ..batch_keys import BATCH_KEYS
 
 __all__ = ["SyntheticFaces", "build_dataset", "epoch_batches", "steps_per_epoch"]
 
@@ -42,11 +47,8 @@ def build_dataset(cfg: Any) -> torch.utils.data.Dataset:
     size = (size, size) if isinstance(size, int) else tuple(size)
     if cfg.rec == "synthetic":
         return SyntheticFaces(cfg.num_image, cfg.num_classes, size, cfg.seed)
-    from .. import data
-    if not hasattr(data, "FaceDataset"):
-        raise ValueError(f"config.rec = {cfg.rec!r}: the CPU host reads RecordIO folders through "
-                         f"insightface_pwr.data.FaceDataset, which this version does not have; use 'synthetic'")
-    return data.FaceDataset(cfg.rec)
+    from ..data.dataset import FaceDataset
+    return FaceDataset(cfg.rec, random_flip=True, return_meta=True)
 
 
 def steps_per_epoch(num_items: int, world_size: int, batch_size: int) -> int:
@@ -64,4 +66,8 @@ def epoch_batches(dataset: torch.utils.data.Dataset, epoch: int, seed: int, rank
     mine = perm[rank:total:world_size]
     for b in range(skip, len(mine) // batch_size):
         items = [dataset[i] for i in mine[b * batch_size:(b + 1) * batch_size]]
-        yield torch.stack([x for x, _ in items]), torch.stack([torch.as_tensor(y) for _, y in items])
+        img = torch.stack([it[0] for it in items])
+        labels = torch.stack([torch.as_tensor(it[1]) for it in items])
+        if len(items[0]) == 4:  # (image, label, key, flipped): publish the keys for a teacher cache
+            BATCH_KEYS.publish(img, torch.tensor([it[2] for it in items]), torch.tensor([it[3] for it in items]))
+        yield img, labels
