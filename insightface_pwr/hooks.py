@@ -74,7 +74,7 @@ class DistillHooks:
         self.input_size, self.logits, self._make_lr_scheduler = tuple(input_size), logits, make_lr_scheduler
         self.names = ["classification"] + [f"{t.name}" if [u.name for u in terms].count(t.name) == 1
                                            else f"{t.name}_{i}" for i, t in enumerate(terms)] + ["total"]
-        self._sums = torch.zeros(len(self.names), dtype=torch.float64)
+        self._sums: Optional[torch.Tensor] = None  # on the loss's device: no host sync per step (NCCL needs CUDA)
         self._count = 0
         self.last: Dict[str, float] = {}
         if rank == 0:
@@ -113,22 +113,22 @@ class DistillHooks:
             total = total + term.weight * value
             values.append(value.detach().float())
         values.append(total.detach().float())
-        self._sums += torch.stack(values).cpu().double()
+        step_values = torch.stack(values).double()
+        self._sums = step_values if self._sums is None else self._sums + step_values
         self._count += 1
         return total
 
     # ---------------------------------------------------------------- logging
     def log(self, global_step: int, summary_writer: Any = None) -> None:
         """Every ``frequent`` steps: the mean of each term over those steps and over the ranks (all ranks call)."""
-        if global_step <= 0 or global_step % self.frequent != 0 or self._count == 0:
+        if global_step <= 0 or global_step % self.frequent != 0 or self._sums is None:
             return
-        sums = torch.cat([self._sums, torch.tensor([float(self._count)], dtype=torch.float64)])
+        sums = torch.cat([self._sums, self._sums.new_tensor([float(self._count)])])
         if _dist_on(self.world_size):
             dist.all_reduce(sums)
         means = (sums[:-1] / sums[-1]).tolist()
         self.last = dict(zip(self.names, means))
-        self._sums.zero_()
-        self._count = 0
+        self._sums, self._count = None, 0
         if self.rank == 0:
             logger.info("distill step %d   %s", global_step,
                         "   ".join(f"{k} {v:.6f}" for k, v in self.last.items()))

@@ -166,8 +166,21 @@ def test_combined_loss_and_terms(tmp_path):
     hkd = create_head("hkd", temperature=2.0)(student_logits=64 * (cos_s - 0.35 * onehot),
                                                teacher_logits=64 * (cos_t - 0.35 * onehot))
     assert total.item() == pytest.approx(0.5 * loss.item() + 2.0 * feat.item() + 0.3 * hkd.item(), rel=1e-5)
-    hooks.log(cfg.frequent)
-    assert set(hooks.last) == {"classification", "feature", "hkd", "total"}
+    class Writer:
+        def __init__(self):
+            self.calls = []
+
+        def add_scalar(self, tag, value, step):
+            self.calls.append((tag, value, step))
+
+    writer = Writer()
+    hooks.log(cfg.frequent - 1, writer)  # not a logging step: nothing written, nothing reset
+    assert writer.calls == []
+    hooks.log(cfg.frequent, writer)
+    assert hooks.last == pytest.approx({"classification": loss.item(), "feature": feat.item(), "hkd": hkd.item(),
+                                        "total": total.item()}, rel=1e-5)
+    assert {tag: v for tag, v, step in writer.calls if step == cfg.frequent} == \
+        {f"distill/{k}": v for k, v in hooks.last.items()}
     hooks.end()
     assert isinstance(pfc.margin_softmax, MarginSoftmax)
 

@@ -136,6 +136,9 @@ def test_every_head_trains_on_the_host(trained, case, world):
         for k, v in states[0]["state_dict_backbone"].items():
             if "running" not in k and "num_batches" not in k:
                 assert torch.equal(v, s["state_dict_backbone"][k]), k
+    log = (out / "training.log").read_text()
+    assert log.count("distillation: L = ") == 1  # the formula, printed once
+    assert log.count("distill step ") == 2  # every cfg.frequent = 2 steps
     losses = [json.loads(line) for line in (out / "host_losses.jsonl").read_text().splitlines()]
     assert [r["step"] for r in losses] == [1, 2, 3, 4]
 
