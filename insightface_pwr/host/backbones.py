@@ -45,7 +45,8 @@ class _Bottleneck(nn.Module):
     def __init__(self, c: int, expand: int) -> None:
         super().__init__()
         h = c * expand
-        self.block = nn.Sequential(_conv_bn(c, h, 1, 1), _conv_bn(h, h, 3, 1, groups=h), _conv_bn(h, c, 1, 1, act=False))
+        self.block = nn.Sequential(_conv_bn(c, h, 1, 1), _conv_bn(h, h, 3, 1, groups=h),
+                                   _conv_bn(h, c, 1, 1, act=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.block(x)

@@ -100,7 +100,8 @@ def _worker(rank, world, root):
         finally:
             arcface.build_hooks = build
         hooks, opt = built["hooks"], built["opt"]
-        checks[case] = {"log": hooks._test_log, "last": hooks.last, "groups": [len(g["params"]) for g in opt.param_groups]}
+        checks[case] = {"log": hooks._test_log, "last": hooks.last,
+                        "groups": [len(g["params"]) for g in opt.param_groups]}
     return checks
 
 
