@@ -24,6 +24,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 import pytest
+import torch
 
 from insightface_pwr import patching
 from insightface_pwr.cli import main as cli_main
@@ -498,9 +499,13 @@ def build_hooks(cfg, **kw):
     calls.append(["build_hooks", sorted(kw), kw["rank"], kw["world_size"], kw["local_rank"],
                   len(kw["optimizer"].param_groups), type(kw["partial_fc"]).__name__, cfg.distill.teacher])
     return Hooks()
-arcface.build_hooks = build_hooks
+real_build_hooks, arcface.build_hooks = arcface.build_hooks, build_hooks
 results["distill"] = train("configs/cpu_tiny_distill.py")
 results["resume"] = train("configs/cpu_tiny_distill_resume.py")
+
+arcface.build_hooks = real_build_hooks  # the real hooks, from a recipe outside configs/, then resumed
+results["recipe"] = train(os.path.abspath("recipes/cpu_pwr.py"))
+results["recipe_resume"] = train(os.path.abspath("recipes/cpu_pwr_resume.py"))
 
 sys.modules["dataset"] = None  # `import dataset` (upstream's, mxnet) would now raise
 sys.modules["eval.verification"] = None
@@ -543,6 +548,17 @@ def test_patched_train_v2_runs_on_cpu_and_calls_the_hooks_in_contract_order(patc
         if name == "cpu_tiny_data":
             text += "config.data_backend = 'insightface_pwr'\n"
         (tree / "configs" / f"{name}.py").write_text(text)
+    (tree / "recipes").mkdir()
+    for name, epochs, resume in (("cpu_pwr", 2, False), ("cpu_pwr_resume", 3, True)):
+        (tree / "recipes" / f"{name}.py").write_text(
+            _CPU_CONFIG.format(epochs=epochs, output="recipe", resume=resume, val_targets=[])
+            + "config.distill = edict(teacher=edict(weights='teacher.ts'), classification_weight=1.0,\n"
+            + "                       heads=[edict(name='pwr', weight=10.0)])\n")
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.AvgPool2d(8), torch.nn.Flatten(), torch.nn.Linear(3 * 14 * 14, 32))
+    with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export; arcface_torch users use it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(teacher), str(tree / "teacher.ts"))
     from PIL import Image
     import io
     import pickle
@@ -588,13 +604,23 @@ def test_patched_train_v2_runs_on_cpu_and_calls_the_hooks_in_contract_order(patc
     saves = [c for c in distill if c[0] in ("atomic_save", "torch.save")]
     assert saves == [["atomic_save", "checkpoint_gpu_0.pt"], ["atomic_save", "model.pt"]] * 2 + \
         [["atomic_save", "model.pt"]]
-    assert distill.index(["atomic_save", "checkpoint_gpu_0.pt"]) < distill.index(["save", 1, 3])
+    assert distill.index(["save", 1, 3]) < distill.index(["atomic_save", "checkpoint_gpu_0.pt"])  # hooks first
     assert distill.index(["end"]) < len(distill) - 1 and distill[-1] == ["atomic_save", "model.pt"]
 
     # resume: upstream's checkpoint gives (epoch 2, step 6), the hooks' resume sees it, training goes on
     resume = [c for c in results["resume"] if c[0] in ("resume", "step", "save", "end")]
     assert resume[0] == ["resume", 2, 6] and [c[1] for c in resume if c[0] == "step"] == [7, 8, 9]
     assert resume[-2:] == [["save", 3, 9], ["end"]]
+
+    # the real hooks from a recipe outside configs/ (get_config -> load_recipe), then a resume that matches steps
+    recipe = results["recipe"]
+    upstream_files = [c[1] for c in recipe if c[0] == "atomic_save" and not c[1].startswith("distill_gpu_0.pt")]
+    assert upstream_files == ["checkpoint_gpu_0.pt", "model.pt"] * 2 + ["model.pt"]
+    out_dir = tree / "work_dirs" / "recipe"
+    assert {"distill_gpu_0.pt", "checkpoint_gpu_0.pt", "model.pt"} <= {p.name for p in out_dir.iterdir()}
+    assert torch.load(out_dir / "distill_gpu_0.pt", weights_only=True)["global_step"] == 9  # after the resume
+    log = (out_dir / "training.log").read_text()
+    assert "pwr" in log and "resumed distillation state of epoch 2, step 6" in log
 
     # data_backend: our loader (synthetic faces, upstream's sampler) and .bin verification, no mxnet module
     data = results["data_backend"]
