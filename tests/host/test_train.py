@@ -29,6 +29,7 @@ CASES = {
     "feature": edict(name="feature", weight=1.0, params=edict(kind="cosine")),
     "hkd": edict(name="hkd", weight=0.3, params=edict(temperature=4.0)),
     "projection": edict(name="test_projection", weight=1.0, params=edict()),
+    "inherit": edict(name="pwr", weight=10.0, params=edict()),  # + ProxylessKD's inherited, frozen classifier
 }
 
 
@@ -57,7 +58,8 @@ def _cfg(root, case, world):
         frequent=2, lr=0.05, save_all_states=True, output=f"{root}/{case}_w{world}"))
     cfg.distill = edict(teacher=edict(network="tiny_cnn", weights=f"{root}/teacher/model.pt", embedding_size=8,
                                       classifier=f"{root}/teacher", input_size=(16, 16)),
-                        classification_weight=0.0 if case == "pwr_alone" else 1.0, heads=[CASES[case]])
+                        classification_weight=0.0 if case == "pwr_alone" else 1.0, heads=[CASES[case]],
+                        inherit_classifier=case == "inherit")
     validate_recipe(cfg)
     return cfg
 
@@ -164,3 +166,14 @@ def test_pwr_alone_ignores_the_classifier_loss(trained):
     for total, expected, value in results[1][0]["pwr_alone"]["log"]:
         assert total == pytest.approx(100.0 * value, rel=1e-5)
     assert get_head_spec("pwr").consumes == "embeddings"
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_inherited_classifier_stays_the_teachers(trained, world):
+    root, _ = trained
+    teacher = torch.cat([torch.load(root / "teacher" / f"checkpoint_gpu_{r}.pt", weights_only=True)
+                         ["state_dict_softmax_fc"]["weight"] for r in range(3)])
+    for r in range(world):
+        start, count = shard_range(10, world, r)
+        got = torch.load(root / f"inherit_w{world}" / f"checkpoint_gpu_{r}.pt", weights_only=True)
+        assert torch.equal(got["state_dict_softmax_fc"]["weight"], teacher[start:start + count])
