@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import pickle
 import re
 import subprocess
@@ -24,7 +25,7 @@ from insightface_pwr.arcface import data_layer
 from insightface_pwr.data.verification_metrics import evaluate_verification
 from insightface_pwr.recipe import RecipeError
 
-MIRROR = Path("/work/.mirror/deepinsight+insightface/repo")
+MIRROR = Path(os.environ.get("INSIGHTFACE_PWR_UPSTREAM_MIRROR", "/work/.mirror/deepinsight+insightface/repo"))
 COMMIT = "0159b24d44cbc91abbd07b7a6fab0ba923a7fddf"
 
 

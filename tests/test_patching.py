@@ -149,6 +149,7 @@ def test_crlf_and_missing_final_newline_round_trip():
 # ------------------------------------------------------------------------------------------ on the fixture
 def test_fixture_check_apply_refuse_twice_revert(fixture_tree, capsys):
     root, patch_dir, expected = fixture_tree
+    (root / "train_v2.py").chmod(0o755)
     assert _cli(root, patch_dir, "--check") == 0
     assert _cli(root, patch_dir, "--check", "--revert") == 1
     assert "nothing to revert" in capsys.readouterr().err
@@ -169,6 +170,7 @@ def test_fixture_check_apply_refuse_twice_revert(fixture_tree, capsys):
     assert _cli(root, patch_dir, "--revert") == 0
     _assert_pristine(root, expected)
     assert not list(root.rglob("*.tmp")), "temp files left behind"
+    assert (root / "train_v2.py").stat().st_mode & 0o777 == 0o755, "permission bits must survive"
     assert _cli(root, patch_dir, "--revert") == 1
 
 
@@ -272,8 +274,8 @@ def test_new_train_py_runs_train_v2_as_the_main_script(fixture_tree, tmp_path):
 def upstream(tmp_path_factory) -> Path:
     """The pristine pinned arcface_torch folder, extracted from the git mirror (read it, copy it, never modify)."""
     if not (MIRROR / "HEAD").exists():
-        pytest.skip(f"the upstream git mirror {MIRROR} is absent (set INSIGHTFACE_PWR_UPSTREAM_MIRROR); the fixture "
-                    "tests above cover the same logic")
+        pytest.skip(f"the upstream git mirror {MIRROR} is absent (set INSIGHTFACE_PWR_UPSTREAM_MIRROR): these tests "
+                    "need the real arcface_torch files; the fixture tests cover check/apply/refuse/revert")
     import io
     import tarfile
     root = tmp_path_factory.mktemp("upstream")
