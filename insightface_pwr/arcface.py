@@ -30,6 +30,7 @@ from torch import distributed as dist
 from torch import nn
 
 from .checkpoint import safe_load
+from .distributed import all_gather_no_grad
 from .hooks import DistillHooks, HeadTerm
 from .lr_schedules import PolynomialWarmupLR, StepEpochLR
 from .recipe import RecipeError, combined_loss_formula, validate_distill
@@ -143,10 +144,7 @@ class PartialFCLogits:
 
     @torch.no_grad()
     def _teacher_logits(self, teacher_embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.world_size > 1:
-            parts = [torch.empty_like(teacher_embeddings) for _ in range(self.world_size)]
-            dist.all_gather(parts, teacher_embeddings.contiguous())
-            teacher_embeddings = torch.cat(parts)
+        teacher_embeddings = all_gather_no_grad(teacher_embeddings, "teacher embeddings")
         weight = self.teacher_weight
         if self.partial_fc.sample_rate < 1:
             weight = weight[self.partial_fc.weight_index]
@@ -339,20 +337,6 @@ def data_layer(cfg: Any) -> Tuple[Callable[..., Any], Callable[..., Any]]:
     return get_dataloader, _BinVerification
 
 
-class _RandomFlip(torch.utils.data.Dataset):
-    """Upstream's training augmentation: each image (3 x H x W) mirrored with probability 1/2."""
-
-    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        image, label = self.dataset[i]
-        return (torch.flip(image, dims=[-1]) if torch.rand(()) < 0.5 else image), torch.as_tensor(label)
-
-
 class _DeviceLoader(torch.utils.data.DataLoader):
     """A DataLoader whose batches arrive on ``device`` (upstream's DataLoaderX also moves them to the GPU)."""
 
@@ -361,8 +345,12 @@ class _DeviceLoader(torch.utils.data.DataLoader):
         self.device = device
 
     def __iter__(self):
+        from .batch_keys import BATCH_KEYS
         for batch in super().__iter__():
-            yield [t.to(self.device, non_blocking=True) for t in batch]
+            moved = [t.to(self.device, non_blocking=True) for t in batch[:2]]
+            if len(batch) == 4:  # (image, label, key, flipped): publish the keys for a teacher cache (batch_keys)
+                BATCH_KEYS.publish(moved[0], batch[2], batch[3])
+            yield moved
 
 
 def _face_loader(cfg: Any, root_dir: str, local_rank: int, batch_size: int, seed: Optional[int],
@@ -373,11 +361,8 @@ def _face_loader(cfg: Any, root_dir: str, local_rank: int, batch_size: int, seed
         from .host.data import SyntheticFaces
         dataset = SyntheticFaces(cfg.num_image, cfg.num_classes, (112, 112), cfg.seed)
     else:
-        from . import data
-        if not hasattr(data, "FaceDataset"):
-            raise RecipeError(f"config.data_backend = 'insightface_pwr' reads {root_dir!r} with "
-                              f"insightface_pwr.data.FaceDataset, which this version does not have")
-        dataset = _RandomFlip(data.FaceDataset(root_dir))
+        from .data.dataset import FaceDataset
+        dataset = FaceDataset(root_dir, random_flip=True, return_meta=True)  # upstream's flip, + record keys
     rank, world_size = get_dist_info()
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     init_fn = None if seed is None else partial(worker_init_fn, num_workers=num_workers, rank=rank, seed=seed)

@@ -111,30 +111,26 @@ def _from_ranges(ranges: Sequence[Sequence[int]]) -> np.ndarray:
 
 
 class image_records:  # noqa: N801  (used like a function: image_records(rec_dir).keys / .image(key))
-    """The image records of an InsightFace RecordIO folder, as the face dataset enumerates them.
+    """The image records of a RecordIO folder exactly as training reads them: the data layer's
+    :class:`~insightface_pwr.data.FaceDataset` (its keys, decoding and normalisation; no random flip).
 
-    Record 0 with ``flag > 0`` is a header whose ``label[0]`` ends the image keys ``1 .. label[0] - 1`` (InsightFace
-    layout, as upstream's MXFaceDataset reads it); otherwise every key of the index is an image. ``image(key,
-    flip)`` is the training transform of that record: RGB, mirrored when ``flip``, ``(pixel - 127.5) / 127.5``,
-    3 x H x W float32."""
+    ``keys``: the RecordIO keys of the images, in the dataset's order; ``image(key, flip)``: that record's training
+    tensor (3 x H x W float32, ``(pixel - 127.5) / 127.5``), mirrored when ``flip`` (as the random flip does)."""
 
     def __init__(self, rec_dir: PathLike) -> None:
-        from .data.recordio import MXIndexedRecordIO, unpack
-        rec, idx = _rec_paths(rec_dir)
-        self.path = str(rec)
-        self.reader = MXIndexedRecordIO(str(idx), str(rec), "r")
-        header, _ = unpack(self.reader.read_idx(self.reader.keys[0]), source=rec, key=self.reader.keys[0])
-        if header.flag > 0:
-            self.keys = list(range(1, int(header.label[0])))
-        else:
-            self.keys = [int(k) for k in self.reader.keys]
+        from .data.dataset import FaceDataset
+        _rec_paths(rec_dir)
+        self.dataset = FaceDataset(rec_dir, random_flip=False, return_meta=False, mean=TRAIN_MEAN, std=TRAIN_STD)
+        self.path = str(self.dataset.rec_path)
+        self.keys = [int(k) for k in self.dataset.keys]
+        self._pos = {k: i for i, k in enumerate(self.keys)}
 
     def image(self, key: int, flip: bool = False) -> torch.Tensor:
-        from .data.images import decode_image, hflip, to_tensor
-        from .data.recordio import unpack
-        _, payload = unpack(self.reader.read_idx(int(key)), source=self.path, key=key)
-        rgb = decode_image(payload, source=self.path, record=key)
-        return to_tensor(hflip(rgb) if flip else rgb, TRAIN_MEAN, TRAIN_STD)
+        image = self.dataset[self._pos[int(key)]][0]
+        return torch.flip(image, dims=[-1]) if flip else image
+
+    def label(self, key: int) -> int:
+        return self.dataset.label_of(self._pos[int(key)])
 
 
 # ------------------------------------------------------------------------------------------------ atomic JSON

@@ -272,3 +272,87 @@ def test_build_hooks_refuses_a_cache_of_another_teacher_or_set(kit):
         _hooks(tmp_path, other, cache=tmp_path / "cache.npy")
     with pytest.raises(CacheError, match="not found"):
         _hooks(tmp_path, teacher, cache=tmp_path / "missing.npy")
+
+
+# ------------------------------------------------------------------------------------------------ the CPU host (gloo)
+def _host_worker(rank, world, root):
+    """Train the same recipe with the live teacher, then with its cache (the teacher must not be loaded)."""
+    import insightface_pwr.arcface as arcface
+    from insightface_pwr.host.train import run_host
+    from insightface_pwr.recipe import apply_defaults, validate_recipe
+    losses = {}
+    for mode in ("live", "cached"):
+        cfg = apply_defaults(edict(
+            margin_list=(1.0, 0.5, 0.0), network="tiny_cnn", embedding_size=8, rec=f"{root}/rec", num_classes=3,
+            num_image=24, num_epoch=2, warmup_epoch=0, val_targets=[], batch_size=8 // world, frequent=2, lr=0.05,
+            output=f"{root}/{mode}_w{world}"))
+        cfg.distill = edict(teacher=edict(weights=f"{root}/teacher.pt", input_size=(16, 16)),
+                            heads=[edict(name="rkd_d", weight=10.0), edict(name="feature", weight=1.0)])
+        if mode == "cached":
+            cfg.distill.teacher.cache = f"{root}/cache.npy"
+        validate_recipe(cfg)
+        load = arcface.load_teacher
+        if mode == "cached":
+            arcface.load_teacher = lambda *a, **k: (_ for _ in ()).throw(AssertionError("teacher loaded"))
+        try:
+            run_host(cfg, rank, world)
+        finally:
+            arcface.load_teacher = load
+        if rank == 0:
+            with open(f"{root}/{mode}_w{world}/host_losses.jsonl") as f:
+                losses[mode] = [json.loads(line)["loss"] for line in f]
+    return losses
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_host_trains_from_the_cache_as_from_the_live_teacher(tmp_path, world):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "host"))
+    from gloo_helpers import run_gloo_processes
+    write_rec(tmp_path / "rec", n=24, size=(16, 16))
+    teacher = write_teacher(tmp_path / "teacher.pt")
+    make(tmp_path, teacher)
+    losses = run_gloo_processes(_host_worker, world, str(tmp_path), timeout=300)[0]
+    live_losses, cached_losses = np.array(losses["live"]), np.array(losses["cached"])
+    assert len(live_losses) == len(cached_losses) == 6
+    # same batches, same flips (FaceDataset's random flip from the same seeded RNG); only the teacher's float16
+    # rounding differs, so the losses agree to ~1e-3 relative
+    np.testing.assert_allclose(cached_losses, live_losses, rtol=2e-3)
+    assert np.ptp(live_losses) > 1e-3  # the runs do train
+
+
+# ------------------------------------------------------------------------------------------------ the opt-in upstream loader
+def test_upstream_opt_in_loader_publishes_keys_and_flips(kit, monkeypatch):
+    """``data_backend = 'insightface_pwr'``: the loader's batches come with their record keys and flip flags, and the
+    published images are exactly the training transform of those records (checked against the hand-written one)."""
+    import tarfile
+    tmp_path, images, teacher = kit
+    mirror = "/work/.mirror/deepinsight+insightface/repo"
+    if not os.path.exists(os.path.join(mirror, "HEAD")):
+        pytest.skip("the upstream git mirror is absent (the loader uses upstream's sampler)")
+    data = subprocess.run(["git", "-C", mirror, "archive", "0159b24d44cbc91abbd07b7a6fab0ba923a7fddf",
+                           "recognition/arcface_torch/utils"], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(tmp_path / "up", filter="data")
+    monkeypatch.syspath_prepend(str(tmp_path / "up" / "recognition" / "arcface_torch"))
+    for name in [m for m in sys.modules if m == "utils" or m.startswith("utils.")]:
+        monkeypatch.delitem(sys.modules, name)
+    from insightface_pwr.arcface import data_layer
+    from insightface_pwr.batch_keys import BATCH_KEYS
+    make(tmp_path, teacher)
+    get_dataloader, _ = data_layer(edict(data_backend="insightface_pwr", num_image=20, num_classes=3, seed=7))
+    loader = get_dataloader(str(tmp_path / "rec"), 0, 5, False, False, 2048, 0)
+    torch.manual_seed(0)
+    cached = CachedTeacher(TeacherCache(tmp_path / "cache.npy"))
+    model = live(teacher)
+    seen, n_flipped = [], 0
+    for img, labels in loader:  # exactly how train_v2 unpacks a batch
+        keys, flips = BATCH_KEYS.take(img)
+        expected = torch.stack([reference_input(images[k - 1], f) for k, f in zip(keys.tolist(), flips.tolist())])
+        assert torch.allclose(img, expected, atol=1e-6)
+        assert labels.tolist() == [(k - 1) % 3 for k in keys.tolist()]
+        assert_fp16_close(cached(img).numpy(), model(img).numpy())
+        seen += keys.tolist()
+        n_flipped += int(flips.sum())
+    assert sorted(seen) == list(range(1, 21)) and 0 < n_flipped < 20
+    for name in [m for m in sys.modules if m == "utils" or m.startswith("utils.")]:
+        del sys.modules[name]
