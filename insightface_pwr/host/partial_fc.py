@@ -3,8 +3,9 @@
 Our own code, written from upstream's documented behaviour so the hooks can be driven without CUDA:
 - classes sharded over ranks: rank r of W holds C // W + (r < C % W) centres starting at C // W * r + min(r, C % W);
   ``weight`` is (num_local, D), initialised N(0, 0.01);
-- forward all-gathers the embeddings and labels (:class:`AllGatherGrad`: backward sums each rank's gradient of
-  the gathered rows onto the rows' owner and multiplies by W, because DDP then AVERAGES the backbone gradients);
+- forward all-gathers the embeddings and labels (:func:`~insightface_pwr.distributed.all_gather_with_grad`:
+  backward sums each rank's gradient of the gathered rows onto the rows' owner and multiplies by W, because DDP
+  then AVERAGES the backbone gradients);
   labels outside this rank's classes become -1;
 - ``sample_rate < 1``: keep the positive centres plus random others (``torch.rand`` on the global RNG, as upstream),
   ``weight_index`` holds the kept classes (sorted) and the labels are remapped into them;
@@ -23,13 +24,9 @@ import torch.nn.functional as F
 from torch import distributed as dist
 from torch import nn
 
-__all__ = ["MarginSoftmax", "PartialFC", "DistCrossEntropyFunction", "AllGatherGrad"]
+from ..distributed import all_gather_no_grad, all_gather_with_grad, world_info
 
-
-def _world() -> Tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+__all__ = ["MarginSoftmax", "PartialFC", "DistCrossEntropyFunction"]
 
 
 class MarginSoftmax(nn.Module):
@@ -58,36 +55,12 @@ class MarginSoftmax(nn.Module):
         return logits.index_put((rows, cols), new_target) * self.s
 
 
-class AllGatherGrad(torch.autograd.Function):
-    """All-gather of equal-size tensors; backward reduces each part's gradient to its owner, times W."""
-
-    @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        _, world = _world()
-        parts = [torch.empty_like(tensor) for _ in range(world)]
-        if world > 1:
-            dist.all_gather(parts, tensor.contiguous())
-        else:
-            parts[0].copy_(tensor)
-        return tuple(parts)
-
-    @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> torch.Tensor:
-        rank, world = _world()
-        grads = [g.contiguous() for g in grads]
-        if world > 1:
-            works = [dist.reduce(g, dst=i, op=dist.ReduceOp.SUM, async_op=True) for i, g in enumerate(grads)]
-            for w in works:
-                w.wait()
-        return grads[rank] * world
-
-
 class DistCrossEntropyFunction(torch.autograd.Function):
     """Mean over the global batch of -log softmax_target, the softmax over the classes of all ranks."""
 
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        _, world = _world()
+        _, world = world_info()
         m = logits.max(dim=1, keepdim=True)[0]
         if world > 1:
             dist.all_reduce(m, dist.ReduceOp.MAX)
@@ -117,7 +90,7 @@ class PartialFC(nn.Module):
 
     def __init__(self, margin_loss: Callable, embedding_size: int, num_classes: int, sample_rate: float = 1.0) -> None:
         super().__init__()
-        self.rank, self.world_size = _world()
+        self.rank, self.world_size = world_info()
         self.embedding_size, self.num_classes, self.sample_rate = embedding_size, num_classes, float(sample_rate)
         self.num_local = num_classes // self.world_size + int(self.rank < num_classes % self.world_size)
         self.class_start = num_classes // self.world_size * self.rank + min(self.rank, num_classes % self.world_size)
@@ -141,14 +114,8 @@ class PartialFC(nn.Module):
         return self.weight[index]
 
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
-        local_labels = local_labels.view(-1).long()
-        embeddings = torch.cat(AllGatherGrad.apply(local_embeddings))
-        label_parts = [torch.empty_like(local_labels) for _ in range(self.world_size)]
-        if self.world_size > 1:
-            dist.all_gather(label_parts, local_labels)
-        else:
-            label_parts = [local_labels.clone()]
-        labels = torch.cat(label_parts).view(-1, 1)
+        embeddings = all_gather_with_grad(local_embeddings, "partial FC embeddings")
+        labels = all_gather_no_grad(local_labels.view(-1).long(), "partial FC labels").clone().view(-1, 1)
         positive = (labels >= self.class_start) & (labels < self.class_start + self.num_local)
         labels[~positive] = -1
         labels[positive] -= self.class_start
