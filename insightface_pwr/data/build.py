@@ -1,0 +1,111 @@
+"""Build an InsightFace RecordIO set (``train.rec``, ``train.idx``, ``property``) from an image folder.
+
+Input: ``<root>/<identity>/<image>``; identities are the sub-folders in sorted name order (class ``c`` is the
+``c``-th), images the files of each in sorted name order with an image suffix (``.jpg``, ``.jpeg``, ``.png``,
+``.bmp``, ``.webp``; other files are ignored, an identity without images is an error). Output, as InsightFace
+writes it (and MXNet reads it):
+
+* key 0: header ``IRHeader(flag=2, label=[1 + N, 1 + N + C], id=0, id2=0)``, empty payload;
+* keys ``1..N``: ``IRHeader(0, class, key, 0)`` + the image file's bytes, unchanged (no re-encoding);
+* keys ``N + 1 .. N + C``: identity ranges ``IRHeader(2, [first key, end key), key, 0)``, empty payload;
+* ``property``: ``C,H,W`` and a newline, with the size of the first image (every image must have that size).
+
+Every file is written to a temporary name and renamed into place when complete.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Tuple, Union
+
+from .errors import DataFileError
+from .recordio import IRHeader, MXIndexedRecordIO, pack
+
+__all__ = ["IMAGE_SUFFIXES", "scan_image_folder", "build_recordio"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def scan_image_folder(root: PathLike) -> List[Tuple[str, List[Path]]]:
+    """``[(identity, [image paths])]`` in class order (see the module docstring)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataFileError(root, "image folder not found (expected <root>/<identity>/<image>)")
+    identities = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        images = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise DataFileError(d, f"identity folder has no images (suffixes {', '.join(IMAGE_SUFFIXES)})")
+        identities.append((d.name, images))
+    if not identities:
+        raise DataFileError(root, "no identity sub-folders (expected <root>/<identity>/<image>)")
+    return identities
+
+
+def _image_size(path: Path) -> Tuple[int, int]:
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            img.verify()
+            return img.size[1], img.size[0]
+    except Exception as e:
+        raise DataFileError(path, f"not a readable image ({type(e).__name__}: {e})") from None
+
+
+def build_recordio(root: PathLike, out_dir: PathLike, progress: bool = True) -> Dict[str, int]:
+    """Write ``out_dir/train.rec``, ``train.idx`` and ``property`` from ``root``; returns the counts."""
+    identities = scan_image_folder(root)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n_images = sum(len(images) for _, images in identities)
+    n_classes = len(identities)
+    bar = _progress(n_images, progress)
+    size = None
+    ranges = []
+    with MXIndexedRecordIO(out / "train.idx", out / "train.rec", "w") as writer:
+        writer.write_idx(0, pack(IRHeader(2, [1 + n_images, 1 + n_images + n_classes], 0, 0), b""))
+        key = 1
+        for label, (_, images) in enumerate(identities):
+            first = key
+            for path in images:
+                hw = _image_size(path)
+                if size is None:
+                    size = hw
+                elif hw != size:
+                    raise DataFileError(path, f"image is {hw[0]}x{hw[1]}, the first image is {size[0]}x{size[1]}; "
+                                              f"a RecordIO set holds aligned faces of one size")
+                writer.write_idx(key, pack(IRHeader(0, float(label), key, 0), path.read_bytes()))
+                key += 1
+                if bar is not None:
+                    bar.update(1)
+            ranges.append((first, key))
+        for first, end in ranges:
+            writer.write_idx(key, pack(IRHeader(2, [first, end], key, 0), b""))
+            key += 1
+    if bar is not None:
+        bar.close()
+    _write_text_atomic(out / "property", f"{n_classes},{size[0]},{size[1]}\n")
+    return {"images": n_images, "identities": n_classes, "height": size[0], "width": size[1]}
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is optional
+        return None
+    return tqdm(total=total, desc="build-rec", unit="img", file=sys.stderr)

@@ -1,0 +1,20 @@
+"""``insightface-pwr build-rec ROOT OUT``: an image folder (<root>/<identity>/<image>) to an InsightFace RecordIO
+set (train.rec, train.idx, property); see :mod:`insightface_pwr.data.build`."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from .build import build_recordio
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("root", help="image folder: <root>/<identity>/<image>")
+    parser.add_argument("out", help="output folder for train.rec, train.idx and property")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    counts = build_recordio(args.root, args.out, progress=not args.no_progress)
+    print(json.dumps(counts))
+    return 0
