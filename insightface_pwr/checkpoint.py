@@ -15,6 +15,7 @@ the temporary file is written and synced, before the rename.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 from pathlib import Path
@@ -95,12 +96,14 @@ def save_rotating(obj: Any, path: PathLike) -> None:
 
 
 def safe_load(path: PathLike, what: str = "checkpoint", *, mmap: bool = False) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors that name ``what`` and the file."""
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors that name ``what`` and the file;
+    ``mmap``: map the tensors instead of reading them (where torch supports it), for slicing big shards."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} file not found: {str(path)!r}")
+    kwargs = {"mmap": True} if mmap and "mmap" in inspect.signature(torch.load).parameters else {}  # torch >= 2.1
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+        return torch.load(str(path), map_location="cpu", weights_only=True, **kwargs)
     except Exception as e:  # noqa: BLE001  (torch raises many kinds; all mean "cannot read this file")
         raise CheckpointError(f"cannot read {what} {str(path)!r} with torch.load(weights_only=True): "
                               f"{type(e).__name__}: {e}") from e

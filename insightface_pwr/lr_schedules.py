@@ -14,7 +14,10 @@ from __future__ import annotations
 from typing import List
 
 import torch
-from torch.optim.lr_scheduler import LRScheduler
+try:
+    from torch.optim.lr_scheduler import LRScheduler
+except ImportError:  # torch < 2.0
+    from torch.optim.lr_scheduler import _LRScheduler as LRScheduler
 
 __all__ = ["PolynomialWarmupLR", "StepEpochLR"]
 

@@ -49,10 +49,6 @@ class ModuleTeacher(Teacher):
             p.requires_grad_(False)
         self.kind, self.fp16 = kind, fp16
 
-    def to(self, device: torch.device) -> "ModuleTeacher":
-        self.module.to(device)
-        return self
-
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.fp16:
