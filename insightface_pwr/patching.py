@@ -33,6 +33,7 @@ MANIFEST_FILE = "upstream.sha256"
 
 _HUNK_RE = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _NO_NEWLINE = b"\\ No newline at end of file"
+_GIT_HEADERS = (b"diff ", b"index ", b"new file mode ", b"old mode ", b"new mode ")  # `git diff` file headers
 
 
 class PatchFileError(ValueError):
@@ -123,7 +124,7 @@ def parse_patch(data: bytes, source: str) -> List[FilePatch]:
     i = 0
     while i < len(lines):
         if not (lines[i].startswith(b"--- ") and i + 1 < len(lines) and lines[i + 1].startswith(b"+++ ")):
-            if files and lines[i].strip():
+            if files and lines[i].strip() and not lines[i].startswith(_GIT_HEADERS):
                 raise PatchFileError(f"{source}:{i + 1}: unexpected line {lines[i]!r} between hunks")
             i += 1
             continue

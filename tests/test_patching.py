@@ -136,6 +136,15 @@ def test_parse_rejects_malformed_patches():
         patching.parse_patch(b"--- a/../f\n+++ b/../f\n@@ -1 +1 @@\n-a\n+b\n", "x.patch")
 
 
+def test_parse_accepts_git_diff_headers_between_files():
+    text = (b"comment\ndiff --git a/f b/f\nindex 1234567..89abcde 100644\n--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+b\n"
+            b"diff --git a/g b/g\nnew file mode 100644\nindex 0000000..1111111\n--- /dev/null\n+++ b/g\n"
+            b"@@ -0,0 +1 @@\n+new\n")
+    f, g = patching.parse_patch(text, "git.patch")
+    assert (f.path, f.is_new, f.hunks[0].pre, f.hunks[0].post) == ("f", False, [b"a\n"], [b"b\n"])
+    assert (g.path, g.is_new, g.hunks[0].post) == ("g", True, [b"new\n"])
+
+
 def test_crlf_and_missing_final_newline_round_trip():
     # f.txt: b"a\r\nb\r\nc" (CRLF, no final newline) -> b"a\r\nB\r\nc", the diff GNU diff -u writes for it
     patch = (b"--- a/f.txt\n+++ b/f.txt\n@@ -1,3 +1,3 @@\n a\r\n-b\r\n+B\r\n c\n\\ No newline at end of file\n")
@@ -308,6 +317,13 @@ def test_real_upstream_check_apply_compile_revert_exact_bytes(upstream, tmp_path
         with warnings.catch_warnings():  # upstream's `self.rank is 0` (utils_callbacks.py) warns
             warnings.simplefilter("ignore", SyntaxWarning)
             py_compile.compile(str(target / rel), cfile=str(tmp_path / "compiled.pyc"), doraise=True)
+    if shutil.which("patch"):  # an independent implementation: GNU patch gives the same bytes
+        gnu = tmp_path / "gnu"
+        shutil.copytree(upstream, gnu)
+        for line in (PATCHES / "series").read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                subprocess.run(["patch", "-p1", "--quiet", "-i", str(PATCHES / line.strip())], cwd=gnu, check=True)
+        assert _tree_hashes(gnu) == _tree_hashes(target)
     assert cli_main(["patch", str(target)]) == 1
     assert cli_main(["patch", "--revert", str(target)]) == 0
     assert _tree_hashes(target) == pristine, "revert must give back the exact upstream bytes"
