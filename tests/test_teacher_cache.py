@@ -230,12 +230,17 @@ def _hooks(tmp_path, teacher, cache=None):
     backbone = get_model("tiny_cnn", num_features=8)
     pfc = PartialFC(MarginSoftmax(64, 1.0, 0.5, 0.0), 8, 3, 1.0)
     opt = torch.optim.SGD([{"params": backbone.parameters()}, {"params": pfc.parameters()}], lr=0.1)
-    t = edict(weights=teacher, input_size=(H, W))
+    t = edict(weights=teacher, input_size=(H, W), classifier=str(tmp_path / "classifier"))
     if cache:
         t.cache = str(cache)
+    if not (tmp_path / "classifier").exists():  # the teacher's classifier for HKD (3 classes x 8)
+        (tmp_path / "classifier").mkdir()
+        torch.save({"state_dict_softmax_fc": {"weight": torch.randn(3, 8, generator=torch.Generator().manual_seed(5))}},
+                   tmp_path / "classifier" / "checkpoint_gpu_0.pt")
     cfg = edict(rec=str(tmp_path / "rec"), embedding_size=8, num_classes=3, num_image=20, output=str(tmp_path / "o"),
-                frequent=10, margin_list=(1.0, 0.5, 0.0),
-                distill=edict(teacher=t, heads=[edict(name="rkd_d", weight=1.0), edict(name="feature", weight=2.0)]))
+                frequent=1, margin_list=(1.0, 0.5, 0.0),
+                distill=edict(teacher=t, heads=[edict(name="rkd_d", weight=1.0), edict(name="feature", weight=2.0),
+                                                edict(name="hkd", weight=1.0)]))
     return build_hooks(cfg, backbone=backbone, partial_fc=pfc, optimizer=opt, rank=0, world_size=1, local_rank=0,
                        model_factory=get_model), backbone, pfc
 
@@ -244,24 +249,28 @@ def test_hooks_with_a_cache_match_the_live_teacher(kit):
     from insightface_pwr.batch_keys import BATCH_KEYS
     tmp_path, images, teacher = kit
     make(tmp_path, teacher)
-    live_hooks, backbone, pfc = _hooks(tmp_path, teacher)
-    cached_hooks, _, _ = _hooks(tmp_path, teacher, cache=tmp_path / "cache.npy")
-    assert cached_hooks.teacher.kind == "cache"
     keys = [3, 9, 1, 20, 14, 2]
     flips = [True, False, False, True, True, False]
     img = torch.stack([reference_input(images[k - 1], f) for k, f in zip(keys, flips)])
     labels = torch.tensor([(k - 1) % 3 for k in keys])
-    emb = backbone(img)
-    loss = pfc(emb, labels)
-    BATCH_KEYS.publish(img, torch.tensor(keys), torch.tensor(flips))
-    a = live_hooks.step(1, img, emb, labels, loss)
-    b = cached_hooks.step(1, img, emb, labels, loss)
+    results = []
+    for cache in (None, tmp_path / "cache.npy"):  # identical students (seeded), live teacher then the cache
+        hooks, backbone, pfc = _hooks(tmp_path, teacher, cache=cache)
+        assert hooks.teacher.kind == ("cache" if cache else "torchscript")
+        emb = backbone(img)
+        loss = pfc(emb, labels)
+        BATCH_KEYS.publish(img, torch.tensor(keys), torch.tensor(flips))
+        total = hooks.step(1, img, emb, labels, loss)
+        hooks.log(1)  # frequent = 1: hooks.last holds this step's value of every term
+        results.append((total, torch.autograd.grad(total, emb, retain_graph=True)[0], dict(hooks.last)))
+    (a, ga, terms_a), (b, gb, terms_b) = results
+    assert terms_a.keys() == {"classification", "rkd_d", "feature", "hkd", "total"} and terms_a["hkd"] > 0
+    for k in terms_a:  # every term, HKD's logits included, agrees within the float16 rounding of the teacher
+        assert terms_b[k] == pytest.approx(terms_a[k], rel=2e-3, abs=1e-6), k
     assert torch.allclose(a, b, rtol=2e-3, atol=1e-6) and not torch.equal(a, loss)
-    ga = torch.autograd.grad(a, emb, retain_graph=True)[0]
-    gb = torch.autograd.grad(b, emb)[0]
     assert torch.allclose(ga, gb, rtol=5e-3, atol=1e-5)
     with pytest.raises(BatchKeysError):
-        cached_hooks.step(2, img.clone(), emb, labels, loss)
+        hooks.step(2, img.clone(), emb, labels, pfc(emb, labels))
 
 
 def test_build_hooks_refuses_a_cache_of_another_teacher_or_set(kit):
