@@ -93,3 +93,13 @@ def test_formula(tmp_path):
                                           "0.3 * hkd(temperature=4.0)")
     cfg.distill.classification_weight = 0.0
     assert combined_loss_formula(cfg) == "L = 100 * pwr(inversion=exp) + 0.3 * hkd(temperature=4.0)"
+
+
+def test_the_example_recipes_validate():
+    root = Path(__file__).resolve().parents[1] / "examples"
+    teacher = load_recipe(root / "host_teacher.py")
+    student = load_recipe(root / "host_distill.py")
+    assert teacher.network == "tiny_mbf" and student.network == "tiny_cnn"
+    assert student.num_classes == teacher.num_classes and student.image_size == teacher.image_size
+    assert combined_loss_formula(student) == ("L = 0.7 * CosFace(m=0.35, s=64) + 100 * pwr(inversion=exp, "
+                                              "margin=teacher_diff) + 0.3 * hkd(temperature=4.0)")
