@@ -4,6 +4,8 @@ and parameter checks.
 - :func:`l2_normalize_mx` is MXNet's ``L2Normalization``: x / sqrt(sum x^2 + 1e-10) (a zero row stays zero, with
   a finite gradient). The PWR authors' code normalises embeddings (``mode='instance'``, per row) and the RKD-A
   difference vectors (``mode='spatial'``, over the last axis) this way.
+- :func:`at_least_float32` lifts float16 / bfloat16 inputs (autocast) to float32: the eps constants below (1e-10,
+  1e-12) underflow in float16 and would give NaN; float32 and float64 pass through unchanged.
 - :func:`huber` is the MXNet code's Huber loss: 0.5 x^2 if |x| <= delta else delta * (|x| - 0.5 delta), elementwise
   (for delta = 1 it equals ``torch.nn.functional.smooth_l1_loss``, the original RKD code's loss).
 """
@@ -13,9 +15,14 @@ from typing import Any, Iterable
 
 import torch
 
-__all__ = ["MX_L2_EPS", "l2_normalize_mx", "huber", "check_choice", "check_positive", "check_int"]
+__all__ = ["MX_L2_EPS", "at_least_float32", "l2_normalize_mx", "huber", "check_choice", "check_positive", "check_int"]
 
 MX_L2_EPS = 1e-10  # MXNet L2Normalization's eps, added to the sum of squares under the square root
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 if it is a half-precision float (float16, bfloat16), else unchanged (differentiable)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def l2_normalize_mx(x: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -22,6 +22,7 @@ Details and deviations from the reference codes (mnikitin/KD-PWR ``darkrank.py``
 - distances are clamped at 1e-12 before the power (cosine distances of duplicates can be 0 or slightly negative;
   a non-integer beta would then give NaN); the euclidean distance is already >= 1e-6.
 - soft follows the spec (a proper KL over the orderings); the MXNet soft code sums unnormalised terms.
+- half-precision inputs (float16 / bfloat16) are computed in float32.
 - list_length is capped at 8 for ``soft`` (7! = 5040 orderings per anchor).
 
 Recipe use (the paper's DarkRank row: weight 1 beside CosFace)::
@@ -37,7 +38,7 @@ import torch
 
 from ..registry import register_head
 from .base import EmbeddingHead, zero_loss
-from .common import check_choice, check_int, check_positive, l2_normalize_mx
+from .common import at_least_float32, check_choice, check_int, check_positive, l2_normalize_mx
 from .relations import RELATIONS, distance_matrix
 from .rkd_d import CONVENTIONS
 
@@ -67,8 +68,9 @@ def darkrank_loss(student: torch.Tensor, teacher: torch.Tensor, alpha: float = 3
     k = min(list_length, n) - 1
     if k < 2:
         return zero_loss(student)
+    student, teacher = at_least_float32(student), at_least_float32(teacher.detach())
     with torch.no_grad():
-        sc_t = _scores(teacher.detach(), relation, alpha, beta, convention)
+        sc_t = _scores(teacher, relation, alpha, beta, convention)
         eye = torch.eye(n, dtype=torch.bool, device=sc_t.device)
         order = torch.sort(sc_t.masked_fill(eye, float("-inf")), dim=1, descending=True, stable=True).indices[:, :k]
     z = _scores(student, relation, alpha, beta, convention).gather(1, order)  # N x K, teacher's order

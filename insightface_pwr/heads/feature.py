@@ -8,7 +8,8 @@ Distillation for Deep Face Recognition", CVPR 2022 discuss it for face recogniti
 - ``kind="cosine"`` (default): MEAN over the batch of (1 - cos(s_i, t_i)), a cosine DISTANCE in [0, 2].
 - ``kind="l2"``: MEAN over the batch of |s_i - t_i|^2 (SUM over dimensions) of the L2-normalised rows, in [0, 4]
   (= 2 x the cosine form).
-Rows are normalised as MXNet's ``L2Normalization`` (x / sqrt(|x|^2 + 1e-10)), like the other heads here.
+Rows are normalised as MXNet's ``L2Normalization`` (x / sqrt(|x|^2 + 1e-10)), like the other heads here;
+half-precision inputs are computed in float32.
 
 Recipe use::
 
@@ -22,7 +23,7 @@ import torch
 
 from ..registry import register_head
 from .base import EmbeddingHead
-from .common import check_choice, l2_normalize_mx
+from .common import at_least_float32, check_choice, l2_normalize_mx
 
 __all__ = ["FeatureConsistencyLoss", "KINDS"]
 
@@ -43,7 +44,7 @@ class FeatureConsistencyLoss(EmbeddingHead):
         self._param_names = ("kind",)
 
     def compute_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        s, t = l2_normalize_mx(student), l2_normalize_mx(teacher)
+        s, t = l2_normalize_mx(at_least_float32(student)), l2_normalize_mx(at_least_float32(teacher))
         if self.kind == "cosine":
             return (1.0 - (s * t).sum(dim=1)).mean()
         return ((s - t) ** 2).sum(dim=1).mean()

@@ -9,7 +9,7 @@ the KL divergence KL(p_t || p_s) per sample, in nats. The PWR authors do not mul
 does (Hinton's gradient-scale correction). Inputs: N x C logits of the student's and the teacher's classifiers over
 the SAME classes (the PWR authors use the margin logits).
 
-This head is a plain local computation over the C columns it is given. With partial FC (classes sharded over
+Half-precision logits (float16 / bfloat16) are computed in float32. This head is a plain local computation over the C columns it is given. With partial FC (classes sharded over
 ranks) the softmax and the class sum must be global: compute global log-softmaxes and reuse
 :func:`kl_from_log_probs` (per-sample KL given log-probabilities) on the local shard, then all-reduce the sum.
 
@@ -23,7 +23,7 @@ import torch
 
 from ..registry import register_head
 from .base import LogitHead
-from .common import check_positive
+from .common import at_least_float32, check_positive
 
 __all__ = ["HintonKDLoss", "kl_from_log_probs", "hkd_per_sample"]
 
@@ -37,8 +37,8 @@ def kl_from_log_probs(log_p_teacher: torch.Tensor, log_p_student: torch.Tensor) 
 
 def hkd_per_sample(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(softmax(teacher / T) || softmax(student / T)) per sample (N), over the local classes."""
-    log_p_s = torch.log_softmax(student_logits / temperature, dim=-1)
-    log_p_t = torch.log_softmax(teacher_logits.detach() / temperature, dim=-1)
+    log_p_s = torch.log_softmax(at_least_float32(student_logits) / temperature, dim=-1)
+    log_p_t = torch.log_softmax(at_least_float32(teacher_logits.detach()) / temperature, dim=-1)
     return kl_from_log_probs(log_p_t, log_p_s)
 
 

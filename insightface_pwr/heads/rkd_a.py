@@ -15,7 +15,7 @@ delta (|x| - delta/2)) between the student's and the teacher's A, MEAN over all 
   ``torch.nn.functional.normalize`` (v / max(|v|, 1e-12)).
 
 Memory: N^2 x D for the difference vectors plus N^3 for A (N = 92, D = 512: about 35 MB in float64).
-N = 1 gives a zero attached to the graph.
+Half-precision inputs are computed in float32. N = 1 gives a zero attached to the graph.
 
 Recipe use (the paper's RKD-A row: weight 200 beside CosFace)::
 
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..registry import register_head
 from .base import EmbeddingHead, zero_loss
-from .common import check_choice, check_positive, huber, l2_normalize_mx
+from .common import at_least_float32, check_choice, check_positive, huber, l2_normalize_mx
 from .rkd_d import CONVENTIONS
 
 __all__ = ["RKDAngleLoss", "rkd_angle_loss", "angle_tensor"]
@@ -50,8 +50,9 @@ def rkd_angle_loss(student: torch.Tensor, teacher: torch.Tensor, huber_delta: fl
     """The RKD-A loss of N x D_s student and N x D_t teacher embeddings (see the module docstring)."""
     if student.shape[0] < 2:
         return zero_loss(student)
+    student = at_least_float32(student)
     with torch.no_grad():
-        at = angle_tensor(teacher.detach(), convention)
+        at = angle_tensor(at_least_float32(teacher.detach()), convention)
     return huber(angle_tensor(student, convention) - at, huber_delta).mean()
 
 

@@ -17,7 +17,7 @@ Relations are DISTANCES (``relations.py``). Two conventions:
   refused under this convention.
 
 Huber is the MXNet form 0.5 x^2 if |x| <= delta else delta (|x| - delta/2); for delta = 1 it is torch's smooth L1.
-N = 1 (no pair) gives a zero attached to the graph. (The MXNet code divides by max(N - 1, 1); same thing.)
+Half-precision inputs (float16 / bfloat16) are computed in float32. N = 1 (no pair) gives a zero attached to the graph. (The MXNet code divides by max(N - 1, 1); same thing.)
 
 Recipe use (the paper's RKD-D row: weight 100 beside CosFace)::
 
@@ -31,7 +31,7 @@ import torch
 
 from ..registry import register_head
 from .base import EmbeddingHead, zero_loss
-from .common import check_choice, check_positive, huber, l2_normalize_mx
+from .common import at_least_float32, check_choice, check_positive, huber, l2_normalize_mx
 from .relations import RELATIONS, distance_matrix
 
 __all__ = ["RKDDistanceLoss", "rkd_distance_loss", "validate_distance_params", "CONVENTIONS"]
@@ -63,7 +63,7 @@ def rkd_distance_loss(student: torch.Tensor, teacher: torch.Tensor, relation: st
     n = student.shape[0]
     if n < 2:
         return zero_loss(student)
-    teacher = teacher.detach()
+    student, teacher = at_least_float32(student), at_least_float32(teacher.detach())
     ds = _normalized_distances(student, relation, mean_normalize, convention)
     with torch.no_grad():
         dt = _normalized_distances(teacher, relation, mean_normalize, convention)

@@ -109,3 +109,16 @@ def test_docstring_cites_a_paper_and_shows_a_recipe(name):
     assert spec.paper.split()[0].rstrip(",") in module_doc  # first author of the cited paper
     assert f'name="{name}"' in module_doc  # a recipe snippet
     assert spec.summary
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_finite_with_duplicate_rows(name, dtype):
+    # autocast hands half-precision embeddings/logits; eps constants like 1e-10 underflow in float16
+    inputs = make_inputs(name, dtype=torch.float64)
+    s_key, t_key = list(inputs)
+    inputs[s_key][3] = inputs[s_key][1]
+    inputs[t_key][2] = inputs[t_key][0]
+    out, grad = run(name, {k: v.to(dtype) for k, v in inputs.items()})
+    assert torch.isfinite(out) and torch.isfinite(grad).all() and grad.dtype == dtype
+    ref, _ = run(name, inputs)
+    assert float(out.detach()) == pytest.approx(float(ref.detach()), rel=0.05, abs=1e-3)
