@@ -303,16 +303,16 @@ def build_hooks(cfg: Any, backbone: nn.Module, partial_fc: nn.Module, optimizer:
         if needs_logits:
             logits = PartialFCLogits(partial_fc, rows, world_size)
 
-    head_params = [p for t in terms for p in t.module.parameters() if p.requires_grad]
+    hooks = DistillHooks(teacher=teacher, terms=terms, classification_weight=d.classification_weight, rank=rank,
+                         world_size=world_size, output=cfg.output, resume=bool(cfg.get("resume", False)),
+                         frequent=cfg.frequent, formula=combined_loss_formula(cfg), input_size=d.teacher.input_size,
+                         logits=logits, make_lr_scheduler=_make_lr_scheduler_factory(cfg, optimizer))
+    head_params = hooks.parameters()
     if head_params:
         _insert_before_last_group(optimizer, head_params)
         if world_size > 1:
             _average_grads_over_ranks(head_params, world_size)
-
-    return DistillHooks(teacher=teacher, terms=terms, classification_weight=d.classification_weight, rank=rank,
-                        world_size=world_size, output=cfg.output, resume=bool(cfg.get("resume", False)),
-                        frequent=cfg.frequent, formula=combined_loss_formula(cfg), input_size=d.teacher.input_size,
-                        logits=logits, make_lr_scheduler=_make_lr_scheduler_factory(cfg, optimizer))
+    return hooks
 
 
 # ------------------------------------------------------------------ the opt-in MXNet-free data layer (data_backend)

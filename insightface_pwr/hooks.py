@@ -72,8 +72,9 @@ class DistillHooks:
         self.rank, self.world_size, self.output = rank, world_size, Path(output)
         self.resume_enabled, self.frequent, self.formula = resume, frequent, formula
         self.input_size, self.logits, self._make_lr_scheduler = tuple(input_size), logits, make_lr_scheduler
-        self.names = ["classification"] + [f"{t.name}" if [u.name for u in terms].count(t.name) == 1
-                                           else f"{t.name}_{i}" for i, t in enumerate(terms)] + ["total"]
+        all_names = [t.name for t in terms]  # a head used twice is logged as name_<index>
+        self.names = (["classification"]
+                      + [n if all_names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(all_names)] + ["total"])
         self._sums: Optional[torch.Tensor] = None  # on the loss's device: no host sync per step (NCCL needs CUDA)
         self._count = 0
         self.last: Dict[str, float] = {}
