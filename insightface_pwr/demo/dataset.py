@@ -47,7 +47,10 @@ def identity_images(seed: int, identity: int, count: int, size: int, salt: int =
 def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress bars are optional (pip install tqdm)
+        return None
     return tqdm(total=total, desc=desc, unit="img", leave=False)
 
 

@@ -164,10 +164,13 @@ def train_run(recipe: Path, total_steps: int, desc: str, progress: bool, nproc: 
     if output.exists():
         shutil.rmtree(output)  # a fresh run (the host appends to host_losses.jsonl)
     start = time.perf_counter()
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress bars are optional (pip install tqdm)
+        progress = False
     if not progress:
         launch(str(recipe), nproc)
         return time.perf_counter() - start
-    from tqdm import tqdm
     stop = threading.Event()
     with tqdm(total=total_steps, desc=desc, unit="step") as bar:
         follower = threading.Thread(target=_follow_losses, args=(output / "host_losses.jsonl", bar, stop),
