@@ -14,10 +14,10 @@ import sys
 import pytest
 import torch
 
-from insightface_pwr.arcface import shard_range
-from insightface_pwr.host.backbones import get_model
 from insightface_pwr.host.launch import free_port
 from insightface_pwr.host.train import train_process
+
+from teacher_files import write_teacher
 
 RECIPE = '''
 from easydict import EasyDict as edict
@@ -87,14 +87,7 @@ def _losses(out):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    (root / "teacher").mkdir()
-    torch.manual_seed(3)
-    torch.save(get_model("tiny_cnn", num_features=8).state_dict(), root / "teacher" / "model.pt")
-    weight = torch.randn(10, 8)
-    for r in range(2):
-        start, count = shard_range(10, 2, r)
-        torch.save({"state_dict_softmax_fc": {"weight": weight[start:start + count]}},
-                   root / "teacher" / f"checkpoint_gpu_{r}.pt")
+    write_teacher(root / "teacher", shards=2, seed=3)
     assert _run(_recipe(root, "reference")) == [0, 0]
     losses = _losses(root / "reference")
     assert sorted(losses) == list(range(1, 13))

@@ -13,11 +13,11 @@ from easydict import EasyDict as edict
 from insightface_pwr import create_head, get_head_spec
 from insightface_pwr.arcface import shard_range
 from insightface_pwr.hooks import DistillHooks
-from insightface_pwr.host.backbones import get_model
 from insightface_pwr.host.train import run_host
 from insightface_pwr.recipe import apply_defaults, validate_recipe
 
 from gloo_helpers import run_gloo_processes
+from teacher_files import write_teacher
 
 CASES = {
     "pwr": edict(name="pwr", weight=100.0, params=edict(inversion="exp", margin="teacher_diff")),
@@ -110,14 +110,7 @@ def _worker(rank, world, root):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("host_train")
-    (root / "teacher").mkdir()
-    torch.manual_seed(7)
-    torch.save(get_model("tiny_cnn", num_features=8).state_dict(), root / "teacher" / "model.pt")
-    weight = torch.randn(10, 8)
-    for r in range(3):
-        start, count = shard_range(10, 3, r)
-        torch.save({"state_dict_softmax_fc": {"weight": weight[start:start + count]}},
-                   root / "teacher" / f"checkpoint_gpu_{r}.pt")
+    write_teacher(root / "teacher", shards=3, seed=7)
     return root, {w: run_gloo_processes(_worker, w, str(root), timeout=300) for w in (1, 2)}
 
 
