@@ -78,6 +78,13 @@ def margin_constant(margin: Union[float, str], t: torch.Tensor) -> float:
     return float(margin)
 
 
+def _runs(x_sorted: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """For each element of a sorted vector: the rank where its run of equal values starts, and the run's length."""
+    counts = torch.unique_consecutive(x_sorted, return_counts=True)[1]
+    start = torch.cumsum(counts, 0) - counts
+    return torch.repeat_interleave(start, counts), torch.repeat_interleave(counts, counts)
+
+
 def _binom_row(k: int) -> list:
     return [math.comb(k, c) for c in range(k + 1)]
 
@@ -123,10 +130,7 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     # t positions: a run of g equal t starting at sorted rank r0 puts its g queries at 2 r0 .. 2 r0 + g - 1 and
     # its g keys right after them, so a key precedes a query exactly when its t is strictly smaller
     t_sorted, t_perm = torch.sort(t)
-    counts = torch.unique_consecutive(t_sorted, return_counts=True)[1]
-    run_start = torch.cumsum(counts, 0) - counts
-    r0 = torch.repeat_interleave(run_start, counts)
-    g = torch.repeat_interleave(counts, counts)
+    r0, g = _runs(t_sorted)
     qpos_sorted = torch.arange(m_rel, **i64) + r0  # t position of the query of the relation of t-rank r
     tpos = torch.empty(m_rel, 2, **i64)  # per relation: (query t position, key t position)
     tpos[t_perm] = torch.stack([qpos_sorted, qpos_sorted + g], 1)
@@ -135,8 +139,13 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     b_sorted, v_perm = torch.sort(qry_val)
     a_sorted = key_val[v_perm]
     ranks = torch.arange(m_rel, **i64)
-    kpos = ranks + torch.searchsorted(b_sorted, a_sorted, right=False)  # queries with b < a come first
-    qpos = ranks + torch.searchsorted(a_sorted, b_sorted, right=True)  # keys with a <= b come first
+    if lam == 1.0:  # a = b: a run of g equal values starting at rank r0 puts its keys first, then its queries
+        vr0, vg = _runs(b_sorted)
+        kpos = ranks + vr0
+        qpos = kpos + vg
+    else:
+        kpos = ranks + torch.searchsorted(b_sorted, a_sorted, right=False)  # queries with b < a come first
+        qpos = ranks + torch.searchsorted(a_sorted, b_sorted, right=True)  # keys with a <= b come first
     if is_exp:
         fa, fb = torch.exp(beta * (a_sorted - center)), torch.exp(-beta * (b_sorted - center))
     else:
@@ -151,62 +160,97 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     f[qpos] = fb
     kf = torch.zeros(n, **f64)
     kf[kpos] = 1.0
+    del tpos, tp_v, fa, fb, kpos, qpos, a_sorted, b_sorted, v_perm, ranks, key_val, qry_val, t_sorted, s, t
     acc = torch.zeros(n, **f64)  # keys: + sum l'; queries: - sum l'
-    pos = torch.arange(n, **f64)
     total = zero.clone()
-    if k:
-        binom_k, binom_k1 = _binom_row(k), _binom_row(k - 1)
-    for lev in range(levels, 0, -1):
-        width = 1 << lev
-        groups = n >> lev
-        shape = (groups, width)
-        right = ((tp >> (lev - 1)) & 1).to(torch.float64).view(shape)
-        left = 1.0 - right
-        fv, kv = f.view(shape), kf.view(shape)
-        mk = kv * left  # keys of the left half
-        mq = right - kv * right  # queries of the right half
-        if is_exp:
-            fk = fv * mk
-            cs = fk.cumsum(1)
-            tq = fv * mq
-            pre = tq.cumsum(1)  # sum of exp(beta (c - b_i)) over right queries before (value < a_j)
-            tq.mul_(cs[:, -1:] - cs)  # sum_j exp(beta (a_j - b_i)) over left keys after (value > b_i)
-            cc = mk.cumsum(1)
-            n_pairs = (mq.sum(1) * cc[:, -1]).sum() - (mq * cc).sum()
-            total = total + (tq.sum() - n_pairs)
-            contrib = fk.mul_(pre).sub_(tq).mul_(beta)
-        else:
-            pw = [mk + mq]
-            for _ in range(k):
-                pw.append(pw[-1] * fv)
-            val_q = torch.zeros_like(fv)
-            g_q = torch.zeros_like(fv)
-            g_k = torch.zeros_like(fv)
-            for e in range(k + 1):
-                cs = (pw[e] * mk).cumsum(1)
-                suf = cs[:, -1:] - cs  # S_e = sum of a'^e over the left keys dominating each query
-                val_q += (binom_k[e] * (-1.0) ** (k - e)) * suf * pw[k - e]
-                if e <= k - 1:
-                    g_q += (binom_k1[e] * (-1.0) ** (k - 1 - e)) * suf * pw[k - 1 - e]
-                    # key side: sum_i (a' - b'_i)^(k-1) = sum_e C(k-1,e) a'^e (-1)^(k-1-e) R_(k-1-e)
-                    pre = (pw[k - 1 - e] * mq).cumsum(1)
-                    g_k += (binom_k1[e] * (-1.0) ** (k - 1 - e)) * pw[e] * pre
-            total = total + (val_q * mq).sum()
-            contrib = (g_k * mk - g_q * mq).mul_(k)
-        acc += contrib.view(-1)
-        # stable partition of every group by the split bit: left half first, each half still in value order;
-        # a left item moves back by the number of right items before it, a right one forward by the lefts after it
-        cl = left.cumsum(1)
-        jr = torch.arange(1, width + 1, **f64)
-        dest = (pos.view(shape) + right * (cl[:, -1:] - cl) - left * (jr - cl)).view(-1).to(torch.int64)
-        tp = torch.empty_like(tp).index_copy_(0, dest, tp)
-        f = torch.empty_like(f).index_copy_(0, dest, f)
-        kf = torch.empty_like(kf).index_copy_(0, dest, kf)
-        acc = torch.empty_like(acc).index_copy_(0, dest, acc)
+    acc = _tree_pass(tp, f, kf, acc, levels, k, beta, total)
     # the final arrangement is the t order: the relation of t-rank r has its query at r + r0, its key at + g
     grad = torch.empty(m_rel, **f64)
     grad[t_perm] = acc[qpos_sorted] + acc[qpos_sorted + g]
     return total, grad
+
+
+def _tree_pass(tp: torch.Tensor, f: torch.Tensor, kf: torch.Tensor, acc: torch.Tensor, levels: int, k: int,
+               beta: float, total: torch.Tensor) -> torch.Tensor:
+    """The top-down pass (module docstring). In arranged order: ``tp`` t positions (int64), ``f`` features
+    (exp: exp(beta (a - c)) for keys, exp(beta (c - b)) for queries; power: a - c, b - c), ``kf`` 1.0 for keys.
+    Adds the loss sum into ``total`` (in place); returns ``acc`` plus each item's gradient sum, in the final
+    arrangement (the t order).
+    Every temporary is a preallocated buffer (out= / in-place ops): fresh multi-MB tensors each op would cost
+    more in page faults than in arithmetic."""
+    n = tp.numel()
+    dev = tp.device
+    f64 = dict(dtype=torch.float64, device=dev)
+    nb = 3 if k == 0 else 6 + k + 1
+    buf = [torch.empty(n, **f64) for _ in range(nb)]
+    r, mk, mq = buf[0], buf[1], buf[2]
+    a_, b_ = torch.empty(n, **f64), torch.empty(n, **f64)
+    c_, d_ = torch.empty(n, **f64), torch.empty(n, **f64)
+    ib = torch.empty(n, dtype=torch.int64, device=dev)
+    tp2, f2, kf2, acc2 = torch.empty_like(tp), torch.empty_like(f), torch.empty_like(kf), torch.empty_like(acc)
+    pos = torch.arange(n, **f64)
+    if k:
+        binom_k, binom_k1 = _binom_row(k), _binom_row(k - 1)
+        vq, gq, gk = buf[3], buf[4], buf[5]
+        pw = buf[6:6 + k + 1]
+    for lev in range(levels, 0, -1):
+        width = 1 << lev
+        shape = (n >> lev, width)
+        A, B, C, D = a_.view(shape), b_.view(shape), c_.view(shape), d_.view(shape)
+        torch.bitwise_right_shift(tp, lev - 1, out=ib)
+        ib.bitwise_and_(1)
+        r.copy_(ib)  # 1.0 in the right half of the group
+        torch.mul(kf, r, out=mq)
+        torch.sub(kf, mq, out=mk)  # keys of the left half: kf (1 - r)
+        torch.sub(r, mq, out=mq)  # queries of the right half: (1 - kf) r
+        if k == 0:  # exp
+            torch.mul(f, mk, out=a_)
+            torch.mul(f, mq, out=b_)
+            torch.cumsum(A, 1, out=C)
+            torch.cumsum(B, 1, out=D)  # sum of exp(beta (c - b_i)) over right queries before (value < a_j)
+            torch.sub(C[:, -1:].clone(), C, out=C)  # sum of exp(beta (a_j - c)) over left keys after (value > b_i)
+            b_.mul_(c_)  # T_i = sum_j exp(beta (a_j - b_i)) over the dominating keys
+            torch.cumsum(mq.view(shape), 1, out=C)  # right queries before each left key: the pair count
+            total.add_(b_.sum() - torch.dot(mk, c_))
+            a_.mul_(d_).sub_(b_)
+            acc.add_(a_, alpha=beta)
+        else:  # (a' - b')^k by the binomial expansion; keys' sums after each query, queries' sums before each key
+            torch.add(mk, mq, out=pw[0])
+            for e in range(1, k + 1):
+                torch.mul(pw[e - 1], f, out=pw[e])
+            vq.zero_()
+            gq.zero_()
+            gk.zero_()
+            for e in range(k + 1):
+                torch.mul(pw[e], mk, out=a_)
+                torch.cumsum(A, 1, out=C)
+                torch.sub(C[:, -1:].clone(), C, out=C)  # S_e = sum of a'^e over the left keys dominating
+                vq.add_(torch.mul(c_, pw[k - e], out=a_), alpha=binom_k[e] * (-1.0) ** (k - e))
+                if e <= k - 1:
+                    sign = binom_k1[e] * (-1.0) ** (k - 1 - e)
+                    gq.add_(torch.mul(c_, pw[k - 1 - e], out=a_), alpha=sign)
+                    # key side: sum_i (a' - b'_i)^(k-1) = sum_e C(k-1,e) a'^e (-1)^(k-1-e) R_(k-1-e)
+                    torch.mul(pw[k - 1 - e], mq, out=a_)
+                    torch.cumsum(A, 1, out=D)
+                    gk.add_(d_.mul_(pw[e]), alpha=sign)
+            total.add_(torch.dot(vq, mq))
+            gk.mul_(mk).sub_(gq.mul_(mq))
+            acc.add_(gk, alpha=float(k))
+        # stable partition of every group by the split bit: left half first, each half still in value order;
+        # a left item moves back by the number of right items before it, a right one forward by the lefts after
+        # with cr = cumsum(r) (inclusive), n_left = width - cr_last and j = 1..width:
+        # dest = pos - cr + r (n_left - j + 2 cr)
+        torch.cumsum(r.view(shape), 1, out=C)
+        jr = torch.arange(1, width + 1, **f64)
+        torch.sub(width - C[:, -1:], jr, out=A)
+        a_.add_(c_, alpha=2.0).mul_(r).sub_(c_).add_(pos)
+        ib.copy_(a_)
+        tp2.scatter_(0, ib, tp)
+        f2.scatter_(0, ib, f)
+        kf2.scatter_(0, ib, kf)
+        acc2.scatter_(0, ib, acc)
+        tp, tp2, f, f2, kf, kf2, acc, acc2 = tp2, tp, f2, f, kf2, kf, acc2, acc
+    return acc
 
 
 def _inversion_and_grad(x: torch.Tensor, inversion: str, p: float, beta: float) -> Tuple[torch.Tensor, torch.Tensor]:
