@@ -166,6 +166,14 @@ def test_combined_loss_and_terms(tmp_path):
     hkd = create_head("hkd", temperature=2.0)(student_logits=64 * (cos_s - 0.35 * onehot),
                                                teacher_logits=64 * (cos_t - 0.35 * onehot))
     assert total.item() == pytest.approx(0.5 * loss.item() + 2.0 * feat.item() + 0.3 * hkd.item(), rel=1e-5)
+    # gradients too: the reference expression, with the cross-entropy written out, against the hooks' total
+    ce = F.cross_entropy(64 * (cos_s - 0.35 * onehot), labels)
+    reference = 0.5 * ce + 2.0 * feat + 0.3 * hkd
+    got = torch.autograd.grad(total, [emb, pfc.weight], retain_graph=True)
+    want = torch.autograd.grad(reference, [emb, pfc.weight])
+    for g, r in zip(got, want):
+        assert torch.allclose(g, r, rtol=1e-4, atol=1e-6)
+
     class Writer:
         def __init__(self):
             self.calls = []

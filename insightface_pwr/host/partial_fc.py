@@ -12,8 +12,8 @@ Our own code, written from upstream's documented behaviour so the hooks can be d
 - logits = normalize(emb) @ normalize(weight).T clamped to [-1, 1]; ``margin_softmax(logits, labels)`` applies
   the margin to the target logits and the scale s; the attribute is plain, like upstream, so hooks can wrap it;
 - :class:`DistCrossEntropyFunction`: softmax over the GLOBAL class dimension (all_reduce MAX of the row maxima,
-  SUM of the exponentials and of the target probabilities), loss = mean over the global batch of -log p_target;
-  backward (p - onehot) / N_global for this rank's logits.
+  SUM of the exponentials and of the target probabilities), computed in place in its input as upstream does,
+  loss = mean over the global batch of -log p_target; backward (p - onehot) / N_global for this rank's logits.
 """
 from __future__ import annotations
 
@@ -56,7 +56,10 @@ class MarginSoftmax(nn.Module):
 
 
 class DistCrossEntropyFunction(torch.autograd.Function):
-    """Mean over the global batch of -log softmax_target, the softmax over the classes of all ranks."""
+    """Mean over the global batch of -log softmax_target, the softmax over the classes of all ranks.
+
+    Like upstream's, it turns its input into the probabilities IN PLACE (the hooks' logit observer must hand it
+    a copy: this keeps the host as strict as arcface_torch)."""
 
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -64,11 +67,11 @@ class DistCrossEntropyFunction(torch.autograd.Function):
         m = logits.max(dim=1, keepdim=True)[0]
         if world > 1:
             dist.all_reduce(m, dist.ReduceOp.MAX)
-        p = (logits - m).exp()
+        p = logits.sub_(m).exp_()
         total = p.sum(dim=1, keepdim=True)
         if world > 1:
             dist.all_reduce(total, dist.ReduceOp.SUM)
-        p = p / total
+        p.div_(total)
         rows = torch.where(labels.view(-1) != -1)[0]
         target = torch.zeros(logits.shape[0], 1, dtype=logits.dtype)
         target[rows] = p[rows].gather(1, labels[rows].view(-1, 1))
