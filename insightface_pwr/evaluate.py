@@ -10,6 +10,7 @@ checkpoint (``model.pt`` or ``checkpoint_gpu_0.pt``) with ``--network NAME`` (it
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -51,14 +52,7 @@ def load_checkpoint_model(path: str, network: str, num_features: int = 512, arcf
                           input_mean: float = 127.5, input_std: float = 127.5, device: str = "cpu"
                           ) -> EmbeddingModel:
     """An arcface_torch backbone from ``backbones.get_model(network)`` with the weights of a checkpoint."""
-    root = os.path.abspath(arcface_root or os.getcwd())
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        from backbones import get_model  # arcface_torch's package
-    except ImportError as e:
-        raise ImportError(f"--network needs arcface_torch's 'backbones' package; not importable from {root} "
-                          f"(pass --arcface-root)") from e
+    get_model = _arcface_get_model(arcface_root or os.getcwd())
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict_backbone" in state:
         state = state["state_dict_backbone"]
@@ -69,6 +63,25 @@ def load_checkpoint_model(path: str, network: str, num_features: int = 512, arcf
     backbone = get_model(network, dropout=0.0, fp16=False, num_features=num_features)
     backbone.load_state_dict(state, strict=True)
     return TorchEmbeddingModel(backbone, input_mean, input_std, device)
+
+
+def _arcface_get_model(root: str):
+    """``get_model`` of ``<root>/backbones`` (arcface_torch's package), imported under a private name."""
+    init = os.path.join(os.path.abspath(root), "backbones", "__init__.py")
+    if not os.path.isfile(init):
+        raise FileNotFoundError(f"--network needs arcface_torch's backbones package: {init} not found (run inside "
+                                f"recognition/arcface_torch or pass --arcface-root)")
+    name = f"_insightface_pwr_backbones_{abs(hash(init))}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[os.path.dirname(init)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name].get_model
 
 
 def evaluate_bin(model: EmbeddingModel, path: str, batch_size: int = 64, folds: int = 10, image_size: int = 112,

@@ -35,9 +35,11 @@ def decode_image(data: Union[bytes, bytearray, memoryview, np.ndarray], *, sourc
             raise DataFileError(source, f"an encoded image must be a uint8 array, got dtype {data.dtype} with shape "
                                         f"{data.shape}", record)
         data = data.tobytes()
+    elif not isinstance(data, bytes):
+        data = bytes(data)
     try:
-        with Image.open(io.BytesIO(bytes(data))) as img:
-            rgb = np.asarray(img.convert("RGB"))
+        with Image.open(io.BytesIO(data)) as img:
+            rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError, ...
         head = bytes(data[:8]).hex()
         raise DataFileError(source, f"image does not decode ({type(e).__name__}: {e}); {len(data)} bytes starting "

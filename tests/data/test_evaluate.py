@@ -55,3 +55,49 @@ def test_eval_cli_table(shared, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:4] == ["set", "pairs", "acc", "%"] and out[2].startswith("insightface_small_lfw  4")
     assert out[2].split()[-1] == "-"  # only same pairs: no AUC
+
+
+FAKE_BACKBONES = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, num_features):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.fc = nn.Linear(48, num_features)
+
+    def forward(self, x):
+        return self.fc(self.pool(x).flatten(1))
+
+
+def get_model(name, dropout=0.0, fp16=False, num_features=512):
+    assert name == "fake" and dropout == 0.0 and not fp16
+    return Net(num_features)
+'''
+
+
+def test_eval_cli_arcface_checkpoint(shared, tmp_path, capsys):
+    """An arcface_torch checkpoint (state_dict_backbone, DDP 'module.' keys) through --network/--arcface-root
+    gives the metrics of the same network evaluated directly."""
+    (tmp_path / "arc" / "backbones").mkdir(parents=True)
+    (tmp_path / "arc" / "backbones" / "__init__.py").write_text(FAKE_BACKBONES)
+    torch.manual_seed(0)
+    pool, fc = torch.nn.AdaptiveAvgPool2d(4), torch.nn.Linear(48, 8)  # the fake network, built independently
+    state = {f"module.fc.{k}": v for k, v in fc.state_dict().items()}
+    torch.save({"epoch": 1, "state_dict_backbone": state}, tmp_path / "checkpoint_gpu_0.pt")
+    rc = main(["eval", "--model", str(tmp_path / "checkpoint_gpu_0.pt"), "--network", "fake", "--num-features", "8",
+               "--arcface-root", str(tmp_path / "arc"), "--bin", str(shared / "data" / "lfw" / "lfw_dev.bin"),
+               "--limit-pairs", "20", "--json", "--no-progress"])
+    assert rc == 0
+    [r] = json.loads(capsys.readouterr().out)
+    from insightface_pwr.data.verification_metrics import evaluate_verification
+    b = load_bin(shared / "data" / "lfw" / "lfw_dev.bin")
+    b.images, b.issame = b.images[:40], b.issame[:20]
+    x = decode_bin_images(b).float()
+    with torch.no_grad():
+        emb = lambda t: fc(pool((t - 127.5) / 127.5).flatten(1)).numpy()
+        want = evaluate_verification("lfw_dev", emb(x), b.issame, flipped=emb(torch.flip(x, dims=[3])))
+    assert r["accuracy"] == pytest.approx(want.accuracy) and r["accuracy_flip"] == pytest.approx(want.accuracy_flip)
+    assert r["auc"] == pytest.approx(want.auc, abs=1e-9)
