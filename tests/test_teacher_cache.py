@@ -329,7 +329,7 @@ def test_host_trains_from_the_cache_as_from_the_live_teacher(tmp_path, world):
     assert np.ptp(live_losses) > 1e-3  # the runs do train
 
 
-# ------------------------------------------------------------------------------------------------ the opt-in upstream loader
+# ------------------------------------------------------------------------------------------ the opt-in upstream loader
 def test_upstream_opt_in_loader_publishes_keys_and_flips(kit, monkeypatch):
     """``data_backend = 'insightface_pwr'``: the loader's batches come with their record keys and flip flags, and the
     published images are exactly the training transform of those records (checked against the hand-written one)."""
@@ -365,3 +365,28 @@ def test_upstream_opt_in_loader_publishes_keys_and_flips(kit, monkeypatch):
     assert sorted(seen) == list(range(1, 21)) and 0 < n_flipped < 20
     for name in [m for m in sys.modules if m == "utils" or m.startswith("utils.")]:
         del sys.modules[name]
+
+
+def test_cli_arcface_checkpoint_teacher_with_network(kit):
+    """An arcface_torch checkpoint (state_dict_backbone, DDP 'module.' prefix) + --network, built by the host's
+    get_model outside arcface_torch; the cache equals that network's output on the hand-made inputs."""
+    from insightface_pwr.cli import main
+    from insightface_pwr.host.backbones import get_model
+    tmp_path, images, _ = kit
+    torch.manual_seed(3)
+    net = get_model("tiny_cnn", num_features=8).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        for bn in (m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    torch.save({"epoch": 1, "state_dict_backbone": {f"module.{k}": v for k, v in net.state_dict().items()}},
+               tmp_path / "checkpoint_gpu_0.pt")
+    out = tmp_path / "ckpt.npy"
+    assert main(["cache-teacher", "--teacher", str(tmp_path / "checkpoint_gpu_0.pt"), "--network", "tiny_cnn",
+                 "--embedding-size", "8", "--rec", str(tmp_path / "rec"), "--out", str(out), "--no-progress"]) == 0
+    meta = json.loads((tmp_path / "ckpt.npy.json").read_text())
+    assert meta["teacher"]["format"] == "state_dict" and meta["teacher"]["network"] == "tiny_cnn"
+    with torch.no_grad():
+        for flip in (0, 1):
+            exact = net(torch.stack([reference_input(img, flip) for img in images])).numpy()
+            assert_fp16_close(np.load(out)[:, flip], exact)
