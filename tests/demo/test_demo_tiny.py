@@ -9,6 +9,7 @@ import torch
 from insightface_pwr.cli import main
 from insightface_pwr.data.embedding_models import TorchEmbeddingModel, embed_images
 from insightface_pwr.data.verification_bin import decode_bin_images, load_bin
+from insightface_pwr.demo.pipeline import prepare_real
 from insightface_pwr.host.data import steps_per_epoch
 from insightface_pwr.recipe import load_recipe
 
@@ -63,3 +64,18 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
     png = (out / "table.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["check", str(out / "recipes" / "pwr_exp.py")]) == 0  # the demo recipes check like the paper's
+
+
+    # --data: a real RecordIO folder is sized from its header and property file, its .bin found beside it
+    info = prepare_real(out / "data" / "train", [])
+    assert (info.num_classes, info.num_image, info.image_size) == (16, 16 * 8, 32)
+    assert info.bins == [str(out / "data" / "synthetic_faces.bin")] and info.identification is None
+    with pytest.raises(ValueError, match="no verification .bin"):
+        prepare_real(_copy_rec(out, tmp_path), [])
+
+
+def _copy_rec(out: Path, tmp: Path) -> Path:
+    import shutil
+    dst = tmp / "lonely" / "train"
+    shutil.copytree(out / "data" / "identification", dst)
+    return dst
