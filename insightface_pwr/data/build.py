@@ -15,12 +15,12 @@ Every file is written to a temporary name and renamed into place when complete.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
 
 from .errors import DataFileError
+from .progress import progress_bar
 from .recordio import IRHeader, MXIndexedRecordIO, pack
 
 __all__ = ["IMAGE_SUFFIXES", "scan_image_folder", "build_recordio"]
@@ -62,7 +62,7 @@ def build_recordio(root: PathLike, out_dir: PathLike, progress: bool = True) -> 
     out.mkdir(parents=True, exist_ok=True)
     n_images = sum(len(images) for _, images in identities)
     n_classes = len(identities)
-    bar = _progress(n_images, progress)
+    bar = progress_bar(n_images, "build-rec", "img", progress)
     size = None
     ranges = []
     with MXIndexedRecordIO(out / "train.idx", out / "train.rec", "w") as writer:
@@ -99,13 +99,3 @@ def _write_text_atomic(path: Path, text: str) -> None:
         os.fsync(f.fileno())
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is optional
-        return None
-    return tqdm(total=total, desc="build-rec", unit="img", file=sys.stderr)

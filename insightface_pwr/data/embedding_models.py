@@ -9,12 +9,13 @@ network code, so they are loaded by :mod:`insightface_pwr.evaluate`, not here.
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
+
+from .progress import progress_bar
 
 __all__ = ["EmbeddingModel", "OnnxEmbeddingModel", "TorchEmbeddingModel", "load_embedding_model", "embed_images"]
 
@@ -111,13 +112,7 @@ def embed_images(model: Callable[[torch.Tensor], np.ndarray], images: torch.Tens
     """Run ``model`` over ``images`` (N x 3 x H x W uint8) in batches; returns N x D float32."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    bar = None
-    if progress:
-        try:
-            from tqdm import tqdm
-            bar = tqdm(total=len(images), desc=desc, unit="img", file=sys.stderr, leave=False)
-        except ImportError:  # pragma: no cover
-            bar = None
+    bar = progress_bar(len(images), desc, "img", progress)
     chunks = []
     for start in range(0, len(images), batch_size):
         chunks.append(np.asarray(model(images[start:start + batch_size]), dtype=np.float32))

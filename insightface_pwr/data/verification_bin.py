@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .errors import DataFileError
-from .images import decode_image, hflip, to_tensor
+from .images import decode_image, hflip
 
 __all__ = ["VerificationBin", "load_bin", "decode_bin_images"]
 
@@ -155,5 +155,3 @@ def decode_bin_images(vbin: VerificationBin, size: int = 112, flip: bool = False
         out[i] = img.transpose(2, 0, 1)
     return torch.from_numpy(out)
 
-
-_ = to_tensor  # re-exported helper kept importable from here for symmetry with the dataset

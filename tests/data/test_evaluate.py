@@ -49,8 +49,8 @@ def test_eval_cli_json_subset(shared, capsys):
 
 def test_eval_cli_table(shared, capsys):
     rc = main(["eval", "--model", str(shared / "models" / "mbf_y1_ms1m_arcface_128d.torchscript.pt"),
-               "--input-std", "128", "--bin", str(shared / "data" / "insightface_small_lfw.bin"), "--folds", "2", "--limit-pairs", "4",
-               "--no-progress", "--threads", "1"])
+               "--input-std", "128", "--bin", str(shared / "data" / "insightface_small_lfw.bin"), "--folds", "2",
+               "--limit-pairs", "4", "--no-progress", "--threads", "1"])
     assert rc == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:4] == ["set", "pairs", "acc", "%"] and out[2].startswith("insightface_small_lfw  4")

@@ -2,7 +2,6 @@
 returns data or raises DataFileError - nothing else escapes."""
 import io
 
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
