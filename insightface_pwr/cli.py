@@ -18,7 +18,7 @@ _SUBCOMMANDS = {
     "patch": ("insightface_pwr.cli_patch", "patch arcface_torch for distillation (--check, --revert)"),
     "train": ("insightface_pwr.host.launch", "train a recipe on the CPU host (gloo processes; mirrors train_v2.py)"),
     "cache-teacher": ("insightface_pwr.cli_cache", "cache a frozen teacher's embeddings of a RecordIO set (float16)"),
-    "demo": ("insightface_pwr.demo.cli", "the paper's comparison on synthetic faces, CPU only (~5 min): teacher, baseline, PWR-Exp, RKD-DA"),
+    "demo": ("insightface_pwr.demo.cli", "the paper's comparison on synthetic faces, CPU only (minutes): teacher, baseline, PWR-Exp, RKD-DA"),
     "check": ("insightface_pwr.cli_check", "validate a recipe (no GPU, data or teacher needed): effective config and loss formula"),
 }
 

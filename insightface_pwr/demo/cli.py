@@ -1,4 +1,4 @@
-"""``insightface-pwr demo``: the paper's comparison at laptop scale, with no data, no GPU, about 5 minutes.
+"""``insightface-pwr demo``: the paper's comparison at laptop scale, with no data and no GPU, in minutes.
 
 It generates a synthetic face-like identity set as InsightFace RecordIO (or uses ``--data DIR``), trains a teacher,
 a baseline student, a control (the baseline trained further with CosFace alone) and the PWR-Exp (teacher-diff) and
@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bin", action="append", default=[], dest="bins", metavar="PATH",
                         help="verification .bin for --data (default: the *.bin in and beside the folder)")
     parser.add_argument("--size", choices=("full", "tiny"), default="full",
-                        help="full: the demo (about 5 minutes on 2 cores); tiny: a smoke run of every step (seconds)")
+                        help="full: the demo (5-8 minutes measured on 2 busy cores); tiny: a smoke run of every step "
+                             "(seconds)")
     parser.add_argument("--nproc", type=int, default=2,
                         help="training processes (gloo, 1 thread each by default; default 2: a 2-core laptop)")
     parser.add_argument("--threads", type=int, default=None,

@@ -43,7 +43,7 @@ class DemoScale:
 
 
 SCALES: Dict[str, DemoScale] = {
-    # about 5 minutes on 2 busy CPU cores (see benchmarks/RESULTS.md)
+    # 5-8 minutes on 2 CPU cores shared with other jobs (benchmarks/RESULTS.md)
     "full": DemoScale(identities=160, per_identity=28, test_identities=100, pairs=800, ident_per_identity=6,
                       image_size=32, batch_size=64, teacher_epochs=8, student_epochs=8, distill_epochs=4),
     # the end-to-end test: every step, a few seconds of training
