@@ -48,10 +48,11 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure(fn: Callable[[], None], repeats: int, device: str) -> Tuple[float, Optional[float]]:
-    """(median seconds, peak extra MB) of ``fn`` (one warm-up call first)."""
+def measure(fn: Callable[[], None], repeats: int, device: str) -> Tuple[float, Optional[float], float]:
+    """(median wall seconds, peak extra MB, median process CPU seconds) of ``fn`` (one warm-up call first).
+    CPU seconds (all threads) tell how much of the wall time a loaded machine took away."""
     fn()
-    times, peaks = [], []
+    times, peaks, cpus = [], [], []
     for _ in range(repeats):
         if device == "cuda":
             torch.cuda.synchronize()
@@ -67,12 +68,13 @@ def measure(fn: Callable[[], None], repeats: int, device: str) -> Tuple[float, O
         else:
             ok = _reset_peak()
             base = _rss_kb("VmRSS")
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             times.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
             if ok:
                 peaks.append((_rss_kb("VmHWM") - base) / 1024)
-    return statistics.median(times), (max(peaks) if peaks else None)
+    return statistics.median(times), (max(peaks) if peaks else None), statistics.median(cpus or [float("nan")])
 
 
 def fwd_bwd(method: str, student: torch.Tensor, teacher: torch.Tensor, **params) -> Callable[[], None]:
@@ -99,10 +101,11 @@ def main(argv: Optional[list] = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
+    print(f"# load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpu(s)")
     print(f"# pwr_scaling: PWR-Exp (teacher-diff), cosine, float32 embeddings {args.dim}-d, device {args.device}, "
           f"{torch.get_num_threads()} thread(s), torch {torch.__version__}")
-    print(f"{'N':>5} {'M':>7} {'M^2':>9} | {'fast s':>8} {'fast MB':>8} | {'dense s':>9} {'dense MB':>9} | "
-          f"{'tiled s':>9} {'tiled MB':>8} | {'dense/fast':>10}")
+    print(f"{'N':>5} {'M':>7} {'M^2':>9} | {'fast s':>8} {'cpu s':>7} {'fast MB':>8} | {'dense s':>9} {'cpu s':>8} "
+          f"{'dense MB':>9} | {'tiled s':>9} {'tiled MB':>8} | {'dense/fast':>10}")
     tiled_rate = None  # seconds per pair of pairs, from the last tiled run
     for n in args.sizes:
         g = torch.Generator().manual_seed(n)
@@ -110,32 +113,35 @@ def main(argv: Optional[list] = None) -> int:
         teacher = torch.randn(n, args.dim, generator=g).to(dev)
         m = n * (n - 1) // 2
         params = dict(inversion="exp", margin="teacher_diff", relation="cosine")
-        t_fast, mb_fast = measure(fwd_bwd("fast", student, teacher, **params), args.repeats, args.device)
+        t_fast, mb_fast, c_fast = measure(fwd_bwd("fast", student, teacher, **params), args.repeats, args.device)
         dense_gb = 6 * 4 * m * m / 2**30  # about six float32 M x M buffers (ds, dt, mask, terms, grads)
         if dense_gb <= args.dense_budget_gb:
-            t_dense, mb_dense = measure(fwd_bwd("dense", student, teacher, **params), max(1, args.repeats // 2),
-                                        args.device)
-            dense_cell = f"{t_dense:9.4f} {mb_dense if mb_dense is not None else float('nan'):9.1f}"
+            t_dense, mb_dense, c_dense = measure(fwd_bwd("dense", student, teacher, **params),
+                                                 max(1, args.repeats // 2), args.device)
+            dense_cell = f"{t_dense:9.4f} {c_dense:8.3f} {mb_dense if mb_dense is not None else float('nan'):9.1f}"
             ratio = f"{t_dense / t_fast:10.1f}"
         else:
-            dense_cell, ratio = f"{'(~%.0f GB)' % dense_gb:>19}", f"{'n/a':>10}"
+            dense_cell, ratio = f"{'(~%.0f GB)' % dense_gb:>28}", f"{'n/a':>10}"
         est = tiled_rate * m * m if tiled_rate is not None else 0.0
         if est <= args.tiled_budget_s:
-            t_tiled, mb_tiled = measure(fwd_bwd("tiled", student, teacher, tile=args.tile, **params), 1, args.device)
+            t_tiled, mb_tiled, _ = measure(fwd_bwd("tiled", student, teacher, tile=args.tile, **params), 1,
+                                           args.device)
             tiled_rate = t_tiled / (m * m)
             tiled_cell = f"{t_tiled:9.3f} {mb_tiled if mb_tiled is not None else float('nan'):8.1f}"
         else:
             tiled_cell = f"{'(est %.0f s)' % est:>18}"
-        print(f"{n:5d} {m:7d} {m * m:9.2e} | {t_fast:8.4f} {mb_fast if mb_fast is not None else float('nan'):8.1f}"
+        print(f"{n:5d} {m:7d} {m * m:9.2e} | {t_fast:8.4f} {c_fast:7.3f} "
+              f"{mb_fast if mb_fast is not None else float('nan'):8.1f}"
               f" | {dense_cell} | {tiled_cell} | {ratio}", flush=True)
     n = args.sizes[-1]
     g = torch.Generator().manual_seed(n)
     student, teacher = torch.randn(n, args.dim, generator=g).to(dev), torch.randn(n, args.dim, generator=g).to(dev)
     for inv, extra in (("diff", dict(margin=0.1)), ("power", dict(p=2.0, margin="teacher_std")),
                        ("power", dict(p=3.0, margin="teacher_diff"))):
-        t_fast, mb_fast = measure(fwd_bwd("fast", student, teacher, inversion=inv, relation="cosine", **extra),
-                                  args.repeats, args.device)
-        print(f"# fast {inv} {extra}: N = {n}: {t_fast:.4f} s, {mb_fast if mb_fast is not None else float('nan'):.1f} MB")
+        t_fast, mb_fast, c_fast = measure(fwd_bwd("fast", student, teacher, inversion=inv, relation="cosine",
+                                                  **extra), args.repeats, args.device)
+        print(f"# fast {inv} {extra}: N = {n}: {t_fast:.4f} s wall, {c_fast:.3f} s cpu, "
+              f"{mb_fast if mb_fast is not None else float('nan'):.1f} MB")
     return 0
 
 

@@ -48,6 +48,7 @@ __all__ = ["pwr_loss", "pair_count", "is_decomposable", "resolve_method", "pwr_s
 MAX_FAST_POWER = 8
 _QUERY, _KEY = 1, 2
 _EXP_RANGE = 700.0
+_CHUNK_LEVELS = 16  # CPU: finish groups of 2^16 items one at a time (cache-sized working set)
 
 
 def pair_count(t: torch.Tensor) -> int:
@@ -90,9 +91,10 @@ def _binom_row(k: int) -> list:
 
 
 def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, margin: Union[float, str],
-                          p: float = 1.0, beta: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The SUM of l(x_pq) over the pairs t_p > t_q (float64 scalar) and its gradient d sum / d s (float64, length M),
-    in O(M log M) time and O(M) memory. ``s`` and ``t`` are vectors of the same length (no grad needed)."""
+                          p: float = 1.0, beta: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """The SUM of l(x_pq) over the pairs t_p > t_q (float64 scalar), its gradient d sum / d s (float64, length M)
+    and the count C of those pairs (``pair_count``), in O(M log M) time and O(M) memory. ``s`` and ``t`` are
+    vectors of the same length (no grad needed)."""
     if not is_decomposable(inversion, p):
         raise ValueError(f"pwr fast path: inversion {inversion!r} with p={p!r} is not decomposable; the fast path "
                          f"covers 'diff', 'exp' and 'power' with integer 1 <= p <= {MAX_FAST_POWER}; "
@@ -103,7 +105,7 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     m_rel = s.numel()
     zero = torch.zeros((), dtype=torch.float64, device=dev)
     if m_rel < 2:
-        return zero, torch.zeros_like(s)
+        return zero, torch.zeros_like(s), 0
     lam = 1.0 if margin == "teacher_diff" else 0.0
     mconst = margin_constant(margin, t)
     key_val = s - lam * t + mconst
@@ -131,6 +133,7 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     # its g keys right after them, so a key precedes a query exactly when its t is strictly smaller
     t_sorted, t_perm = torch.sort(t)
     r0, g = _runs(t_sorted)
+    count = (m_rel * m_rel - int(g.sum())) // 2  # the sum over runs of g^2 is the sum over elements of g
     qpos_sorted = torch.arange(m_rel, **i64) + r0  # t position of the query of the relation of t-rank r
     tpos = torch.empty(m_rel, 2, **i64)  # per relation: (query t position, key t position)
     tpos[t_perm] = torch.stack([qpos_sorted, qpos_sorted + g], 1)
@@ -163,19 +166,29 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     del tpos, tp_v, fa, fb, kpos, qpos, a_sorted, b_sorted, v_perm, ranks, key_val, qry_val, t_sorted, s, t
     acc = torch.zeros(n, **f64)  # keys: + sum l'; queries: - sum l'
     total = zero.clone()
-    acc = _tree_pass(tp, f, kf, acc, levels, k, beta, total)
+    if dev.type == "cpu" and levels > _CHUNK_LEVELS:
+        # the top levels over the whole arrays; below, every group of 2^_CHUNK_LEVELS items is independent:
+        # finishing it chunk by chunk keeps its working set in cache (memory traffic dominates on a CPU)
+        tp, f, kf, acc = _tree_pass(tp, f, kf, acc, levels, k, beta, total, stop=_CHUNK_LEVELS)
+        size = 1 << _CHUNK_LEVELS
+        for c0 in range(0, n, size):
+            sl = slice(c0, c0 + size)
+            acc[sl] = _tree_pass(tp[sl], f[sl], kf[sl], acc[sl].clone(), _CHUNK_LEVELS, k, beta, total)[3]
+    else:
+        acc = _tree_pass(tp, f, kf, acc, levels, k, beta, total)[3]
     # the final arrangement is the t order: the relation of t-rank r has its query at r + r0, its key at + g
     grad = torch.empty(m_rel, **f64)
     grad[t_perm] = acc[qpos_sorted] + acc[qpos_sorted + g]
-    return total, grad
+    return total, grad, count
 
 
 def _tree_pass(tp: torch.Tensor, f: torch.Tensor, kf: torch.Tensor, acc: torch.Tensor, levels: int, k: int,
-               beta: float, total: torch.Tensor) -> torch.Tensor:
+               beta: float, total: torch.Tensor, stop: int = 0) -> Tuple[torch.Tensor, ...]:
     """The top-down pass (module docstring). In arranged order: ``tp`` t positions (int64), ``f`` features
     (exp: exp(beta (a - c)) for keys, exp(beta (c - b)) for queries; power: a - c, b - c), ``kf`` 1.0 for keys.
-    Adds the loss sum into ``total`` (in place); returns ``acc`` plus each item's gradient sum, in the final
-    arrangement (the t order).
+    Runs the levels ``levels`` .. ``stop`` + 1 (groups of 2^level items); adds the loss sum into ``total`` (in
+    place); returns (tp, f, kf, acc) in the arrangement reached, ``acc`` plus each item's gradient sum (after the
+    last level, stop = 0, the arrangement is the t order).
     Every temporary is a preallocated buffer (out= / in-place ops): fresh multi-MB tensors each op would cost
     more in page faults than in arithmetic."""
     n = tp.numel()
@@ -193,7 +206,7 @@ def _tree_pass(tp: torch.Tensor, f: torch.Tensor, kf: torch.Tensor, acc: torch.T
         binom_k, binom_k1 = _binom_row(k), _binom_row(k - 1)
         vq, gq, gk = buf[3], buf[4], buf[5]
         pw = buf[6:6 + k + 1]
-    for lev in range(levels, 0, -1):
+    for lev in range(levels, stop, -1):
         width = 1 << lev
         shape = (n >> lev, width)
         A, B, C, D = a_.view(shape), b_.view(shape), c_.view(shape), d_.view(shape)
@@ -250,7 +263,7 @@ def _tree_pass(tp: torch.Tensor, f: torch.Tensor, kf: torch.Tensor, acc: torch.T
         kf2.scatter_(0, ib, kf)
         acc2.scatter_(0, ib, acc)
         tp, tp2, f, f2, kf, kf2, acc, acc2 = tp2, tp, f2, f, kf2, kf, acc2, acc
-    return acc
+    return tp, f, kf, acc
 
 
 def _inversion_and_grad(x: torch.Tensor, inversion: str, p: float, beta: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -349,13 +362,14 @@ def pwr_loss(s: torch.Tensor, t: torch.Tensor, inversion: str = "exp", margin: U
     if method == "dense":
         return pwr_loss_dense(s, t, inversion, margin, p, beta)
     t = t.detach()
-    count = pair_count(t)
+    if method == "fast":
+        total, grad, count = pwr_sum_and_grad_fast(s, t, inversion, margin, p, beta)
+    else:
+        count = pair_count(t)
+        if count:
+            total, grad = pwr_sum_and_grad_tiled(s, t, inversion, margin, p, beta, tile)
     if count == 0:
         return zero_loss(s)
-    if method == "fast":
-        total, grad = pwr_sum_and_grad_fast(s, t, inversion, margin, p, beta)
-    else:
-        total, grad = pwr_sum_and_grad_tiled(s, t, inversion, margin, p, beta, tile)
     mean = total / count
     grad = (grad / count).to(s.dtype)
     return _PWRSumFunction.apply(s, mean, grad)

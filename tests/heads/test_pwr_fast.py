@@ -92,7 +92,9 @@ def test_fast_equals_dense_m_4950() -> None:
 def test_pair_count_matches_brute_force() -> None:
     for ties in TIES:
         _, t = relations(300, ties, seed=3)
-        assert pair_count(t) == int((t[:, None] > t[None, :]).sum())
+        brute = int((t[:, None] > t[None, :]).sum())
+        assert pair_count(t) == brute
+        assert pwr_sum_and_grad_fast(t.flip(0), t, "diff", 0.0)[2] == brute
     assert pair_count(torch.ones(10)) == 0
     assert pair_count(torch.ones(1)) == 0
 
@@ -157,3 +159,14 @@ def test_exp_fast_refuses_overflowing_range() -> None:
     s, t = relations(20, "none", seed=1)
     with pytest.raises(ValueError, match="exceeds .* use method='tiled'"):
         pwr_sum_and_grad_fast(s, t, "exp", 0.0, beta=2000.0)
+
+
+@pytest.mark.parametrize("inversion,p", [("exp", 1.0), ("power", 3.0)])
+def test_cpu_chunked_tree_equals_dense(monkeypatch, inversion: str, p: float) -> None:
+    """The CPU path finishes the low tree levels chunk by chunk; force tiny chunks so that it runs here."""
+    import insightface_pwr.heads.pwr_fast as pwr_fast
+
+    monkeypatch.setattr(pwr_fast, "_CHUNK_LEVELS", 3)
+    s, t = relations(700, "both", seed=21)
+    check_against_dense(s, t, inversion, "teacher_diff", p, 1.0, "fast")
+    check_against_dense(s, t, inversion, 0.1, p, 1.0, "fast")
