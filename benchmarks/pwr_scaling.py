@@ -123,13 +123,13 @@ def main(argv: Optional[list] = None) -> int:
         else:
             dense_cell, ratio = f"{'(~%.0f GB)' % dense_gb:>28}", f"{'n/a':>10}"
         est = tiled_rate * m * m if tiled_rate is not None else 0.0
-        if est <= args.tiled_budget_s:
+        if args.tiled_budget_s > 0 and est <= args.tiled_budget_s:
             t_tiled, mb_tiled, _ = measure(fwd_bwd("tiled", student, teacher, tile=args.tile, **params), 1,
                                            args.device)
             tiled_rate = t_tiled / (m * m)
             tiled_cell = f"{t_tiled:9.3f} {mb_tiled if mb_tiled is not None else float('nan'):8.1f}"
         else:
-            tiled_cell = f"{'(est %.0f s)' % est:>18}"
+            tiled_cell = f"{('(est %.0f s)' % est) if tiled_rate is not None else '(skipped)':>18}"
         print(f"{n:5d} {m:7d} {m * m:9.2e} | {t_fast:8.4f} {c_fast:7.3f} "
               f"{mb_fast if mb_fast is not None else float('nan'):8.1f}"
               f" | {dense_cell} | {tiled_cell} | {ratio}", flush=True)
