@@ -4,7 +4,8 @@
     python benchmarks/real_lfw.py --size smoke    # a minute or two: every method, 1 seed, a few steps
     python benchmarks/real_lfw.py --size gpu --device cuda
 
-Data (``$INSIGHTFACE_PWR_SHARED`` or ``--data``, default ``../shared``): the LFW train split as RecordIO
+Needs ``pip install -e .[bench]`` (pillow, onnxruntime, matplotlib; without matplotlib the plot is drawn with
+pillow). Data (``$INSIGHTFACE_PWR_SHARED`` or ``--data``, default ``../shared``): the LFW train split as RecordIO
 (9,402 aligned 112x112 faces, 5,090 identities), ``lfw_dev.bin`` (2,830 pairs of 332 other identities) and the
 real teacher, InsightFace's MobileFaceNet trained on MS1M (128-d, ONNX).
 
