@@ -5,6 +5,9 @@ The patched ``train_v2.py`` calls (contract: the package's HOOKS_CONTRACT; the C
     distill_hooks = build_hooks(cfg, backbone=backbone, partial_fc=module_partial_fc, optimizer=opt,
                                 rank=rank, world_size=world_size, local_rank=local_rank)
 
+(only when ``cfg.distill`` or ``cfg.lr_schedule`` is set: a config with neither never reaches this module; one with
+``lr_schedule`` alone gets hooks that only replace the lr scheduler).
+
 What it knows of upstream (commit 0159b24d):
 - ``backbones.get_model(name, dropout=0.0, fp16=..., num_features=D)`` builds a backbone by name (imported lazily,
   only when a state_dict teacher needs it and no ``model_factory`` is given);
@@ -33,7 +36,7 @@ from .checkpoint import safe_load
 from .distributed import all_gather_no_grad
 from .hooks import DistillHooks, HeadTerm
 from .lr_schedules import PolynomialWarmupLR, StepEpochLR
-from .recipe import RecipeError, combined_loss_formula, validate_distill
+from .recipe import RecipeError, combined_loss_formula, lr_schedule_of, validate_distill
 from .registry import create_head, get_head_spec
 from .sharded_kd import sharded_hkd
 from .teachers import TeacherError, extract_backbone_state, load_teacher, load_weights_strict
@@ -223,10 +226,16 @@ def _logit_fn(name: str, head: nn.Module, params: dict, world_size: int) -> Call
                       f"classes over ranks: only 'hkd' has a sharded (global softmax) implementation")
 
 
-def _make_lr_scheduler_factory(cfg: Any, optimizer: torch.optim.Optimizer) -> Optional[Callable[[Any], Any]]:
-    sched = cfg.distill.lr_schedule
+def _make_lr_scheduler_factory(cfg: Any, optimizer: torch.optim.Optimizer,
+                                rank: int = 0) -> Optional[Callable[[Any], Any]]:
+    sched = lr_schedule_of(cfg)  # config.lr_schedule, or its alias config.distill.lr_schedule
     if sched is None:
         return None
+    if rank == 0:
+        what = (f"lr x {sched.factor:g} every {sched.every_epochs} epoch(s)"
+                + (f" after {sched.warmup_epochs} warmup epoch(s)" if sched.warmup_epochs else "")
+                if sched.kind == "step" else f"polynomial decay, power {sched.power:g}")
+        logger.info("lr schedule: %s (replaces arcface_torch's)", what)
 
     def make(_upstream: Any) -> Any:
         steps_per_epoch = cfg.num_image // cfg.total_batch_size
@@ -243,7 +252,15 @@ def build_hooks(cfg: Any, backbone: nn.Module, partial_fc: nn.Module, optimizer:
     """Validate ``cfg.distill``, load the teacher (+ classifier), ``student_init`` and the heads; wire them in.
 
     ``model_factory`` (optional) builds backbones by name; default: upstream's ``backbones.get_model``.
-    Every check runs here, before the first step: a bad recipe fails before any training."""
+    Every check runs here, before the first step: a bad recipe fails before any training.
+
+    A config without ``distill`` (only ``lr_schedule``) gets hooks with no teacher and no heads: they replace the lr
+    scheduler, and ``step`` returns the loss unchanged (``save``/``resume``/``log`` do nothing)."""
+    make_lr_scheduler = _make_lr_scheduler_factory(cfg, optimizer, rank)  # validates the lr schedule first
+    if cfg.get("distill") is None:
+        return DistillHooks(teacher=None, terms=[], classification_weight=1.0, rank=rank, world_size=world_size,
+                            output=cfg.output, resume=bool(cfg.get("resume", False)), frequent=cfg.frequent,
+                            formula="", input_size=(0, 0), make_lr_scheduler=make_lr_scheduler)
     cfg.distill = d = validate_distill(cfg.distill)
     device = next(backbone.parameters()).device
     factory = model_factory or _upstream_get_model()
@@ -306,7 +323,7 @@ def build_hooks(cfg: Any, backbone: nn.Module, partial_fc: nn.Module, optimizer:
     hooks = DistillHooks(teacher=teacher, terms=terms, classification_weight=d.classification_weight, rank=rank,
                          world_size=world_size, output=cfg.output, resume=bool(cfg.get("resume", False)),
                          frequent=cfg.frequent, formula=combined_loss_formula(cfg), input_size=d.teacher.input_size,
-                         logits=logits, make_lr_scheduler=_make_lr_scheduler_factory(cfg, optimizer))
+                         logits=logits, make_lr_scheduler=make_lr_scheduler)
     head_params = hooks.parameters()
     if head_params:
         _insert_before_last_group(optimizer, head_params)

@@ -17,6 +17,9 @@ over this rank's classes (from ``logits.pair``). ``log`` writes the mean of each
 steps and over the ranks (one all_reduce every ``frequent`` steps). ``save`` writes the heads' state, the step and
 the RNG states to ``<output>/distill_gpu_{rank}.pt`` atomically, keeping the previous version; ``resume`` restores
 the version whose ``global_step`` equals the one the loop resumed from.
+
+With ``teacher=None`` (a recipe with ``lr_schedule`` and no ``distill`` section) the hooks only replace the lr
+scheduler: ``step`` returns the loss unchanged, and ``log``, ``save`` and ``resume`` do nothing.
 """
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ def _dist_on(world_size: int) -> bool:
 class DistillHooks:
     """The distillation side of a training loop (see the module docstring for the call order)."""
 
-    def __init__(self, *, teacher: Callable[[torch.Tensor], torch.Tensor], terms: List[HeadTerm],
+    def __init__(self, *, teacher: Optional[Callable[[torch.Tensor], torch.Tensor]], terms: List[HeadTerm],
                  classification_weight: float, rank: int, world_size: int, output: str, resume: bool,
                  frequent: int, formula: str, input_size: Tuple[int, int],
                  logits: Optional[LogitSource] = None,
@@ -78,7 +81,9 @@ class DistillHooks:
         self._sums: Optional[torch.Tensor] = None  # on the loss's device: no host sync per step (NCCL needs CUDA)
         self._count = 0
         self.last: Dict[str, float] = {}
-        if rank == 0:
+        if teacher is None and (terms or logits is not None):
+            raise ValueError("DistillHooks: heads and logits need a teacher")
+        if rank == 0 and teacher is not None:
             logger.info("distillation: %s", formula)
 
     # ---------------------------------------------------------------- parameters and schedule
@@ -93,7 +98,10 @@ class DistillHooks:
     # ---------------------------------------------------------------- the step
     def step(self, global_step: int, img: torch.Tensor, local_embeddings: torch.Tensor,
              local_labels: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-        """The combined loss ``classification_weight * loss + sum_k weight_k * head_k`` (records each term)."""
+        """The combined loss ``classification_weight * loss + sum_k weight_k * head_k`` (records each term);
+        without a teacher, ``loss`` itself."""
+        if self.teacher is None:
+            return loss
         if tuple(img.shape[-2:]) != self.input_size:
             raise ValueError(f"the images are {tuple(img.shape[-2:])} (H, W) but config.distill.teacher.input_size "
                              f"is {self.input_size}; set it to the training image size")
@@ -153,11 +161,13 @@ class DistillHooks:
 
     def save(self, epoch: int, global_step: int) -> None:
         """Write this rank's distillation state atomically (the previous version is kept as ``.prev``)."""
+        if self.teacher is None:  # nothing to keep: the lr scheduler's state is in the loop's own checkpoint
+            return
         save_rotating(self.state_dict(epoch, global_step), self.state_path)
 
     def resume(self, start_epoch: int, global_step: int) -> Tuple[int, int]:
         """When ``cfg.resume``: restore the saved state of step ``global_step``; returns the pair unchanged."""
-        if not self.resume_enabled:
+        if not self.resume_enabled or self.teacher is None:
             return start_epoch, global_step
         candidates = load_candidates(self.state_path, "distillation state")
         if not candidates:

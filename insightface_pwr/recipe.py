@@ -1,4 +1,4 @@
-"""Recipes: arcface_torch-style config files with a strictly validated ``distill`` section.
+"""Recipes: arcface_torch-style config files with a strictly validated ``distill`` section and ``lr_schedule``.
 
 A recipe is a Python file that defines ``config = edict()`` exactly like an arcface_torch config. ``load_recipe``
 runs it, lays it over :data:`UPSTREAM_DEFAULTS` (the values of arcface_torch's ``configs/base.py``, written here as
@@ -29,7 +29,16 @@ The ``distill`` section (defaults in brackets)::
         classification_weight=1.0,             # weight of partial FC's margin softmax loss (0: heads alone)
         heads=[edict(name="pwr", weight=100.0, params=edict())],
         inherit_classifier=False,              # ProxylessKD: partial FC starts from the teacher's classifier, frozen
-        lr_schedule=None)                      # None: arcface_torch's; edict(kind="step", every_epochs=2, factor=0.1)
+        lr_schedule=None)                      # the older place of config.lr_schedule (an alias; not both)
+
+The learning-rate schedule, for any recipe (with or without ``distill``), stepped per iteration like upstream's::
+
+    config.lr_schedule = None                  # None: arcface_torch's polynomial decay (warmup_epoch, then to 0)
+    config.lr_schedule = edict(kind="step", every_epochs=2, factor=0.1, warmup_epochs=0)  # lr x 0.1 every 2 epochs
+    config.lr_schedule = edict(kind="poly", power=1.0)                                    # upstream's, any power
+
+``config.distill.lr_schedule`` is accepted as an alias of ``config.lr_schedule``; setting both is an error.
+:func:`lr_schedule_of` gives the one that applies.
 """
 from __future__ import annotations
 
@@ -43,7 +52,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from easydict import EasyDict as edict
 
 __all__ = ["UPSTREAM_DEFAULTS", "RecipeError", "load_recipe", "load_base", "apply_defaults", "validate_recipe",
-           "validate_distill", "combined_loss_formula", "DISTILL_DEFAULTS", "TEACHER_DEFAULTS"]
+           "validate_distill", "validate_lr_schedule", "lr_schedule_of", "combined_loss_formula", "DISTILL_DEFAULTS",
+           "TEACHER_DEFAULTS"]
 
 
 class RecipeError(ValueError):
@@ -173,6 +183,9 @@ def validate_recipe(cfg: Dict[str, Any], require_dataset: bool = True) -> None:
             raise RecipeError(f"config.{k} must be > 0, got {cfg[k]!r}")
     if cfg.get("distill") is not None:
         cfg["distill"] = validate_distill(cfg["distill"])
+    if cfg.get("lr_schedule") is not None:
+        cfg["lr_schedule"] = validate_lr_schedule(cfg["lr_schedule"], "config.lr_schedule")
+    lr_schedule_of(cfg)  # not both config.lr_schedule and config.distill.lr_schedule
 
 
 def validate_distill(distill: Any) -> edict:
@@ -194,7 +207,7 @@ def validate_distill(distill: Any) -> edict:
     if d.classification_weight == 0 and not d.heads:
         raise RecipeError("config.distill: classification_weight is 0 and there are no heads: nothing to train")
     if d.lr_schedule is not None:
-        d.lr_schedule = _validate_lr_schedule(d.lr_schedule)
+        d.lr_schedule = validate_lr_schedule(d.lr_schedule, "config.distill.lr_schedule")
     needs_classifier = [h.name for h in d.heads if _consumes(h.name) == "logits"]
     if d.inherit_classifier:
         needs_classifier.append("inherit_classifier")
@@ -249,8 +262,9 @@ def _validate_head(i: int, h: Any) -> edict:
     return edict(name=h["name"], weight=float(weight), params=edict(copy.deepcopy(dict(params))))
 
 
-def _validate_lr_schedule(s: Dict[str, Any]) -> edict:
-    key = "config.distill.lr_schedule"
+def validate_lr_schedule(s: Any, key: str = "config.lr_schedule") -> edict:
+    """Validate one lr schedule section (``key`` names it in errors); returns it with its defaults filled in."""
+    _check_type(key, s, (dict,))
     kind = s.get("kind")
     if kind not in LR_SCHEDULES:
         raise RecipeError(f"{key}.kind must be one of {tuple(LR_SCHEDULES)}, got {kind!r}")
@@ -263,6 +277,23 @@ def _validate_lr_schedule(s: Dict[str, Any]) -> edict:
     if kind == "step" and (out.every_epochs <= 0 or not 0 < out.factor <= 1 or out.warmup_epochs < 0):
         raise RecipeError(f"{key}: need every_epochs > 0, 0 < factor <= 1, warmup_epochs >= 0, got {dict(out)}")
     return out
+
+
+def lr_schedule_of(cfg: Dict[str, Any]) -> Optional[edict]:
+    """The validated lr schedule that replaces arcface_torch's, or None (upstream's polynomial decay stays).
+
+    ``config.lr_schedule``, or its alias ``config.distill.lr_schedule``; a recipe that sets both is an error."""
+    top = cfg.get("lr_schedule")
+    distill = cfg.get("distill")
+    alias = distill.get("lr_schedule") if isinstance(distill, dict) else None
+    if top is not None and alias is not None:
+        raise RecipeError("config.lr_schedule and config.distill.lr_schedule are both set: keep config.lr_schedule "
+                          "and remove config.distill.lr_schedule (its older alias)")
+    if top is not None:
+        return validate_lr_schedule(top, "config.lr_schedule")
+    if alias is not None:
+        return validate_lr_schedule(alias, "config.distill.lr_schedule")
+    return None
 
 
 def _margin_name(margin_list: Optional[Sequence[float]]) -> str:

@@ -1,6 +1,6 @@
 """The paper's teacher: ResNet-50 (``r50``), 512-d, trained with CosFace (weight 1.0) on MS1M-ArcFace.
 
-Same setup as the baseline student (student_r18.py); the paper gives no separate teacher schedule, so we reuse it.
+Same setup as the baseline student (student_r18.py), its lr schedule included (0.1, divided by 10 every 2 epochs).
     torchrun --nproc_per_node=6 train.py recipes/teacher_r50.py      # -> work_dirs/teacher_r50/model.pt
 """
 from insightface_pwr.recipe import load_base

@@ -280,3 +280,54 @@ def test_lr_schedule_replaces_the_upstream_scheduler(tmp_path):
         opt.step()
         sched.step()
     assert lrs == [0.1] * 8 + [pytest.approx(0.01)]
+
+
+def test_lr_schedule_without_distill_only_replaces_the_scheduler(tmp_path):
+    """config.lr_schedule with no distill section: no teacher, no heads; the loss passes through untouched."""
+    from insightface_pwr.lr_schedules import PolynomialWarmupLR, StepEpochLR
+    cfg, backbone, pfc, opt = _setup(tmp_path, edict())
+    del cfg["distill"]
+    cfg.resume = True  # nothing to resume from: the hooks have no state of their own
+    cfg.lr_schedule = edict(kind="step", every_epochs=1, factor=0.5)  # unvalidated, as upstream's get_config leaves it
+    groups_before = [list(g["params"]) for g in opt.param_groups]
+    hooks = _build(cfg, backbone, pfc, opt)
+    assert [list(g["params"]) for g in opt.param_groups] == groups_before and hooks.parameters() == []
+    img, labels = torch.randn(4, 3, 16, 16), torch.tensor([1, 2, 3, 1])
+    loss = pfc(backbone(img), labels.clone())
+    assert hooks.step(1, img, backbone(img), labels, loss) is loss
+    hooks.log(10, None)
+    hooks.save(1, 1)
+    assert hooks.resume(0, 0) == (0, 0) and hooks.last == {}
+    assert not (tmp_path / "out").exists()  # no distill_gpu_*.pt
+    hooks.end()
+    cfg.total_batch_size = 8  # 32 images / 8 = 4 steps per epoch
+    sched = hooks.lr_scheduler(PolynomialWarmupLR(opt, 0, 16))
+    assert isinstance(sched, StepEpochLR)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.1] * 4 + [0.05] * 4 + [0.025] * 4, rel=1e-12)
+    # neither key: upstream's scheduler is kept
+    del cfg["lr_schedule"]
+    upstream = PolynomialWarmupLR(opt, 0, 16)
+    assert _build(cfg, backbone, pfc, opt).lr_scheduler(upstream) is upstream
+    # validated here too, with the key in the message
+    cfg.lr_schedule = edict(kind="step", evry_epochs=2)
+    with pytest.raises(RecipeError, match="config.lr_schedule.evry_epochs"):
+        _build(cfg, backbone, pfc, opt)
+
+
+def test_top_level_lr_schedule_drives_a_distillation_run(tmp_path):
+    """The recipes' layout: distill section without lr_schedule, config.lr_schedule at the top."""
+    from insightface_pwr.lr_schedules import PolynomialWarmupLR, StepEpochLR
+    cfg, backbone, pfc, opt = _setup(tmp_path, edict(heads=[edict(name="pwr")]))
+    cfg.lr_schedule = edict(kind="step", every_epochs=2, factor=0.1)
+    hooks = _build(cfg, backbone, pfc, opt)
+    cfg.total_batch_size = 8
+    sched = hooks.lr_scheduler(PolynomialWarmupLR(opt, 0, 16))
+    assert isinstance(sched, StepEpochLR) and (sched.steps_per_epoch, sched.every_epochs) == (4, 2)
+    cfg.distill.lr_schedule = edict(kind="step")
+    with pytest.raises(RecipeError, match="both set"):
+        _build(cfg, backbone, pfc, opt)

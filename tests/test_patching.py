@@ -412,6 +412,7 @@ import torch
 import torch.distributed as dist
 torch.set_num_threads(2)
 calls = []
+lrs = []  # (global_step, learning rate) that upstream's CallBackLogging writes
 
 _init = dist.init_process_group
 def init_process_group(*args, **kwargs):
@@ -438,6 +439,8 @@ class SummaryWriter:
     def __init__(self, *a, **k):
         pass
     def add_scalar(self, tag=None, scalar_value=None, global_step=None, **k):
+        if tag == "learning_rate":
+            lrs.append([global_step, scalar_value])
         if tag not in ("time_for_end", "learning_rate", "loss"):
             calls.append(["add_scalar", tag, global_step])
 sys.modules["torch.utils.tensorboard"] = types.SimpleNamespace(SummaryWriter=SummaryWriter)
@@ -484,6 +487,7 @@ results = {}
 sys.modules["dataset"] = types.SimpleNamespace(get_dataloader=upstream_get_dataloader)
 sys.modules["eval.verification"] = types.ModuleType("eval.verification")  # needs mxnet + sklearn; no .bin here
 results["upstream"] = train("configs/cpu_tiny.py")
+results["upstream_lrs"], lrs[:] = list(lrs), []
 results["pwr_modules_after_upstream"] = sorted(m for m in sys.modules if m.startswith("insightface_pwr"))
 
 import insightface_pwr.arcface as arcface
@@ -524,6 +528,9 @@ results["resume"] = train("configs/cpu_tiny_distill_resume.py")
 arcface.build_hooks = real_build_hooks  # the real hooks, from a recipe outside configs/, then resumed
 results["recipe"] = train(os.path.abspath("recipes/cpu_pwr.py"))
 results["recipe_resume"] = train(os.path.abspath("recipes/cpu_pwr_resume.py"))
+lrs[:] = []
+results["schedule"] = train("configs/cpu_tiny_schedule.py")  # config.lr_schedule, no distill section
+results["schedule_lrs"] = list(lrs)
 
 sys.modules["dataset"] = None  # `import dataset` (upstream's, mxnet) would now raise
 sys.modules["eval.verification"] = None
@@ -558,13 +565,16 @@ def test_patched_train_v2_runs_on_cpu_and_calls_the_hooks_in_contract_order(patc
     configs = {"cpu_tiny": dict(epochs=2, output="plain", resume=False, val_targets=[]),
                "cpu_tiny_distill": dict(epochs=2, output="distill", resume=False, val_targets=[]),
                "cpu_tiny_distill_resume": dict(epochs=3, output="distill", resume=True, val_targets=[]),
-               "cpu_tiny_data": dict(epochs=2, output="data", resume=False, val_targets=["tiny"])}
+               "cpu_tiny_data": dict(epochs=2, output="data", resume=False, val_targets=["tiny"]),
+               "cpu_tiny_schedule": dict(epochs=2, output="schedule", resume=False, val_targets=[])}
     for name, values in configs.items():
         text = _CPU_CONFIG.format(**values)
         if "distill" in name:
             text += "config.distill = edict(teacher=edict(weights='teacher.pt'))\n"
         if name == "cpu_tiny_data":
             text += "config.data_backend = 'insightface_pwr'\n"
+        if name == "cpu_tiny_schedule":
+            text += "config.lr_schedule = edict(kind='step', every_epochs=1, factor=0.1)\n"
         (tree / "configs" / f"{name}.py").write_text(text)
     (tree / "recipes").mkdir()
     for name, epochs, resume in (("cpu_pwr", 2, False), ("cpu_pwr_resume", 3, True)):
@@ -605,6 +615,18 @@ def test_patched_train_v2_runs_on_cpu_and_calls_the_hooks_in_contract_order(patc
                                                              ["torch.save", "model.pt"]] * 2 + [["torch.save",
                                                                                                  "model.pt"]]
     assert not [c for c in upstream if c[0] in ("atomic_save", "build_hooks", "step")]
+    # upstream's PolynomialLRWarmup: 0.1 * (1 - k / 6) after k of the 6 steps (logged from step 2 on)
+    assert results["upstream_lrs"] == [[k, pytest.approx(0.1 * (1 - k / 6), abs=1e-12)] for k in range(2, 7)]
+
+    # config.lr_schedule without distill: the real hooks replace the scheduler only (0.1 x 0.1 per epoch of 3
+    # steps: the lr after k steps is 0.1 * 0.1 ** (k // 3)); no distillation state, atomic checkpoints
+    assert results["schedule_lrs"] == [[k, pytest.approx(0.1 * 0.1 ** (k // 3), rel=1e-12)] for k in range(2, 7)]
+    schedule_dir = tree / "work_dirs" / "schedule"
+    assert {p.name for p in schedule_dir.iterdir()} >= {"checkpoint_gpu_0.pt", "model.pt"}
+    assert not list(schedule_dir.glob("distill_gpu_*"))
+    assert [c[1] for c in results["schedule"] if c[0] == "atomic_save"] == ["checkpoint_gpu_0.pt", "model.pt"] * 2 \
+        + ["model.pt"]
+    assert "lr schedule: lr x 0.1 every 1 epoch(s)" in (schedule_dir / "training.log").read_text()
 
     # distill section: the contract's order, the hook's loss is the one backpropagated, atomic checkpoints
     distill = [c for c in results["distill"] if c[0] not in ("init_process_group", "get_dataloader", "get_model")]

@@ -103,3 +103,36 @@ def test_the_example_recipes_validate():
     assert student.num_classes == teacher.num_classes and student.image_size == teacher.image_size
     assert combined_loss_formula(student) == ("L = 0.7 * CosFace(m=0.35, s=64) + 100 * pwr(inversion=exp, "
                                               "margin=teacher_diff) + 0.3 * hkd(temperature=4.0)")
+
+
+# ----------------------------------------------------------------- config.lr_schedule (top level, no distill needed)
+def test_top_level_lr_schedule_without_distill(tmp_path):
+    from insightface_pwr.recipe import lr_schedule_of
+    cfg = load_recipe(recipe(tmp_path, "None", "config.lr_schedule = edict(kind='step', every_epochs=3)\n"))
+    assert "distill" in cfg and cfg.distill is None
+    assert dict(cfg.lr_schedule) == {"kind": "step", "every_epochs": 3, "factor": 0.1, "warmup_epochs": 0}
+    assert lr_schedule_of(cfg) == cfg.lr_schedule
+    poly = load_recipe(recipe(tmp_path, "None", "config.lr_schedule = edict(kind='poly', power=2.0)\n"))
+    assert dict(lr_schedule_of(poly)) == {"kind": "poly", "power": 2.0}
+    assert lr_schedule_of(load_recipe(recipe(tmp_path, "None"))) is None  # upstream's schedule stays
+    # the older place, config.distill.lr_schedule, is an alias
+    alias = load_recipe(recipe(tmp_path, f"edict(teacher={TEACHER}, heads=[edict(name='pwr')], "
+                                         "lr_schedule=edict(kind='step', factor=0.5))"))
+    assert dict(lr_schedule_of(alias)) == {"kind": "step", "every_epochs": 2, "factor": 0.5, "warmup_epochs": 0}
+
+
+@pytest.mark.parametrize("extra, distill, message", [
+    ("config.lr_schedule = edict(kind='cosine')\n", "None", "config.lr_schedule.kind must be one of"),
+    ("config.lr_schedule = edict(kind='step', evry_epochs=2)\n", "None", "unknown key config.lr_schedule.evry_epochs"),
+    ("config.lr_schedule = edict(kind='step', factor='0.1')\n", "None", "config.lr_schedule.factor must be number"),
+    ("config.lr_schedule = edict(kind='step', factor=10.0)\n", "None", "config.lr_schedule: need every_epochs > 0"),
+    ("config.lr_schedule = edict(kind='poly', every_epochs=2)\n", "None", "unknown key config.lr_schedule.every_"),
+    ("config.lr_schedule = 'step'\n", "None", "config.lr_schedule must be dict"),
+    ("config.lr_schedule = edict(kind='step')\n",
+     f"edict(teacher={TEACHER}, heads=[edict(name='pwr')], lr_schedule=edict(kind='step'))",
+     "config.lr_schedule and config.distill.lr_schedule are both set"),
+])
+def test_bad_top_level_lr_schedule_names_the_key(tmp_path, extra, distill, message):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(recipe(tmp_path, distill, extra))
+    assert message in str(e.value)

@@ -120,7 +120,7 @@ def run_host(cfg: Any, rank: int, world_size: int) -> int:
         raise ValueError(f"config.optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
 
     distill_hooks = None
-    if cfg.get("distill") is not None:
+    if cfg.get("distill") is not None or cfg.get("lr_schedule") is not None:  # as the patched train_v2.py
         from ..arcface import build_hooks
         distill_hooks = build_hooks(cfg, backbone=backbone, partial_fc=module_partial_fc, optimizer=opt,
                                     rank=rank, world_size=world_size, local_rank=rank, model_factory=get_model)
