@@ -142,6 +142,9 @@ def _write_json_atomic(obj: Dict[str, Any], path: Path) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o644 & ~mask)  # mkstemp's 0600 would differ from the array's mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

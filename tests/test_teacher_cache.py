@@ -219,6 +219,7 @@ def test_cli_writes_the_cache(kit, capsys):
     assert "40/40 img" in err and "img/s" in err and "ETA" in err
     make(tmp_path, teacher, name="api.npy")
     assert out.read_bytes() == (tmp_path / "api.npy").read_bytes()
+    assert (tmp_path / "cli.npy.json").stat().st_mode & 0o777 == out.stat().st_mode & 0o777  # not mkstemp's 0600
 
 
 # ------------------------------------------------------------------------------------------------ the hooks path
