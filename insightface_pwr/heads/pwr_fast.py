@@ -159,45 +159,43 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     else:
         fa, fb = a_sorted - center, b_sorted - center
     tp_v = tpos[v_perm]
-    # carried in arranged order from here on: t position, feature, key flag
-    tp = torch.arange(n, **i64)  # pads keep t positions 2M..n-1 at the end of the value order
-    tp[kpos] = tp_v[:, 1]
-    tp[qpos] = tp_v[:, 0]
+    # carried in arranged order from here on: code = 2 * t position + (1 for a key), feature
+    code = torch.arange(n, **i64) * 2  # pads keep t positions 2M..n-1 at the end of the value order
+    code[kpos] = tp_v[:, 1] * 2 + 1
+    code[qpos] = tp_v[:, 0] * 2
     f = torch.zeros(n, **f64)
     f[kpos] = fa
     f[qpos] = fb
-    kf = torch.zeros(n, **f64)
-    kf[kpos] = 1.0
     del tpos, tp_v, fa, fb, kpos, qpos, a_sorted, b_sorted, v_perm, ranks, key_val, qry_val, t_sorted, s, t
     acc = torch.zeros(n, **f64)  # keys: + sum l'; queries: - sum l'
     total = zero.clone()
     if dev.type == "cpu" and levels > _CHUNK_LEVELS:
         # the top levels over the whole arrays; below, every group of 2^_CHUNK_LEVELS items is independent:
         # finishing it chunk by chunk keeps its working set in cache (memory traffic dominates on a CPU)
-        tp, f, kf, acc = _tree_pass(tp, f, kf, acc, levels, k, beta, total, stop=_CHUNK_LEVELS)
+        code, f, acc = _tree_pass(code, f, acc, levels, k, beta, total, stop=_CHUNK_LEVELS)
         size = 1 << _CHUNK_LEVELS
         for c0 in range(0, n, size):
             sl = slice(c0, c0 + size)
-            acc[sl] = _tree_pass(tp[sl], f[sl], kf[sl], acc[sl].clone(), _CHUNK_LEVELS, k, beta, total)[3]
+            acc[sl] = _tree_pass(code[sl], f[sl], acc[sl].clone(), _CHUNK_LEVELS, k, beta, total)[2]
     else:
-        acc = _tree_pass(tp, f, kf, acc, levels, k, beta, total)[3]
+        acc = _tree_pass(code, f, acc, levels, k, beta, total)[2]
     # the final arrangement is the t order: the relation of t-rank r has its query at r + r0, its key at + g
     grad = torch.empty(m_rel, **f64)
     grad[t_perm] = acc[qpos_sorted] + acc[qpos_sorted + g]
     return total, grad, count
 
 
-def _tree_pass(tp: torch.Tensor, f: torch.Tensor, kf: torch.Tensor, acc: torch.Tensor, levels: int, k: int,
+def _tree_pass(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, levels: int, k: int,
                beta: float, total: torch.Tensor, stop: int = 0) -> Tuple[torch.Tensor, ...]:
-    """The top-down pass (module docstring). In arranged order: ``tp`` t positions (int64), ``f`` features
-    (exp: exp(beta (a - c)) for keys, exp(beta (c - b)) for queries; power: a - c, b - c), ``kf`` 1.0 for keys.
+    """The top-down pass (module docstring). In arranged order: ``code`` = 2 * t position + (1 for a key)
+    (int64), ``f`` features (exp: exp(beta (a - c)) for keys, exp(beta (c - b)) for queries; power: a - c, b - c).
     Runs the levels ``levels`` .. ``stop`` + 1 (groups of 2^level items); adds the loss sum into ``total`` (in
-    place); returns (tp, f, kf, acc) in the arrangement reached, ``acc`` plus each item's gradient sum (after the
+    place); returns (code, f, acc) in the arrangement reached, ``acc`` plus each item's gradient sum (after the
     last level, stop = 0, the arrangement is the t order).
     Every temporary is a preallocated buffer (out= / in-place ops): fresh multi-MB tensors each op would cost
     more in page faults than in arithmetic."""
-    n = tp.numel()
-    dev = tp.device
+    n = code.numel()
+    dev = code.device
     f64 = dict(dtype=torch.float64, device=dev)
     nb = 3 if k == 0 else 6 + k + 1
     buf = [torch.empty(n, **f64) for _ in range(nb)]
@@ -205,7 +203,7 @@ def _tree_pass(tp: torch.Tensor, f: torch.Tensor, kf: torch.Tensor, acc: torch.T
     a_, b_ = torch.empty(n, **f64), torch.empty(n, **f64)
     c_, d_ = torch.empty(n, **f64), torch.empty(n, **f64)
     ib = torch.empty(n, dtype=torch.int64, device=dev)
-    tp2, f2, kf2, acc2 = torch.empty_like(tp), torch.empty_like(f), torch.empty_like(kf), torch.empty_like(acc)
+    code2, f2, acc2 = torch.empty_like(code), torch.empty_like(f), torch.empty_like(acc)
     pos = torch.arange(n, **f64)
     if k:
         binom_k, binom_k1 = _binom_row(k), _binom_row(k - 1)
@@ -215,12 +213,14 @@ def _tree_pass(tp: torch.Tensor, f: torch.Tensor, kf: torch.Tensor, acc: torch.T
         width = 1 << lev
         shape = (n >> lev, width)
         A, B, C, D = a_.view(shape), b_.view(shape), c_.view(shape), d_.view(shape)
-        torch.bitwise_right_shift(tp, lev - 1, out=ib)
+        torch.bitwise_and(code, 1, out=ib)
+        mq.copy_(ib)  # kf: 1.0 for a key
+        torch.bitwise_right_shift(code, lev, out=ib)
         ib.bitwise_and_(1)
         r.copy_(ib)  # 1.0 in the right half of the group
-        torch.mul(kf, r, out=mq)
-        torch.sub(kf, mq, out=mk)  # keys of the left half: kf (1 - r)
-        torch.sub(r, mq, out=mq)  # queries of the right half: (1 - kf) r
+        torch.mul(mq, r, out=mk)  # kf r
+        torch.sub(mq, mk, out=mk)  # keys of the left half: kf (1 - r)
+        torch.sub(r, mq, out=mq).add_(mk)  # queries of the right half: r - kf r = r - kf + kf (1 - r)
         if k == 0:  # exp
             torch.mul(f, mk, out=a_)
             torch.mul(f, mq, out=b_)
@@ -263,12 +263,11 @@ def _tree_pass(tp: torch.Tensor, f: torch.Tensor, kf: torch.Tensor, acc: torch.T
         torch.sub(width - C[:, -1:], jr, out=A)
         a_.add_(c_, alpha=2.0).mul_(r).sub_(c_).add_(pos)
         ib.copy_(a_)
-        tp2.scatter_(0, ib, tp)
+        code2.scatter_(0, ib, code)
         f2.scatter_(0, ib, f)
-        kf2.scatter_(0, ib, kf)
         acc2.scatter_(0, ib, acc)
-        tp, tp2, f, f2, kf, kf2, acc, acc2 = tp2, tp, f2, f, kf2, kf, acc2, acc
-    return tp, f, kf, acc
+        code, code2, f, f2, acc, acc2 = code2, code, f2, f, acc2, acc
+    return code, f, acc
 
 
 def _inversion_and_grad(x: torch.Tensor, inversion: str, p: float, beta: float) -> Tuple[torch.Tensor, torch.Tensor]:
