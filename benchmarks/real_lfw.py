@@ -401,7 +401,7 @@ def write_table(results: List[Dict[str, Any]], teacher: Dict[str, float], cfg: D
         acc = [r["final"]["accuracy"] for r in rs]
         if m == "baseline":
             base_acc = acc
-        lines.append(f"| {METHODS[m][0]} | `{rs[0]['formula'][4:]}` | {_ms(acc)} | "
+        lines.append(f"| {METHODS[m][0]}{'' if len(rs) == len(cfg['seeds']) else f' (n = {len(rs)})'} | `{rs[0]['formula'][4:]}` | {_ms(acc)} | "
                      f"{_ms([r['final']['tpr_at_1e-2'] for r in rs])} | "
                      f"{_ms([r['final']['kendall_tau'] for r in rs], 1.0, 3)} | "
                      f"{_ms([r['final']['accuracy_noflip'] for r in rs])} | {max(acc) * 100:.2f} | "
@@ -516,6 +516,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="table and plot folder")
     p.add_argument("--tag", default=None, help="output name suffix (default: none for --size cpu, else the size)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--report-only", action="store_true",
+                   help="tabulate the runs already finished (of this configuration); train none")
     p.add_argument("--note", default="", help="a line added to the table's header (e.g. how the runs were split)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch / onnxruntime CPU threads (default 1: on a shared 2-core machine, 2 threads ran a "
@@ -574,6 +576,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 results.append(json.loads(path.read_text()))
                 log(f"{method} seed {seed}: done before, {results[-1]['final']}")
                 continue
+            if args.report_only:
+                log(f"{method} seed {seed}: not run yet (--report-only), left out of the table")
+                continue
             log(f"{method} seed {seed}: training {cfg['steps']} steps")
             r = train_one(method, seed, cfg, train, dev, cache_path, work / "runs" / config_name / "tmp", device)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -597,7 +602,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"- training time summed over the {len(results)} runs: {sum(r['wall_s'] for r in results) / 60:.1f} min "
         f"(of which dev evaluations {sum(r['eval_s'] for r in results) / 60:.1f} min); mean training step "
         f"{np.mean([r['train_s_per_step'] for r in results]):.2f} s",
-        f"- seeds: {cfg['seeds']}; methods: {', '.join(args.methods)}"] + ([f"- {args.note}"] if args.note else []) + [
+        f"- seeds: {cfg['seeds']} (runs finished: {len(results)} of {len(cfg['seeds']) * len(args.methods)}); "
+        f"methods: {', '.join(args.methods)}"] + ([f"- {args.note}"] if args.note else []) + [
         f"- student: TinyMobileFaceNet(width={cfg['width']}, 128-d), {cfg['resolution']}x{cfg['resolution']} input "
         f"(teacher embeddings cached at 112x112); {cfg['steps']} steps of {cfg['batch_size']} images "
         f"({cfg['steps'] * cfg['batch_size'] / len(train[1]):.1f} epochs of the 9,402 LFW train images, "
