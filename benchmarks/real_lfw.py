@@ -108,7 +108,7 @@ SIZES: Dict[str, Dict[str, Any]] = {
     # the committed run: 2-core CPU shared with other jobs (load ~14), two processes of one thread each
     "cpu": dict(steps=250, eval_every=50, seeds=[0, 1, 2], resolution=48, width=16, batch_size=128),
     # an estimate of what fits 90 minutes on the same 2 cores when idle (see benchmarks/results/real_lfw.md)
-    "cpu90": dict(steps=1000, eval_every=250, seeds=[0, 1, 2], resolution=48, width=16, batch_size=128),
+    "cpu90": dict(steps=750, eval_every=150, seeds=[0, 1, 2], resolution=48, width=16, batch_size=128),
     "gpu": dict(steps=6000, eval_every=500, seeds=[0, 1, 2], resolution=112, width=64, batch_size=256),
 }
 
@@ -516,6 +516,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="table and plot folder")
     p.add_argument("--tag", default=None, help="output name suffix (default: none for --size cpu, else the size)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--claim", action="store_true",
+                   help="share the runs with other processes started with the same options and --claim (each "
+                        "run is claimed with a lock file in --work; a crashed run's .claim file must be removed)")
     p.add_argument("--report-only", action="store_true",
                    help="tabulate the runs already finished (of this configuration); train none")
     p.add_argument("--note", default="", help="a line added to the table's header (e.g. how the runs were split)")
@@ -579,8 +582,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.report_only:
                 log(f"{method} seed {seed}: not run yet (--report-only), left out of the table")
                 continue
+            if args.claim:  # several processes share the runs: each takes the next unclaimed one
+                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.close(os.open(path.with_suffix(".claim"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    log(f"{method} seed {seed}: claimed by another process")
+                    continue
             log(f"{method} seed {seed}: training {cfg['steps']} steps")
-            r = train_one(method, seed, cfg, train, dev, cache_path, work / "runs" / config_name / "tmp", device)
+            r = train_one(method, seed, cfg, train, dev, cache_path, work / "runs" / config_name / f"tmp{os.getpid()}", device)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, json.dumps(r, indent=1).encode())
             results.append(r)
