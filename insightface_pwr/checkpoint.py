@@ -23,6 +23,8 @@ from typing import Any, List, Union
 
 import torch
 
+from .fsio import fsync_dir
+
 __all__ = ["atomic_save", "save_rotating", "load_candidates", "safe_load", "previous_path", "CheckpointError"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -31,19 +33,6 @@ _SAVES = {"count": 0}
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable or does not hold what was expected."""
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(str(directory), os.O_RDONLY)
-    except OSError:  # pragma: no cover  (platforms without directory fds)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def _maybe_inject_fault() -> None:
@@ -71,7 +60,7 @@ def atomic_save(obj: Any, path: PathLike) -> None:
         if tmp.exists():
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def previous_path(path: PathLike) -> Path:
@@ -92,7 +81,7 @@ def save_rotating(obj: Any, path: PathLike) -> None:
     if path.exists():
         os.replace(path, previous_path(path))
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def safe_load(path: PathLike, what: str = "checkpoint", *, mmap: bool = False) -> Any:

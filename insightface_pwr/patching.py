@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .fsio import fsync_dir
+
 PINNED = "deepinsight/insightface@0159b24d44cbc91abbd07b7a6fab0ba923a7fddf (recognition/arcface_torch)"
 SERIES_FILE = "series"
 MANIFEST_FILE = "upstream.sha256"
@@ -380,20 +382,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def write_all(target: Path, contents: Dict[str, Optional[bytes]]) -> None:
@@ -408,7 +397,7 @@ def write_all(target: Path, contents: Dict[str, Optional[bytes]]) -> None:
             if data is None:
                 if old is not None:
                     path.unlink()
-                    _fsync_dir(path.parent)
+                    fsync_dir(path.parent)
             else:
                 atomic_write_bytes(path, data, mode)
             done.append((path, old, mode))
