@@ -10,28 +10,17 @@ import torch
 from insightface_pwr.heads.darkrank import DarkRankLoss
 from insightface_pwr.registry import create_head
 
+from loop_reference import assert_attached_zero, assert_matches_reference, dot, random_batch, rows
+
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-11), torch.float32: dict(rtol=2e-4, atol=2e-5)}
 
 
 def make_batch(n: int, ds: int, dt: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Random embeddings; teacher row 2 duplicates row 0 (tied teacher scores for every other anchor)."""
-    g = torch.Generator().manual_seed(seed)
-    s = torch.randn(n, ds, generator=g, dtype=torch.float64)
-    t = torch.randn(n, dt, generator=g, dtype=torch.float64)
-    if n >= 3:
-        t[2] = t[0]
-    return s.to(dtype), t.to(dtype)
+    return random_batch(n, ds, dt, dtype, seed)
 
 
 # ---- the loop reference ----
-def rows(x: torch.Tensor) -> list:
-    return [[x[i, k] for k in range(x.shape[1])] for i in range(x.shape[0])]
-
-
-def dot(a: list, b: list):
-    return sum(ai * bi for ai, bi in zip(a, b))
-
-
 def score(a: list, b: list, relation: str, alpha: float, beta: float):
     """sc = -alpha * d ** beta, the distance clamped at 1e-12 before the power (documented in darkrank.py)."""
     if relation == "cosine":
@@ -79,16 +68,8 @@ def ref_loss(s: torch.Tensor, t: torch.Tensor, alpha: float = 3.0, beta: float =
 
 
 def compare(s: torch.Tensor, t: torch.Tensor, **params) -> None:
-    head = create_head("darkrank", **params)
-    s1 = s.clone().requires_grad_(True)
-    out = head(student=s1, teacher=t)
-    out.backward()
-    s2 = s.clone().requires_grad_(True)
-    ref = ref_loss(s2, t, **params)
-    ref.backward()
-    assert out.dtype == s.dtype and out.dim() == 0
-    torch.testing.assert_close(out.detach(), ref.detach().to(s.dtype), **TOL[s.dtype])
-    torch.testing.assert_close(s1.grad, s2.grad, **TOL[s.dtype])
+    assert_matches_reference(create_head("darkrank", **params), lambda a, b: ref_loss(a, b, **params), s, t,
+                             TOL[s.dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -123,11 +104,7 @@ def test_anchor_excluded_when_a_duplicate_ties_with_it():
 @pytest.mark.parametrize("soft", [False, True])
 def test_no_list_gives_attached_zero(n, soft):
     s, t = make_batch(n, 4, 3, torch.float64, 6)
-    s.requires_grad_(True)
-    out = DarkRankLoss(soft=soft)(student=s, teacher=t)
-    assert out.item() == 0.0 and out.requires_grad
-    out.backward()
-    assert torch.equal(s.grad, torch.zeros_like(s))
+    assert_attached_zero(DarkRankLoss(soft=soft), s, t)
 
 
 def test_soft_zero_when_student_equals_teacher():

@@ -7,16 +7,13 @@ import torch
 from insightface_pwr.heads.feature import FeatureConsistencyLoss
 from insightface_pwr.registry import create_head
 
+from loop_reference import assert_matches_reference, random_batch
+
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-6)}
 
 
 def make_batch(n: int, d: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    s = 3.0 * torch.randn(n, d, generator=g, dtype=torch.float64)
-    t = 0.5 * torch.randn(n, d, generator=g, dtype=torch.float64)
-    if n >= 3:
-        t[2] = t[0]
-    return s.to(dtype), t.to(dtype)
+    return random_batch(n, d, d, dtype, seed, s_scale=3.0, t_scale=0.5)
 
 
 def ref_loss(s: torch.Tensor, t: torch.Tensor, kind: str):
@@ -38,14 +35,7 @@ def test_matches_loop(dtype, kind):
     head = create_head("feature", kind=kind)
     for n, seed in [(5, 0), (2, 1), (1, 2)]:
         s, t = make_batch(n, 4, dtype, seed)
-        x, y = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
-        out = head(student=x, teacher=t)
-        out.backward()
-        ref = ref_loss(y, t, kind)
-        ref.backward()
-        assert out.dtype == dtype and out.dim() == 0
-        torch.testing.assert_close(out.detach(), ref.detach(), **TOL[dtype])
-        torch.testing.assert_close(x.grad, y.grad, **TOL[dtype])
+        assert_matches_reference(head, lambda a, b: ref_loss(a, b, kind), s, t, TOL[dtype])
 
 
 def test_l2_is_twice_cosine_and_zero_when_aligned():

@@ -8,28 +8,17 @@ from insightface_pwr.heads.rkd_a import RKDAngleLoss
 from insightface_pwr.heads.rkd_da import RKDDistanceAngleLoss
 from insightface_pwr.registry import create_head
 
+from loop_reference import assert_attached_zero, assert_matches_reference, dot, huber, random_batch, rows
+
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=2e-4, atol=2e-6)}
 
 
 def make_batch(n: int, ds: int, dt: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Random embeddings (not unit norm); teacher row 2 duplicates row 0 (zero difference vectors, tied angles)."""
-    g = torch.Generator().manual_seed(seed)
-    s = 1.5 * torch.randn(n, ds, generator=g, dtype=torch.float64)
-    t = 2.0 * torch.randn(n, dt, generator=g, dtype=torch.float64)
-    if n >= 3:
-        t[2] = t[0]
-    return s.to(dtype), t.to(dtype)
+    return random_batch(n, ds, dt, dtype, seed, s_scale=1.5, t_scale=2.0)
 
 
 # ---- the loop reference ----
-def rows(x: torch.Tensor) -> list:
-    return [[x[i, k] for k in range(x.shape[1])] for i in range(x.shape[0])]
-
-
-def dot(a: list, b: list):
-    return sum(ai * bi for ai, bi in zip(a, b))
-
-
 def unit(v: list, convention: str) -> list:
     """pwr: v / sqrt(|v|^2 + 1e-10) (MXNet); rkd: v / max(|v|, 1e-12) (torch F.normalize)."""
     if convention == "pwr":
@@ -40,11 +29,6 @@ def unit(v: list, convention: str) -> list:
         return [c * 0.0 for c in v]  # e_ij = 0 when x_j = x_i
     norm = torch.sqrt(dot(v, v))
     return [c / torch.clamp(norm, min=1e-12) for c in v]
-
-
-def huber(x, delta: float):
-    v = float(x.detach()) if torch.is_tensor(x) else float(x)
-    return 0.5 * x * x if abs(v) <= delta else delta * (abs(x) - 0.5 * delta)
 
 
 def ref_angles(x: torch.Tensor, convention: str) -> list:
@@ -82,15 +66,7 @@ def ref_distance_loss(s: torch.Tensor, t: torch.Tensor, relation: str, conventio
 
 
 def compare(head, ref_fn, s: torch.Tensor, t: torch.Tensor) -> None:
-    s1 = s.clone().requires_grad_(True)
-    out = head(student=s1, teacher=t)
-    out.backward()
-    s2 = s.clone().requires_grad_(True)
-    ref = ref_fn(s2, t)
-    ref.backward()
-    assert out.dtype == s.dtype and out.dim() == 0
-    torch.testing.assert_close(out.detach(), ref.detach(), **TOL[s.dtype])
-    torch.testing.assert_close(s1.grad, s2.grad, **TOL[s.dtype])
+    assert_matches_reference(head, ref_fn, s, t, TOL[s.dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -119,11 +95,7 @@ def test_rkd_da_is_distance_plus_twice_angle(convention, relation):
 @pytest.mark.parametrize("cls", [RKDAngleLoss, RKDDistanceAngleLoss])
 def test_n1_zero_attached(cls):
     s, t = make_batch(1, 4, 3, torch.float64, 5)
-    s.requires_grad_(True)
-    out = cls()(student=s, teacher=t)
-    assert out.item() == 0.0 and out.requires_grad
-    out.backward()
-    assert torch.equal(s.grad, torch.zeros_like(s))
+    assert_attached_zero(cls(), s, t)
 
 
 @pytest.mark.parametrize("convention", ["pwr", "rkd"])

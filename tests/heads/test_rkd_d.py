@@ -9,28 +9,17 @@ import torch
 from insightface_pwr.heads.rkd_d import RKDDistanceLoss
 from insightface_pwr.registry import create_head
 
+from loop_reference import assert_attached_zero, assert_matches_reference, dot, huber, random_batch, rows
+
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=2e-4, atol=2e-6)}
 
 
 def make_batch(n: int, ds: int, dt: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Random embeddings (not unit norm); teacher row 2 duplicates row 0 (ties in the teacher relations)."""
-    g = torch.Generator().manual_seed(seed)
-    s = 1.5 * torch.randn(n, ds, generator=g, dtype=torch.float64)
-    t = 2.0 * torch.randn(n, dt, generator=g, dtype=torch.float64)
-    if n >= 3:
-        t[2] = t[0]
-    return s.to(dtype), t.to(dtype)
+    return random_batch(n, ds, dt, dtype, seed, s_scale=1.5, t_scale=2.0)
 
 
 # ---- the loop reference (one scalar at a time) ----
-def rows(x: torch.Tensor) -> list:
-    return [[x[i, k] for k in range(x.shape[1])] for i in range(x.shape[0])]
-
-
-def dot(a: list, b: list):
-    return sum(ai * bi for ai, bi in zip(a, b))
-
-
 def mx_normalize(r: list) -> list:
     inv = 1.0 / torch.sqrt(dot(r, r) + 1e-10)
     return [v * inv for v in r]
@@ -40,11 +29,6 @@ def dist(a: list, b: list, relation: str):
     if relation == "cosine":
         return 1.0 - dot(a, b)
     return torch.sqrt(torch.clamp(dot(a, a) + dot(b, b) - 2.0 * dot(a, b), min=1e-12))
-
-
-def huber(x, delta: float):
-    v = float(x.detach()) if torch.is_tensor(x) else float(x)
-    return 0.5 * x * x if abs(v) <= delta else delta * (abs(x) - 0.5 * delta)
 
 
 def ref_matrix(x: torch.Tensor, relation: str, mean_normalize: bool, convention: str) -> list:
@@ -74,20 +58,7 @@ def ref_loss(s: torch.Tensor, t: torch.Tensor, relation: str = "euclidean", mean
 
 
 def compare(head, s: torch.Tensor, t: torch.Tensor, tol: dict | None = None, **params) -> None:
-    s1 = s.clone().requires_grad_(True)
-    out = head(student=s1, teacher=t)
-    out.backward()
-    s2 = s.clone().requires_grad_(True)
-    ref = ref_loss(s2, t, **params)
-    if isinstance(ref, torch.Tensor) and ref.requires_grad:
-        ref.backward()
-        g_ref = s2.grad
-    else:
-        g_ref = torch.zeros_like(s)
-    assert out.dtype == s.dtype and out.dim() == 0
-    tol = tol or TOL[s.dtype]
-    torch.testing.assert_close(out.detach(), torch.as_tensor(ref, dtype=s.dtype).detach(), **tol)
-    torch.testing.assert_close(s1.grad, g_ref, **tol)
+    assert_matches_reference(head, lambda a, b: ref_loss(a, b, **params), s, t, tol or TOL[s.dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -122,11 +93,7 @@ def test_huber_delta_both_branches(delta):
 
 def test_n1_zero_attached_and_n2_finite():
     s, t = make_batch(1, 4, 3, torch.float64, 9)
-    s.requires_grad_(True)
-    out = RKDDistanceLoss()(student=s, teacher=t)
-    assert out.item() == 0.0 and out.requires_grad
-    out.backward()
-    assert torch.equal(s.grad, torch.zeros_like(s))
+    assert_attached_zero(RKDDistanceLoss(), s, t)
     s, t = make_batch(2, 4, 3, torch.float64, 10)
     for conv in ("pwr", "rkd"):
         assert math.isfinite(RKDDistanceLoss(convention=conv)(student=s, teacher=t).item())
