@@ -8,13 +8,8 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import pickle
 import re
-import subprocess
-import sys
-import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +20,7 @@ from insightface_pwr.arcface import data_layer
 from insightface_pwr.data.verification_metrics import evaluate_verification
 from insightface_pwr.recipe import RecipeError
 
-MIRROR = Path(os.environ.get("INSIGHTFACE_PWR_UPSTREAM_MIRROR", "/work/.mirror/deepinsight+insightface/repo"))
-COMMIT = "0159b24d44cbc91abbd07b7a6fab0ba923a7fddf"
+from upstream_helpers import extract_upstream, forget_upstream_utils, prefer_upstream_utils, skip_without_mirror
 
 
 def _png(a: np.ndarray) -> bytes:
@@ -112,20 +106,12 @@ def test_verification_callback_names_a_missing_bin(tmp_path):
 
 @pytest.fixture(scope="module")
 def upstream_utils(tmp_path_factory):
-    if not (MIRROR / "HEAD").exists():
-        pytest.skip(f"the upstream git mirror {MIRROR} is absent (the loader uses upstream's sampler)")
-    root = tmp_path_factory.mktemp("upstream")
-    data = subprocess.run(["git", "-C", str(MIRROR), "archive", COMMIT, "recognition/arcface_torch/utils"],
-                          capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(root, filter="data")
-    return root / "recognition" / "arcface_torch"
+    skip_without_mirror("(the loader uses upstream's sampler)")
+    return extract_upstream(tmp_path_factory.mktemp("upstream"), only="utils")
 
 
 def test_synthetic_loader_uses_upstream_sampling(upstream_utils, monkeypatch):
-    monkeypatch.syspath_prepend(str(upstream_utils))
-    for name in [m for m in sys.modules if m == "utils" or m.startswith("utils.")]:
-        monkeypatch.delitem(sys.modules, name)
+    prefer_upstream_utils(monkeypatch, upstream_utils)
     cfg = edict(data_backend="insightface_pwr", num_image=40, num_classes=4, seed=7)
     get_dataloader, _ = data_layer(cfg)
     loader = get_dataloader("synthetic", 0, 8, False, False, 2048, 0)
@@ -139,5 +125,4 @@ def test_synthetic_loader_uses_upstream_sampling(upstream_utils, monkeypatch):
     ref.set_epoch(3)
     labels = torch.cat([lab for _, lab in batches])  # upstream's sampler, seed and epoch: upstream's order
     assert labels.tolist() == [int(loader.dataset[i][1]) for i in list(ref)[:40]]
-    for name in [m for m in sys.modules if m == "utils" or m.startswith("utils.")]:
-        del sys.modules[name]
+    forget_upstream_utils()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
 import py_compile
 import shutil
 import subprocess
@@ -29,10 +28,10 @@ import torch
 from insightface_pwr import patching
 from insightface_pwr.cli import main as cli_main
 
+from upstream_helpers import cpu_runner, extract_upstream, patched_copy, run_cpu_runner, skip_without_mirror
+
 REPO = Path(__file__).resolve().parent.parent
 PATCHES = REPO / "patches"
-COMMIT = "0159b24d44cbc91abbd07b7a6fab0ba923a7fddf"
-MIRROR = Path(os.environ.get("INSIGHTFACE_PWR_UPSTREAM_MIRROR", "/work/.mirror/deepinsight+insightface/repo"))
 
 
 def _sha(data: bytes) -> str:
@@ -282,26 +281,15 @@ def test_new_train_py_runs_train_v2_as_the_main_script(fixture_tree, tmp_path):
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory) -> Path:
     """The pristine pinned arcface_torch folder, extracted from the git mirror (read it, copy it, never modify)."""
-    if not (MIRROR / "HEAD").exists():
-        pytest.skip(f"the upstream git mirror {MIRROR} is absent (set INSIGHTFACE_PWR_UPSTREAM_MIRROR): these tests "
-                    "need the real arcface_torch files; the fixture tests cover check/apply/refuse/revert")
-    import io
-    import tarfile
-    root = tmp_path_factory.mktemp("upstream")
-    data = subprocess.run(["git", "-C", str(MIRROR), "archive", COMMIT, "recognition/arcface_torch"],
-                          capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(root, filter="data")
-    return root / "recognition" / "arcface_torch"
+    skip_without_mirror("(set INSIGHTFACE_PWR_UPSTREAM_MIRROR): these tests need the real arcface_torch files; the "
+                        "fixture tests cover check/apply/refuse/revert")
+    return extract_upstream(tmp_path_factory.mktemp("upstream"))
 
 
 @pytest.fixture(scope="module")
 def patched(upstream, tmp_path_factory) -> Path:
     """A patched copy of the upstream folder (made with the CLI and the default patches/)."""
-    target = tmp_path_factory.mktemp("patched") / "arcface_torch"
-    shutil.copytree(upstream, target)
-    assert cli_main(["patch", str(target)]) == 0
-    return target
+    return patched_copy(upstream, tmp_path_factory.mktemp("patched") / "arcface_torch")
 
 
 def test_real_upstream_check_apply_compile_revert_exact_bytes(upstream, tmp_path, capsys):
@@ -405,56 +393,20 @@ def test_patched_utils_callbacks_imports_without_mxnet(upstream, patched):
 
 # The patched train_v2.py, run on CPU through the new train.py: NCCL -> gloo, no CUDA, a CPU stand-in for partial
 # FC (upstream's calls .cuda()), a tiny backbone, fakes for the mxnet/torchvision/tensorboard modules; the rest
-# (config, margin loss, optimizer, lr scheduler, checkpoints, resume, logging) is upstream's.
-_CPU_RUNNER = r'''
-import json, os, runpy, sys, types
-import torch
-import torch.distributed as dist
-torch.set_num_threads(2)
+# (config, margin loss, optimizer, lr scheduler, checkpoints, resume, logging) is upstream's. The stand-ins are
+# upstream_helpers' (2 threads); the lines below record the calls.
+_CPU_RUNNER = cpu_runner(r'''
 calls = []
 lrs = []  # (global_step, learning rate) that upstream's CallBackLogging writes
 
-_init = dist.init_process_group
-def init_process_group(*args, **kwargs):
-    calls.append(["init_process_group", kwargs.get("backend", args[0] if args else None)])
-    if not dist.is_initialized():
-        _init(backend="gloo", init_method="file://" + os.path.abspath("pg_rendezvous"), rank=0, world_size=1)
-dist.init_process_group = init_process_group
-torch.cuda.set_device = lambda *a, **k: None
-torch.nn.Module.cuda = lambda self, *a, **k: self
+def _on_init(backend):
+    calls.append(["init_process_group", backend])
 
-class FakeDDP(torch.nn.Module):
-    def __init__(self, module, **kwargs):
-        super().__init__()
-        self.module = module
-    def forward(self, x):
-        return self.module(x)
-    def register_comm_hook(self, *a):
-        pass
-    def _set_static_graph(self):
-        pass
-torch.nn.parallel.DistributedDataParallel = FakeDDP
-
-class SummaryWriter:
-    def __init__(self, *a, **k):
-        pass
-    def add_scalar(self, tag=None, scalar_value=None, global_step=None, **k):
-        if tag == "learning_rate":
-            lrs.append([global_step, scalar_value])
-        if tag not in ("time_for_end", "learning_rate", "loss"):
-            calls.append(["add_scalar", tag, global_step])
-sys.modules["torch.utils.tensorboard"] = types.SimpleNamespace(SummaryWriter=SummaryWriter)
-
-class PartialFC_V2(torch.nn.Module):
-    def __init__(self, margin_loss, embedding_size, num_classes, sample_rate=1.0, fp16=False):
-        super().__init__()
-        self.margin_softmax = margin_loss
-        self.weight = torch.nn.Parameter(torch.normal(0, 0.01, (num_classes, embedding_size)))
-    def forward(self, embeddings, labels):
-        F = torch.nn.functional
-        logits = F.linear(F.normalize(embeddings), F.normalize(self.weight)).clamp(-1, 1)
-        return F.cross_entropy(self.margin_softmax(logits, labels), labels)
-sys.modules["partial_fc_v2"] = types.SimpleNamespace(PartialFC_V2=PartialFC_V2)
+def _on_scalar(tag, value, step):
+    if tag == "learning_rate":
+        lrs.append([step, value])
+    if tag not in ("time_for_end", "learning_rate", "loss"):
+        calls.append(["add_scalar", tag, step])
 
 def get_model(name, dropout=0.0, fp16=False, num_features=512):  # upstream's backbones are slow on a shared CPU
     calls.append(["get_model", name, num_features])
@@ -536,7 +488,7 @@ sys.modules["dataset"] = None  # `import dataset` (upstream's, mxnet) would now 
 sys.modules["eval.verification"] = None
 results["data_backend"] = train("configs/cpu_tiny_data.py")
 print("RESULTS " + json.dumps(results))
-'''
+''', threads=2)
 
 _CPU_CONFIG = """
 from easydict import EasyDict as edict
@@ -599,12 +551,7 @@ def test_patched_train_v2_runs_on_cpu_and_calls_the_hooks_in_contract_order(patc
     (tree / "synthetic").mkdir()
     (tree / "synthetic" / "tiny.bin").write_bytes(pickle.dumps((images, [True, False] * 5)))
 
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
-    env.pop("RANK", None)
-    out = subprocess.run([sys.executable, "-c", _CPU_RUNNER], cwd=tree, capture_output=True, text=True, env=env,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    results = json.loads(out.stdout.split("RESULTS ", 1)[1])
+    results = run_cpu_runner(_CPU_RUNNER, tree, threads=2)
 
     # no distill section: upstream's path, insightface_pwr never imported, plain torch.save
     upstream = results["upstream"]

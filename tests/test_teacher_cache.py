@@ -334,18 +334,10 @@ def test_host_trains_from_the_cache_as_from_the_live_teacher(tmp_path, world):
 def test_upstream_opt_in_loader_publishes_keys_and_flips(kit, monkeypatch):
     """``data_backend = 'insightface_pwr'``: the loader's batches come with their record keys and flip flags, and the
     published images are exactly the training transform of those records (checked against the hand-written one)."""
-    import tarfile
+    from upstream_helpers import extract_upstream, forget_upstream_utils, prefer_upstream_utils, skip_without_mirror
     tmp_path, images, teacher = kit
-    mirror = "/work/.mirror/deepinsight+insightface/repo"
-    if not os.path.exists(os.path.join(mirror, "HEAD")):
-        pytest.skip("the upstream git mirror is absent (the loader uses upstream's sampler)")
-    data = subprocess.run(["git", "-C", mirror, "archive", "0159b24d44cbc91abbd07b7a6fab0ba923a7fddf",
-                           "recognition/arcface_torch/utils"], capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(tmp_path / "up", filter="data")
-    monkeypatch.syspath_prepend(str(tmp_path / "up" / "recognition" / "arcface_torch"))
-    for name in [m for m in sys.modules if m == "utils" or m.startswith("utils.")]:
-        monkeypatch.delitem(sys.modules, name)
+    skip_without_mirror("(the loader uses upstream's sampler)")
+    prefer_upstream_utils(monkeypatch, extract_upstream(tmp_path / "up", only="utils"))
     from insightface_pwr.arcface import data_layer
     from insightface_pwr.batch_keys import BATCH_KEYS
     make(tmp_path, teacher)
@@ -364,8 +356,7 @@ def test_upstream_opt_in_loader_publishes_keys_and_flips(kit, monkeypatch):
         seen += keys.tolist()
         n_flipped += int(flips.sum())
     assert sorted(seen) == list(range(1, 21)) and 0 < n_flipped < 20
-    for name in [m for m in sys.modules if m == "utils" or m.startswith("utils.")]:
-        del sys.modules[name]
+    forget_upstream_utils()
 
 
 def test_cli_arcface_checkpoint_teacher_with_network(kit):

@@ -1,71 +1,19 @@
 """The teacher cache inside the real, patched arcface_torch ``train_v2.py`` (run on CPU, opt-in data layer).
 
-The runner below stands in only for what cannot run here (NCCL -> gloo, CUDA calls, partial FC's ``.cuda()``, a
-tiny backbone, tensorboard); the loop, the config loader, the sampler and the hook calls are upstream's + our
-patches. Every cached lookup is compared with the live TorchScript teacher on the very batch the loop passes."""
-import io
-import json
+The runner (``upstream_helpers``' CPU stand-ins + the lines below) stands in only for what cannot run here (NCCL ->
+gloo, CUDA calls, partial FC's ``.cuda()``, a tiny backbone, tensorboard); the loop, the config loader, the sampler
+and the hook calls are upstream's + our patches. Every cached lookup is compared with the live TorchScript teacher
+on the very batch the loop passes."""
 import os
-import shutil
-import subprocess
 import sys
-import tarfile
-from pathlib import Path
-
-import pytest
-
-from insightface_pwr.cli import main as cli_main
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_teacher_cache import make, write_rec, write_teacher  # noqa: E402
+from upstream_helpers import (cpu_runner, extract_upstream, patched_copy, run_cpu_runner,  # noqa: E402
+                              skip_without_mirror)
 
-COMMIT = "0159b24d44cbc91abbd07b7a6fab0ba923a7fddf"
-MIRROR = Path(os.environ.get("INSIGHTFACE_PWR_UPSTREAM_MIRROR", "/work/.mirror/deepinsight+insightface/repo"))
-
-_RUNNER = r'''
-import json, os, runpy, sys, types
-import torch
-import torch.distributed as dist
-torch.set_num_threads(1)
-
-_init = dist.init_process_group
-def init_process_group(*args, **kwargs):
-    if not dist.is_initialized():
-        _init(backend="gloo", init_method="file://" + os.path.abspath("pg_rendezvous"), rank=0, world_size=1)
-dist.init_process_group = init_process_group
-torch.cuda.set_device = lambda *a, **k: None
-torch.nn.Module.cuda = lambda self, *a, **k: self
-
-class FakeDDP(torch.nn.Module):
-    def __init__(self, module, **kwargs):
-        super().__init__()
-        self.module = module
-    def forward(self, x):
-        return self.module(x)
-    def register_comm_hook(self, *a):
-        pass
-    def _set_static_graph(self):
-        pass
-torch.nn.parallel.DistributedDataParallel = FakeDDP
-
-class SummaryWriter:
-    def __init__(self, *a, **k):
-        pass
-    def add_scalar(self, *a, **k):
-        pass
-sys.modules["torch.utils.tensorboard"] = types.SimpleNamespace(SummaryWriter=SummaryWriter)
-
-class PartialFC_V2(torch.nn.Module):
-    def __init__(self, margin_loss, embedding_size, num_classes, sample_rate=1.0, fp16=False):
-        super().__init__()
-        self.margin_softmax = margin_loss
-        self.weight = torch.nn.Parameter(torch.normal(0, 0.01, (num_classes, embedding_size)))
-    def forward(self, embeddings, labels):
-        F = torch.nn.functional
-        logits = F.linear(F.normalize(embeddings), F.normalize(self.weight)).clamp(-1, 1)
-        return F.cross_entropy(self.margin_softmax(logits, labels), labels)
-sys.modules["partial_fc_v2"] = types.SimpleNamespace(PartialFC_V2=PartialFC_V2)
-
+# on top of upstream_helpers' CPU stand-ins (1 thread)
+_RUNNER = cpu_runner(r'''
 def get_model(name, dropout=0.0, fp16=False, num_features=512):
     return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 4, stride=4), torch.nn.BatchNorm2d(4),
                                torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(16, num_features))
@@ -91,7 +39,7 @@ teacher_cache.CachedTeacher.__call__ = spy
 sys.argv = ["train.py", "configs/cpu_cache.py"]
 runpy.run_path("train.py", run_name="__main__")
 print("RESULTS " + json.dumps(steps))
-'''
+''', threads=1)
 
 _CONFIG = """
 from easydict import EasyDict as edict
@@ -116,26 +64,14 @@ config.distill = edict(teacher=edict(weights="teacher.pt", cache={cache!r}, inpu
 
 
 def test_patched_train_v2_trains_from_the_cache(tmp_path):
-    if not (MIRROR / "HEAD").exists():
-        pytest.skip(f"the upstream git mirror {MIRROR} is absent")
-    data = subprocess.run(["git", "-C", str(MIRROR), "archive", COMMIT, "recognition/arcface_torch"],
-                          capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(tmp_path / "up", filter="data")
-    tree = tmp_path / "arcface_torch"
-    shutil.copytree(tmp_path / "up" / "recognition" / "arcface_torch", tree)
-    assert cli_main(["patch", str(tree)]) == 0
+    skip_without_mirror()
+    tree = patched_copy(extract_upstream(tmp_path / "up"), tmp_path / "arcface_torch")
     write_rec(tmp_path / "rec")  # 20 records, 12 x 12
     teacher = write_teacher(tree / "teacher.pt")
     make(tmp_path, teacher)
     (tree / "configs" / "cpu_cache.py").write_text(_CONFIG.format(rec=str(tmp_path / "rec"),
                                                                   cache=str(tmp_path / "cache.npy")))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    env.pop("RANK", None)
-    out = subprocess.run([sys.executable, "-c", _RUNNER], cwd=tree, capture_output=True, text=True, env=env,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    steps = json.loads(out.stdout.split("RESULTS ", 1)[1])
+    steps = run_cpu_runner(_RUNNER, tree, threads=1)
     assert len(steps) == 8  # 2 epochs x 20 // 5 batches: every step looked its teacher embeddings up
     assert all(s["within_fp16"] for s in steps), max(s["max_abs_err"] for s in steps)
     for epoch in (steps[:4], steps[4:]):  # upstream's sampler: each epoch a permutation of the 20 records

@@ -1,0 +1,138 @@
+"""Shared helpers of the tests that use the REAL pinned arcface_torch (extracted from the read-only git mirror to a
+temporary folder, never into the repo): extraction, a patched copy, upstream's ``utils`` package on sys.path, and the
+CPU stand-ins under which the patched ``train.py`` / ``train_v2.py`` runs in a subprocess.
+
+Imported as ``from upstream_helpers import ...`` by the test files of ``tests/`` (pytest puts the folder on sys.path).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from insightface_pwr.cli import main as cli_main
+
+COMMIT = "0159b24d44cbc91abbd07b7a6fab0ba923a7fddf"  # the arcface_torch commit the patches are made for
+ARCFACE = "recognition/arcface_torch"
+MIRROR = Path(os.environ.get("INSIGHTFACE_PWR_UPSTREAM_MIRROR", "/work/.mirror/deepinsight+insightface/repo"))
+
+
+def skip_without_mirror(why: str = "") -> None:
+    """pytest.skip (naming the mirror and ``why``) when the upstream git mirror is absent."""
+    if not (MIRROR / "HEAD").exists():
+        pytest.skip(f"the upstream git mirror {MIRROR} is absent" + (f" {why}" if why else ""))
+
+
+def extract_upstream(root: Path, only: Optional[str] = None) -> Path:
+    """``git archive`` the pinned arcface_torch folder (or only its subfolder ``only``, e.g. "utils") from the mirror
+    into ``root``; return ``root / recognition/arcface_torch``. Call ``skip_without_mirror`` first."""
+    what = ARCFACE if only is None else f"{ARCFACE}/{only}"
+    data = subprocess.run(["git", "-C", str(MIRROR), "archive", COMMIT, what], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(root, filter="data")
+    return root / ARCFACE
+
+
+def patched_copy(upstream: Path, target: Path) -> Path:
+    """Copy the upstream folder to ``target`` and patch it with ``insightface-pwr patch`` (default patches/)."""
+    shutil.copytree(upstream, target)
+    assert cli_main(["patch", str(target)]) == 0
+    return target
+
+
+def _utils_modules() -> list:
+    return [m for m in sys.modules if m == "utils" or m.startswith("utils.")]
+
+
+def prefer_upstream_utils(monkeypatch: pytest.MonkeyPatch, arcface_dir: Path) -> None:
+    """Make ``import utils...`` load upstream's package from ``arcface_dir`` (sys.path first, cached ``utils``
+    modules hidden; monkeypatch restores both). Call ``forget_upstream_utils`` when done."""
+    monkeypatch.syspath_prepend(str(arcface_dir))
+    for name in _utils_modules():
+        monkeypatch.delitem(sys.modules, name)
+
+
+def forget_upstream_utils() -> None:
+    """Drop the ``utils`` modules imported from upstream's folder, so that later tests import their own."""
+    for name in _utils_modules():
+        del sys.modules[name]
+
+
+# The stand-ins for what cannot run here: NCCL -> gloo (file rendezvous in the cwd), CUDA calls, DDP, partial FC's
+# ``.cuda()`` (a CPU PartialFC_V2 with upstream's margin softmax), tensorboard. A script built on it may define
+# ``_on_init(backend)`` and ``_on_scalar(tag, value, step)`` (looked up when called) to record those calls.
+_CPU_STANDINS = r'''
+import json, os, runpy, sys, types
+import torch
+import torch.distributed as dist
+torch.set_num_threads({threads})
+
+def _on_init(backend):
+    pass
+def _on_scalar(tag, value, step):
+    pass
+
+_init = dist.init_process_group
+def init_process_group(*args, **kwargs):
+    _on_init(kwargs.get("backend", args[0] if args else None))
+    if not dist.is_initialized():
+        _init(backend="gloo", init_method="file://" + os.path.abspath("pg_rendezvous"), rank=0, world_size=1)
+dist.init_process_group = init_process_group
+torch.cuda.set_device = lambda *a, **k: None
+torch.nn.Module.cuda = lambda self, *a, **k: self
+
+class FakeDDP(torch.nn.Module):
+    def __init__(self, module, **kwargs):
+        super().__init__()
+        self.module = module
+    def forward(self, x):
+        return self.module(x)
+    def register_comm_hook(self, *a):
+        pass
+    def _set_static_graph(self):
+        pass
+torch.nn.parallel.DistributedDataParallel = FakeDDP
+
+class SummaryWriter:
+    def __init__(self, *a, **k):
+        pass
+    def add_scalar(self, tag=None, scalar_value=None, global_step=None, **k):
+        _on_scalar(tag, scalar_value, global_step)
+sys.modules["torch.utils.tensorboard"] = types.SimpleNamespace(SummaryWriter=SummaryWriter)
+
+class PartialFC_V2(torch.nn.Module):
+    def __init__(self, margin_loss, embedding_size, num_classes, sample_rate=1.0, fp16=False):
+        super().__init__()
+        self.margin_softmax = margin_loss
+        self.weight = torch.nn.Parameter(torch.normal(0, 0.01, (num_classes, embedding_size)))
+    def forward(self, embeddings, labels):
+        F = torch.nn.functional
+        logits = F.linear(F.normalize(embeddings), F.normalize(self.weight)).clamp(-1, 1)
+        return F.cross_entropy(self.margin_softmax(logits, labels), labels)
+sys.modules["partial_fc_v2"] = types.SimpleNamespace(PartialFC_V2=PartialFC_V2)
+'''
+
+
+def cpu_runner(body: str, threads: int) -> str:
+    """The stand-ins (torch limited to ``threads`` threads) followed by ``body``, which provides ``backbones`` and
+    the data modules, runs ``train.py`` with runpy and prints one line ``RESULTS <json>``."""
+    return _CPU_STANDINS.replace("{threads}", str(int(threads))) + body
+
+
+def run_cpu_runner(script: str, tree: Path, threads: int, timeout: float = 300) -> Any:
+    """Run ``script`` with ``python -c`` in ``tree`` (OMP_NUM_THREADS=threads, warnings off, no RANK); assert it
+    succeeds (showing the end of stderr) and return the JSON it printed after ``RESULTS ``."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    env.pop("RANK", None)
+    out = subprocess.run([sys.executable, "-c", script], cwd=tree, capture_output=True, text=True, env=env,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.split("RESULTS ", 1)[1])
