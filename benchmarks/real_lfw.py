@@ -600,7 +600,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "real_lfw" + (f"_{tag}" if tag else "")
     cmd = "python benchmarks/real_lfw.py " + " ".join(sys.argv[1:] if argv is None else list(argv))
-    machine = (f"{platform.machine()} {os.cpu_count()} logical CPU(s), torch {torch.__version__} "
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        cpu_model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                         if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    machine = (f"{cpu_model}, {os.cpu_count()} logical CPU(s), torch {torch.__version__} "
                f"{'CUDA ' + torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}, "
                f"{args.threads} thread(s)")
     header = "\n".join([
