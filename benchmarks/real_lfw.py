@@ -455,7 +455,7 @@ def write_plot(results: List[Dict[str, Any]], methods: List[str], teacher_acc: f
         ax.set_ylabel("lfw_dev accuracy (%, 10-fold, no flip)")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, 0.93))  # below the teacher line
         fig.tight_layout()
         fig.savefig(tmp, format="png")
         plt.close(fig)
@@ -599,7 +599,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "real_lfw" + (f"_{tag}" if tag else "")
-    cmd = "python benchmarks/real_lfw.py " + " ".join(sys.argv[1:] if argv is None else list(argv))
+    import shlex
+    shown = list(sys.argv[1:] if argv is None else argv)
+    if "--note" in shown and shown.index("--note") + 1 < len(shown):
+        shown[shown.index("--note") + 1] = "TEXT"  # the note itself is printed below
+    cmd = "python benchmarks/real_lfw.py " + shlex.join(shown)
     cpu_model = platform.processor() or platform.machine()
     try:
         cpu_model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
@@ -613,8 +617,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"# Real faces (LFW): students distilled from a real MobileFaceNet teacher ({stem})", "",
         f"- command: `{cmd.strip()}`",
         f"- machine: {machine}; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- wall time: {wall / 60:.1f} min in all (this invocation; runs finished by an earlier invocation of the "
-        f"same command are reused), of which {prep_s:.0f} s preparation (teacher cache, decoding)",
+        (f"- wall time: {wall / 60:.1f} min in all (this invocation; runs finished by an earlier invocation of the "
+         f"same command are reused), of which {prep_s:.0f} s preparation (teacher cache, decoding)"
+         if not args.report_only else "- this invocation only tabulated finished runs (--report-only)"),
         f"- training time summed over the {len(results)} runs: {sum(r['wall_s'] for r in results) / 60:.1f} min "
         f"(of which dev evaluations {sum(r['eval_s'] for r in results) / 60:.1f} min); mean training step "
         f"{np.mean([r['train_s_per_step'] for r in results]):.2f} s",
