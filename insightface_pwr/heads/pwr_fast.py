@@ -36,11 +36,15 @@ most 2M bounded terms (float32 would lose about 2M * 6e-8, i.e. percents, at N =
 Cost: O(M log M) time (sorting, then log2(2M) levels of O(M) vectorised work), O(M) memory (about 20 float64
 vectors of 2M entries: ~190 MB at N = 1024). On a CPU the levels below 2^16 items are finished chunk by chunk
 (cache-sized working set). The gradient is computed in the same pass and stored: the backward is O(M).
+CPU speed notes (torch 2.x, one thread): every temporary of the pass is allocated once and reused by the chunks
+(fresh multi-MB tensors cost page faults); gathers and scatters use index_select / scatter_ (x[idx] and
+x[idx] = y are several times slower); the exp loss sum is read off the keys' gradient sums at the end (one
+count of dominated pairs per level instead of a sum of terms); the code vector is int32.
 """
 from __future__ import annotations
 
 import math
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -86,9 +90,11 @@ def margin_constant(margin: Union[float, str], t: torch.Tensor) -> float:
 
 def _runs(x_sorted: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """For each element of a sorted vector: the rank where its run of equal values starts, and the run's length."""
-    counts = torch.unique_consecutive(x_sorted, return_counts=True)[1]
+    _, inverse, counts = torch.unique_consecutive(x_sorted, return_inverse=True, return_counts=True)
+    if counts.numel() == x_sorted.numel():  # all distinct
+        return torch.arange(x_sorted.numel(), device=x_sorted.device), torch.ones_like(counts)
     start = torch.cumsum(counts, 0) - counts
-    return torch.repeat_interleave(start, counts), torch.repeat_interleave(counts, counts)
+    return start.index_select(0, inverse), counts.index_select(0, inverse)
 
 
 def _binom_row(k: int) -> list:
@@ -140,87 +146,132 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     r0, g = _runs(t_sorted)
     count = (m_rel * m_rel - int(g.sum())) // 2  # the sum over runs of g^2 is the sum over elements of g
     qpos_sorted = torch.arange(m_rel, **i64) + r0  # t position of the query of the relation of t-rank r
-    tpos = torch.empty(m_rel, 2, **i64)  # per relation: (query t position, key t position)
-    tpos[t_perm] = torch.stack([qpos_sorted, qpos_sorted + g], 1)
+    # per relation: query t position, key t position (index_select / scatter_: much faster than x[idx] on a CPU)
+    tq = torch.empty(m_rel, **i64).scatter_(0, t_perm, qpos_sorted)
+    tk = torch.empty(m_rel, **i64).scatter_(0, t_perm, qpos_sorted + g)
     # value order: queries sorted by b; the same permutation sorts the keys (a = b + m, or a = b for
     # teacher_diff); merged with keys BEFORE queries at equal value (searchsorted left / right)
     b_sorted, v_perm = torch.sort(qry_val)
-    a_sorted = key_val[v_perm]
+    a_sorted = key_val.index_select(0, v_perm)
     ranks = torch.arange(m_rel, **i64)
     if lam == 1.0:  # a = b: a run of g equal values starting at rank r0 puts its keys first, then its queries
         vr0, vg = _runs(b_sorted)
         kpos = ranks + vr0
         qpos = kpos + vg
+        distinct_v = bool((vg == 1).all())  # then key r sits at 2 r, its query at 2 r + 1
     else:
         kpos = ranks + torch.searchsorted(b_sorted, a_sorted, right=False)  # queries with b < a come first
         qpos = ranks + torch.searchsorted(a_sorted, b_sorted, right=True)  # keys with a <= b come first
+        distinct_v = False
     if is_exp:
         fa, fb = torch.exp(beta * (a_sorted - center)), torch.exp(-beta * (b_sorted - center))
     else:
         fa, fb = a_sorted - center, b_sorted - center
-    tp_v = tpos[v_perm]
-    # carried in arranged order from here on: code = 2 * t position + (1 for a key), feature
-    code = torch.arange(n, **i64) * 2  # pads keep t positions 2M..n-1 at the end of the value order
-    code[kpos] = tp_v[:, 1] * 2 + 1
-    code[qpos] = tp_v[:, 0] * 2
+    code_k = (tk.index_select(0, v_perm) * 2 + 1).to(torch.int32)
+    code_q = (tq.index_select(0, v_perm) * 2).to(torch.int32)
+    # carried in arranged order from here on: code = 2 * t position + (1 for a key) (int32: n <= 2^30), feature;
+    # pads keep t positions 2M..n-1 at the end of the value order
+    code = torch.arange(0, 2 * n, 2, dtype=torch.int32, device=dev)
     f = torch.zeros(n, **f64)
-    f[kpos] = fa
-    f[qpos] = fb
-    del tpos, tp_v, fa, fb, kpos, qpos, a_sorted, b_sorted, v_perm, ranks, key_val, qry_val, t_sorted, s, t
+    if distinct_v:  # strided copies instead of scatters
+        code2, f2 = code[:n_real].view(m_rel, 2), f[:n_real].view(m_rel, 2)
+        code2[:, 0], code2[:, 1], f2[:, 0], f2[:, 1] = code_k, code_q, fa, fb
+        del code2, f2
+    else:
+        code.scatter_(0, kpos, code_k).scatter_(0, qpos, code_q)
+        f.scatter_(0, kpos, fa).scatter_(0, qpos, fb)
+    del tq, tk, code_k, code_q, fa, fb, kpos, qpos, a_sorted, b_sorted, v_perm, ranks, key_val, qry_val, t_sorted, s, t
     acc = torch.zeros(n, **f64)  # keys: + sum l'; queries: - sum l'
     total = zero.clone()
+    counts = torch.zeros((), **f64)  # exp: the number of dominated pairs (the "- 1" of exp(beta x) - 1)
+    work = _Work(n, k, dev)  # every temporary, allocated once (fresh multi-MB tensors cost page faults)
     if dev.type == "cpu" and levels > _CHUNK_LEVELS:
         # the top levels over the whole arrays; below, every group of 2^_CHUNK_LEVELS items is independent:
         # finishing it chunk by chunk keeps its working set in cache (memory traffic dominates on a CPU)
-        code, f, acc = _tree_pass(code, f, acc, levels, k, beta, total, stop=_CHUNK_LEVELS)
+        orig = (code, f, acc)
+        code, f, acc = _tree_pass(code, f, acc, levels, k, beta, total, counts, work, stop=_CHUNK_LEVELS)
+        if code.data_ptr() != orig[0].data_ptr():  # the results lie in the work's second copies: swap them out
+            work.bufs["i"][1], work.bufs["f"][4], work.bufs["f"][5] = orig
         size = 1 << _CHUNK_LEVELS
+        cwork = work.head(size)
         for c0 in range(0, n, size):
             sl = slice(c0, c0 + size)
-            acc[sl] = _tree_pass(code[sl], f[sl], acc[sl].clone(), _CHUNK_LEVELS, k, beta, total)[2]
+            res = _tree_pass(code[sl], f[sl], acc[sl], _CHUNK_LEVELS, k, beta, total, counts, cwork)[2]
+            if res.data_ptr() != acc[sl].data_ptr():
+                acc[sl].copy_(res)
     else:
-        acc = _tree_pass(code, f, acc, levels, k, beta, total)[2]
+        acc = _tree_pass(code, f, acc, levels, k, beta, total, counts, work)[2]
+    del work
     # the final arrangement is the t order: the relation of t-rank r has its query at r + r0, its key at + g
-    grad = torch.empty(m_rel, **f64)
-    grad[t_perm] = acc[qpos_sorted] + acc[qpos_sorted + g]
+    distinct_t = bool((g == 1).all())  # then the query of t-rank r sits at 2 r, its key at 2 r + 1
+    acc_k = acc[:n_real].view(m_rel, 2)[:, 1] if distinct_t else acc.index_select(0, qpos_sorted + g)
+    if k == 0:
+        # every key item holds beta * sum of exp(beta (a_q - b_p)) over the queries it dominates: their total
+        # over beta is the sum of the exp terms; the loss sum subtracts one per dominated pair
+        if beta != 0.0:
+            total = acc_k.sum() / beta - counts
+        else:
+            total = zero.clone()  # exp(0 x) - 1 = 0 on every pair
+    grad_t = acc[:n_real].view(m_rel, 2).sum(1) if distinct_t else acc.index_select(0, qpos_sorted) + acc_k
+    grad = torch.empty(m_rel, **f64).scatter_(0, t_perm, grad_t)
     return total, grad, count
 
 
+class _Work:
+    """The temporaries of ``_tree_pass`` (float64 and int64 vectors of n entries, and the second copies
+    of code / f / acc for the ping-pong scatter), allocated once; ``head(size)`` gives views of their first
+    ``size`` entries (the chunks reuse them)."""
+
+    def __init__(self, n: int, k: int, dev: torch.device, bufs: Optional[dict] = None) -> None:
+        if bufs is not None:
+            self.bufs = bufs
+            return
+        f64 = dict(dtype=torch.float64, device=dev)
+        i64 = dict(dtype=torch.int64, device=dev)
+        nf = 9 if k == 0 else 9 + 3 + k + 1
+        self.bufs = dict(f=[torch.empty(n, **f64) for _ in range(nf)],
+                         i=[torch.empty(n, **i64)] + [torch.empty(n, dtype=torch.int32, device=dev) for _ in range(2)],
+                         pos=torch.arange(n + 1, **f64))
+
+    def head(self, size: int) -> "_Work":
+        return _Work(0, 0, torch.device("cpu"), {key: ([b[:size] for b in v] if isinstance(v, list) else v[:size + 1])
+                                                 for key, v in self.bufs.items()})
+
+
 def _tree_pass(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, levels: int, k: int,
-               beta: float, total: torch.Tensor, stop: int = 0) -> Tuple[torch.Tensor, ...]:
+               beta: float, total: torch.Tensor, counts: torch.Tensor, work: _Work,
+               stop: int = 0) -> Tuple[torch.Tensor, ...]:
     """The top-down pass (module docstring). In arranged order: ``code`` = 2 * t position + (1 for a key)
-    (int64), ``f`` features (exp: exp(beta (a - c)) for keys, exp(beta (c - b)) for queries; power: a - c, b - c).
-    Runs the levels ``levels`` .. ``stop`` + 1 (groups of 2^level items); adds the loss sum into ``total`` (in
-    place); returns (code, f, acc) in the arrangement reached, ``acc`` plus each item's gradient sum (after the
-    last level, stop = 0, the arrangement is the t order).
-    Every temporary is a preallocated buffer (out= / in-place ops): fresh multi-MB tensors each op would cost
-    more in page faults than in arithmetic."""
+    (int32), ``f`` features (exp: exp(beta (a - c)) for keys, exp(beta (c - b)) for queries; power: a - c, b - c).
+    Runs the levels ``levels`` .. ``stop`` + 1 (groups of 2^level items); ``power`` adds the loss sum into
+    ``total`` (in place), ``exp`` adds the number of dominated pairs into ``counts`` (the caller gets the exp sum
+    from the keys' gradient sums); returns (code, f, acc) in the arrangement reached, ``acc`` plus each item's
+    gradient sum (after the last level, stop = 0, the arrangement is the t order). The inputs' storage is
+    reused as scratch. Every temporary is a buffer of ``work`` (out= / in-place ops)."""
     n = code.numel()
-    dev = code.device
-    f64 = dict(dtype=torch.float64, device=dev)
-    nb = 3 if k == 0 else 6 + k + 1
-    buf = [torch.empty(n, **f64) for _ in range(nb)]
-    r, mk, mq = buf[0], buf[1], buf[2]
-    a_, b_ = torch.empty(n, **f64), torch.empty(n, **f64)
-    c_, d_ = torch.empty(n, **f64), torch.empty(n, **f64)
-    ib = torch.empty(n, dtype=torch.int64, device=dev)
-    code2, f2, acc2 = torch.empty_like(code), torch.empty_like(f), torch.empty_like(acc)
-    pos = torch.arange(n, **f64)
+    fb, ibuf = work.bufs["f"], work.bufs["i"]
+    pos = work.bufs["pos"]
+    a_, b_, c_, d_ = fb[0], fb[1], fb[2], fb[3]
+    f2, acc2 = fb[4], fb[5]
+    ib, code2, i32 = ibuf
+    mk, mq, r = fb[6], fb[7], fb[8]
+    jr = pos[1:]
     if k:
         binom_k, binom_k1 = _binom_row(k), _binom_row(k - 1)
-        vq, gq, gk = buf[3], buf[4], buf[5]
-        pw = buf[6:6 + k + 1]
+        vq, gq, gk = fb[9], fb[10], fb[11]
+        pw = fb[12:12 + k + 1]
     for lev in range(levels, stop, -1):
         width = 1 << lev
         shape = (n >> lev, width)
         A, B, C, D = a_.view(shape), b_.view(shape), c_.view(shape), d_.view(shape)
-        torch.bitwise_and(code, 1, out=ib)
-        mq.copy_(ib)  # kf: 1.0 for a key
-        torch.bitwise_right_shift(code, lev, out=ib)
-        ib.bitwise_and_(1)
-        r.copy_(ib)  # 1.0 in the right half of the group
-        torch.mul(mq, r, out=mk)  # kf r
-        torch.sub(mq, mk, out=mk)  # keys of the left half: kf (1 - r)
-        torch.sub(r, mq, out=mq).add_(mk)  # queries of the right half: r - kf r = r - kf + kf (1 - r)
+        torch.bitwise_and(code, 1, out=i32)
+        mk.copy_(i32)  # 1.0 for a key (kf)
+        torch.bitwise_right_shift(code, lev, out=i32)
+        i32.bitwise_and_(1)
+        r.copy_(i32)  # 1.0 in the right half of the group (t position bit lev - 1)
+        torch.mul(mk, r, out=mq)
+        mk.sub_(mq)  # keys of the left half: kf (1 - r)
+        torch.sub(r, mq, out=mq)  # queries of the right half: r (1 - kf)
         if k == 0:  # exp
             torch.mul(f, mk, out=a_)
             torch.mul(f, mq, out=b_)
@@ -228,10 +279,9 @@ def _tree_pass(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, levels: i
             torch.cumsum(B, 1, out=D)  # sum of exp(beta (c - b_i)) over right queries before (value < a_j)
             torch.sub(C[:, -1:].clone(), C, out=C)  # sum of exp(beta (a_j - c)) over left keys after (value > b_i)
             b_.mul_(c_)  # T_i = sum_j exp(beta (a_j - b_i)) over the dominating keys
+            acc.addcmul_(a_, d_, value=beta).sub_(b_, alpha=beta)
             torch.cumsum(mq.view(shape), 1, out=C)  # right queries before each left key: the pair count
-            total.add_(b_.sum() - torch.dot(mk, c_))
-            a_.mul_(d_).sub_(b_)
-            acc.add_(a_, alpha=beta)
+            counts.add_(torch.dot(mk, c_))
         else:  # (a' - b')^k by the binomial expansion; keys' sums after each query, queries' sums before each key
             torch.add(mk, mq, out=pw[0])
             for e in range(1, k + 1):
@@ -259,10 +309,10 @@ def _tree_pass(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, levels: i
         # with cr = cumsum(r) (inclusive), n_left = width - cr_last and j = 1..width:
         # dest = pos - cr + r (n_left - j + 2 cr)
         torch.cumsum(r.view(shape), 1, out=C)
-        jr = torch.arange(1, width + 1, **f64)
-        torch.sub(width - C[:, -1:], jr, out=A)
-        a_.add_(c_, alpha=2.0).mul_(r).sub_(c_).add_(pos)
-        ib.copy_(a_)
+        torch.sub(width - C[:, -1:], jr[:width], out=A)
+        a_.add_(c_, alpha=2.0)
+        torch.sub(pos[:n], c_, out=d_).addcmul_(r, a_)
+        ib.copy_(d_)
         code2.scatter_(0, ib, code)
         f2.scatter_(0, ib, f)
         acc2.scatter_(0, ib, acc)
