@@ -34,7 +34,7 @@ term: fast ``power`` is limited to integer p <= ``MAX_FAST_POWER``. Every partia
 most 2M bounded terms (float32 would lose about 2M * 6e-8, i.e. percents, at N = 1024). The count C is exact (int64).
 
 Cost: O(M log M) time (sorting, then log2(2M) levels of O(M) vectorised work), O(M) memory (about 20 float64
-vectors of 2M entries: ~190 MB at N = 1024). On a CPU the levels below 2^16 items are finished chunk by chunk
+vectors of 2M entries: ~170 MB at N = 1024). On a CPU the levels below 2^16 items are finished chunk by chunk
 (cache-sized working set). The gradient is computed in the same pass and stored: the backward is O(M).
 CPU speed notes (torch 2.x, one thread): every temporary of the pass is allocated once and reused by the chunks
 (fresh multi-MB tensors cost page faults); gathers and scatters use index_select / scatter_ (x[idx] and
