@@ -163,39 +163,15 @@ def prepare_train_images(rec_dir: Path, work: Path, size: int) -> Tuple[np.ndarr
     return images, labels, keys
 
 
-class OrtTeacher:
-    """The ONNX teacher on onnxruntime with ``threads`` intra-op threads and no spin-waiting.
-
-    ``images``: N x 3 x 112 x 112 float32, already normalised; returns N x 128 raw embeddings. (On a loaded
-    machine onnxruntime's default session, two spinning threads, ran 8x slower here than this one.)"""
-
-    kind = "onnx"
-
-    def __init__(self, path: Path, threads: int = 1) -> None:
-        import onnxruntime as ort
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        outputs = [o.name for o in self.session.get_outputs()]
-        self.output_name = "embedding" if "embedding" in outputs else outputs[0]
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.detach().float().cpu().contiguous().numpy()
-        (out,) = self.session.run([self.output_name], {self.input_name: x})
-        return torch.from_numpy(out).float().to(images.device)
-
-
 def make_teacher(data: Path, device: torch.device, threads: int) -> Any:
     """The teacher: onnxruntime on CPU, the TorchScript export of the same weights on CUDA."""
     if device.type == "cuda":
         from insightface_pwr.teachers import load_teacher
         return load_teacher({"weights": str(data / TEACHER_FILE.replace(".onnx", ".torchscript.pt")),
                              "format": "torchscript", "fp16": False}, None, device)
-    return OrtTeacher(data / TEACHER_FILE, threads)
+    # one thread without spin-waiting: on a loaded machine onnxruntime's default (two spinning threads) ran 8x slower
+    from insightface_pwr.teachers import OnnxTeacher
+    return OnnxTeacher(data / TEACHER_FILE, threads=threads)
 
 
 def prepare_teacher_cache(data: Path, work: Path, device: torch.device, threads: int) -> Path:

@@ -64,7 +64,9 @@ class OnnxTeacher(Teacher):
 
     kind = "onnx"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: Optional[int] = None) -> None:
+        """``threads``: onnxruntime's intra-op threads (None: its default). Spin-waiting is off: between teacher
+        calls the threads would otherwise keep spinning and take CPU from the training step."""
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover  (onnxruntime is in the test and onnx extras)
@@ -72,8 +74,12 @@ class OnnxTeacher(Teacher):
                                f"(pip install insightface-pwr[onnx])") from e
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                      if p in ort.get_available_providers()]
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads is not None:
+            options.intra_op_num_threads, options.inter_op_num_threads = int(threads), 1
         try:
-            self.session = ort.InferenceSession(str(path), providers=providers)
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # noqa: BLE001  (onnxruntime raises its own exception types)
             raise TeacherError(f"cannot load ONNX teacher {str(path)!r}: {type(e).__name__}: {e}") from e
         self.input_name = self.session.get_inputs()[0].name
