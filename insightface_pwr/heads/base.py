@@ -31,7 +31,14 @@ def zero_loss(*tensors: torch.Tensor) -> torch.Tensor:
     return sum((t.sum() * 0.0 for t in tensors), torch.zeros((), dtype=tensors[0].dtype, device=tensors[0].device))
 
 
-class EmbeddingHead(nn.Module):
+class _Head(nn.Module):
+    """What every head shares: its repr lists the parameters named in ``self._param_names``."""
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={getattr(self, k)!r}" for k in getattr(self, "_param_names", ()))
+
+
+class EmbeddingHead(_Head):
     """A head called as ``head(student=S, teacher=T)`` with N x D_s and N x D_t embeddings.
 
     Subclasses implement ``compute_loss(student, teacher)``; set ``same_dim = True`` when D_s must equal D_t.
@@ -57,11 +64,9 @@ class EmbeddingHead(nn.Module):
     def compute_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={getattr(self, k)!r}" for k in getattr(self, "_param_names", ()))
 
 
-class LogitHead(nn.Module):
+class LogitHead(_Head):
     """A head called as ``head(student_logits=..., teacher_logits=...)`` with N x C logits over the same classes."""
 
     consumes = "logits"
@@ -80,5 +85,3 @@ class LogitHead(nn.Module):
     def compute_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={getattr(self, k)!r}" for k in getattr(self, "_param_names", ()))

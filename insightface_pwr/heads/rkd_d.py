@@ -96,7 +96,7 @@ class RKDDistanceLoss(EmbeddingHead):
                  huber_delta: float = 1.0, convention: Literal["pwr", "rkd"] = "pwr") -> None:
         super().__init__()
         self.relation, self.mean_normalize, self.convention = relation, mean_normalize, convention
-        self.huber_delta = validate_distance_params("rkd_d", relation, mean_normalize, huber_delta, convention)
+        self.huber_delta = validate_distance_params(self.name, relation, mean_normalize, huber_delta, convention)
         self._param_names = ("relation", "mean_normalize", "huber_delta", "convention")
 
     def compute_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

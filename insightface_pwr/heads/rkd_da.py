@@ -11,14 +11,11 @@ Recipe use::
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
 from ..registry import register_head
-from .base import EmbeddingHead
 from .rkd_a import rkd_angle_loss
-from .rkd_d import rkd_distance_loss, validate_distance_params
+from .rkd_d import RKDDistanceLoss
 
 __all__ = ["RKDDistanceAngleLoss", "ANGLE_WEIGHT"]
 
@@ -26,19 +23,11 @@ ANGLE_WEIGHT = 2.0
 
 
 @register_head("rkd_da")
-class RKDDistanceAngleLoss(EmbeddingHead):
+class RKDDistanceAngleLoss(RKDDistanceLoss):
     """RKD-DA: rkd_d + 2 * rkd_a."""
 
-    paper = "Park et al., Relational Knowledge Distillation, CVPR 2019"
-
-    def __init__(self, relation: Literal["euclidean", "cosine"] = "euclidean", mean_normalize: bool = False,
-                 huber_delta: float = 1.0, convention: Literal["pwr", "rkd"] = "pwr") -> None:
-        super().__init__()
-        self.relation, self.mean_normalize, self.convention = relation, mean_normalize, convention
-        self.huber_delta = validate_distance_params("rkd_da", relation, mean_normalize, huber_delta, convention)
-        self._param_names = ("relation", "mean_normalize", "huber_delta", "convention")
+    # the parameters, their checks and defaults are rkd_d's (inherited __init__)
 
     def compute_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        dist = rkd_distance_loss(student, teacher, self.relation, self.mean_normalize, self.huber_delta,
-                                 self.convention)
+        dist = super().compute_loss(student, teacher)
         return dist + ANGLE_WEIGHT * rkd_angle_loss(student, teacher, self.huber_delta, self.convention)
