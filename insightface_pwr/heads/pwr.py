@@ -43,7 +43,8 @@ from ..distributed import all_gather_no_grad, all_gather_with_grad, share_of_rep
 from ..registry import register_head
 from .base import EmbeddingHead, zero_loss
 from .pwr_fast import METHODS, pwr_loss
-from .relations import RELATIONS, normalize, pairwise_relations
+from .common import l2_normalize_mx
+from .relations import RELATIONS, pairwise_relations
 
 __all__ = ["PairwiseRankingLoss", "pwr_loss_dense", "INVERSIONS", "MARGINS", "SCOPES"]
 
@@ -131,9 +132,12 @@ class PairwiseRankingLoss(EmbeddingHead):
         self._param_names = ("relation", "inversion", "margin", "p", "beta", "method", "scope", "tile")
 
     def relations(self, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pair relation vectors (s, t) of the normalised embeddings."""
-        return (pairwise_relations(normalize(student), self.relation),
-                pairwise_relations(normalize(teacher), self.relation))
+        """The pair relation vectors (s, t) of the embeddings normalised as the PWR authors' MXNet code does
+        (``L2Normalization``: x / sqrt(|x|^2 + 1e-10)). The 1e-10 matters for identical rows: their cosine distance
+        is then ~1e-10 / |x|^2, the reference's value, instead of a +-1e-16 left to BLAS rounding (which decides
+        whether two such pairs tie)."""
+        return (pairwise_relations(l2_normalize_mx(student), self.relation),
+                pairwise_relations(l2_normalize_mx(teacher), self.relation))
 
     def compute_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if self.scope == "global":

@@ -43,11 +43,13 @@ def ref_from_relations(s: list, t: list, inversion: str, margin, p: float = 1.0,
 
 
 def ref_relations(x: torch.Tensor, relation: str) -> list:
-    """The pair relations i < j (row-major) of the rows divided by their norms, one scalar at a time."""
+    """The pair relations i < j (row-major) of the rows divided by their norms, one scalar at a time. The norm is
+    MXNet's L2Normalization, sqrt(sum x^2 + 1e-10), as in the PWR authors' code: two identical rows then have a
+    cosine distance of about 1e-10 / |x|^2 (not a rounding-dependent +-1e-16), so ties stay ties on every CPU."""
     n, d = x.shape
     r = []
     for i in range(n):
-        norm = torch.sqrt(sum(x[i, k] * x[i, k] for k in range(d)))
+        norm = torch.sqrt(sum(x[i, k] * x[i, k] for k in range(d)) + 1e-10)
         r.append([x[i, k] / norm for k in range(d)])
     out = []
     for i in range(n):
