@@ -1,7 +1,7 @@
 """Checkpoint files that are never half-written, and safe loading.
 
-- :func:`atomic_save` writes ``torch.save(obj)`` to ``<path>.tmp.<pid>``, fsyncs it, renames it over ``path``
-  (``os.replace``, atomic on POSIX) and fsyncs the directory: a reader sees the old file or the new one, never a
+- :func:`atomic_save` writes ``torch.save(obj)`` to a temporary file beside ``path``, fsyncs it, renames it over
+  ``path`` (``os.replace``, atomic on POSIX) and fsyncs the directory: a reader sees the old file or the new one, never a
   partial one, even when the process is SIGKILLed in the middle of the save.
 - :func:`save_rotating` keeps the previous version as ``<stem>.prev<ext>``: every rank of a job that was killed
   between two saves still holds the state of the last save that ALL ranks completed (ranks are at most one save
@@ -9,58 +9,34 @@
 - :func:`safe_load` is ``torch.load(..., weights_only=True)`` (no arbitrary pickles) with a clear error naming the
   file.
 
-Fault injection for the kill tests (never set in normal use): the environment variable
-``INSIGHTFACE_PWR_FAULT=kill_in_save:N`` makes the N-th :func:`atomic_save` of a process SIGKILL the process after
-the temporary file is written and synced, before the rename.
+Fault injection for the kill tests (never set in normal use): ``INSIGHTFACE_PWR_FAULT=kill_in_save:N`` makes the
+N-th atomic write of a process SIGKILL the process after the temporary file is written and synced, before the
+rename (:mod:`insightface_pwr.infra.faults`).
 """
 from __future__ import annotations
 
 import inspect
 import os
-import signal
 from pathlib import Path
 from typing import Any, List, Union
 
 import torch
 
-from .fsio import fsync_dir
+from .infra.atomic import AtomicFile, fsync_dir
 
 __all__ = ["atomic_save", "save_rotating", "load_candidates", "safe_load", "previous_path", "CheckpointError"]
 
 PathLike = Union[str, "os.PathLike[str]"]
-_SAVES = {"count": 0}
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable or does not hold what was expected."""
 
 
-def _maybe_inject_fault() -> None:
-    fault = os.environ.get("INSIGHTFACE_PWR_FAULT", "")
-    if not fault.startswith("kill_in_save:"):
-        return
-    _SAVES["count"] += 1
-    if _SAVES["count"] == int(fault.split(":", 1)[1]):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def atomic_save(obj: Any, path: PathLike) -> None:
-    """``torch.save(obj, path)`` atomically: temporary file in the same directory, fsync, rename, fsync dir."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        _maybe_inject_fault()
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+    """``torch.save(obj, path)`` atomically (the package's one atomic writer, :mod:`insightface_pwr.infra.atomic`)."""
+    with AtomicFile(path) as f:
+        torch.save(obj, f.file)
 
 
 def previous_path(path: PathLike) -> Path:

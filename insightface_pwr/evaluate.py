@@ -18,7 +18,6 @@ import sys
 import time
 from typing import List, Optional
 
-import numpy as np
 import torch
 
 from .data.embedding_models import EmbeddingModel, TorchEmbeddingModel, embed_images, load_embedding_model

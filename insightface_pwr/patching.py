@@ -22,12 +22,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .fsio import fsync_dir
+from .infra.atomic import atomic_write_bytes, fsync_dir
 
 PINNED = "deepinsight/insightface@0159b24d44cbc91abbd07b7a6fab0ba923a7fddf (recognition/arcface_torch)"
 SERIES_FILE = "series"
@@ -367,24 +366,6 @@ def plan(target: Path, patches: PatchSet, revert: bool = False) -> Dict[str, Opt
 
 
 # ---------------------------------------------------------------------------------------------------- writing
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder (fsync, rename, fsync the folder)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
 def write_all(target: Path, contents: Dict[str, Optional[bytes]]) -> None:
     """Write (or delete, for None) every file; on failure put back the files already changed, then re-raise."""
     target = Path(target)

@@ -29,10 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -40,6 +37,9 @@ import numpy as np
 import torch
 
 from .batch_keys import BATCH_KEYS, BatchKeys
+from .infra import faults
+from .infra.atomic import atomic_write_json
+from .infra.progress import progress_bar
 
 __all__ = ["CACHE_FORMAT", "CacheError", "TeacherCache", "CachedTeacher", "build_cache", "sha256_file",
            "recordio_fingerprint", "image_records", "TRAIN_MEAN", "TRAIN_STD", "open_cached_teacher"]
@@ -133,66 +133,8 @@ class image_records:  # noqa: N801  (used like a function: image_records(rec_dir
         return self.dataset.label_of(self._pos[int(key)])
 
 
-# ------------------------------------------------------------------------------------------------ atomic JSON
-def _write_json_atomic(obj: Dict[str, Any], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o644 & ~mask)  # mkstemp's 0600 would differ from the array's mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(str(path.parent), os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def _meta_path(out: PathLike) -> Path:
     return Path(str(os.fspath(out)) + ".json")
-
-
-# ------------------------------------------------------------------------------------------------ progress
-class _Progress:
-    """A one-line progress bar on stderr: done/total, percent, rate and ETA (this run's rate)."""
-
-    def __init__(self, total: int, done: int, enabled: bool, unit: str = "img") -> None:
-        self.total, self.done, self.enabled, self.unit = total, done, enabled, unit
-        self.start_done, self.t0, self.last = done, time.monotonic(), 0.0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.enabled and (now - self.last >= 0.5 or self.done >= self.total):
-            self.last = now
-            rate = (self.done - self.start_done) / max(now - self.t0, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "?"
-            sys.stderr.write(f"\r  {self.done}/{self.total} {self.unit} {100 * self.done / max(self.total, 1):5.1f}%"
-                             f"  {rate:8.1f} {self.unit}/s  ETA {eta_s}  ")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
-def _maybe_fault(chunk: int) -> None:
-    """Test hook: ``INSIGHTFACE_PWR_FAULT=cache_kill_before_commit:K`` SIGKILLs this process after chunk K's rows
-    are written but before they are committed (the worst moment)."""
-    fault = os.environ.get("INSIGHTFACE_PWR_FAULT", "")
-    if fault.startswith("cache_kill_before_commit:") and int(fault.split(":", 1)[1]) == chunk:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -255,7 +197,7 @@ def build_cache(teacher: Callable[[torch.Tensor], torch.Tensor], teacher_info: D
         raise CacheError(f"{str(out)!r} exists and is not a teacher cache (no {meta_path.name}); remove it or "
                          f"pass --overwrite")
     if start == 0:
-        _write_json_atomic(meta, meta_path)  # first: a kill after this leaves a resumable (empty) cache
+        atomic_write_json(meta_path, meta)  # first: a kill after this leaves a resumable (empty) cache
         arr = np.lib.format.open_memmap(str(out), mode="w+", dtype=np.float16, shape=shape)
     else:
         arr = np.lib.format.open_memmap(str(out), mode="r+")
@@ -264,7 +206,8 @@ def build_cache(teacher: Callable[[torch.Tensor], torch.Tensor], teacher_info: D
                              f"float16 {shape}; remove both files to start over")
         log(f"{out}: resuming at chunk {start} of {meta['num_chunks']} ({start * chunk} records done)")
 
-    bar = _Progress(len(keys) * len(flips), min(start * chunk, len(keys)) * len(flips), progress)
+    bar = progress_bar(len(keys) * len(flips), str(out), "img", progress,
+                       initial=min(start * chunk, len(keys)) * len(flips))
     try:
         for c in range(start, meta["num_chunks"]):
             lo, hi = c * chunk, min((c + 1) * chunk, len(keys))
@@ -285,14 +228,16 @@ def build_cache(teacher: Callable[[torch.Tensor], torch.Tensor], teacher_info: D
                         raise CacheError(f"the teacher's embedding of record {bad} (flip={f}) is not finite in "
                                          f"float16 (|x| > 65504 or NaN): max |x| = {np.abs(emb).max():.4g}")
                     arr[b:b + len(batch_keys), j] = half
-                    bar.update(len(batch_keys))
+                    if bar is not None:
+                        bar.update(len(batch_keys))
             arr.flush()
-            _maybe_fault(c)
+            faults.hit("cache_kill_before_commit", c)  # test seam: killed before the commit
             meta["chunks_done"] = c + 1
             meta["complete"] = c + 1 == meta["num_chunks"]
-            _write_json_atomic(meta, meta_path)
+            atomic_write_json(meta_path, meta)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         del arr
     return meta
 

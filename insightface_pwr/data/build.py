@@ -15,12 +15,12 @@ Every file is written to a temporary name and renamed into place when complete.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
 
+from ..infra.atomic import atomic_write_text
+from ..infra.progress import progress_bar
 from .errors import DataFileError
-from .progress import progress_bar
 from .recordio import IRHeader, MXIndexedRecordIO, pack
 
 __all__ = ["IMAGE_SUFFIXES", "scan_image_folder", "build_recordio"]
@@ -87,15 +87,5 @@ def build_recordio(root: PathLike, out_dir: PathLike, progress: bool = True) -> 
             key += 1
     if bar is not None:
         bar.close()
-    _write_text_atomic(out / "property", f"{n_classes},{size[0]},{size[1]}\n")
+    atomic_write_text(out / "property", f"{n_classes},{size[0]},{size[1]}\n")
     return {"images": n_images, "identities": n_classes, "height": size[0], "width": size[1]}
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)

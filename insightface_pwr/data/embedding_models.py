@@ -15,7 +15,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
-from .progress import progress_bar
+from ..infra.progress import progress_bar
 
 __all__ = ["EmbeddingModel", "OnnxEmbeddingModel", "TorchEmbeddingModel", "load_embedding_model", "embed_images"]
 

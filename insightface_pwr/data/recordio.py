@@ -22,12 +22,12 @@ import mmap
 import numbers
 import os
 import struct
-import tempfile
 from collections import namedtuple
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from ..infra.atomic import AtomicFile
 from .errors import DataFileError
 
 __all__ = ["MAGIC", "IRHeader", "pack", "unpack", "MXRecordIO", "MXIndexedRecordIO", "RecordIO",
@@ -152,7 +152,6 @@ class MXRecordIO:
         self.is_open = False
         self._buf: Union[mmap.mmap, bytes, None] = None
         self._file = None
-        self._tmp: Optional[str] = None
         self._pos = 0
         self._pid: Optional[int] = None
         self.open()
@@ -160,7 +159,7 @@ class MXRecordIO:
     # -- life cycle -------------------------------------------------------------------------------------------
     def open(self) -> None:
         if self.writable:
-            self._file, self._tmp = _open_temp(self.uri)
+            self._file = AtomicFile(self.uri, buffering=1 << 20)
         else:
             self._map()
         self._pos = 0
@@ -182,8 +181,8 @@ class MXRecordIO:
             return
         self.is_open = False
         if self.writable:
-            _commit(self._file, self._tmp, self.uri)
-            self._file = self._tmp = None
+            self._file.commit()
+            self._file = None
         else:
             if isinstance(self._buf, mmap.mmap):
                 self._buf.close()
@@ -203,7 +202,7 @@ class MXRecordIO:
 
     def __exit__(self, *exc) -> None:
         if exc[0] is not None and self.writable and self._file is not None:
-            _discard(self._file, self._tmp)
+            self._file.abort()
             self._file, self.is_open = None, False
         self.close()
 
@@ -304,13 +303,12 @@ class MXIndexedRecordIO(MXRecordIO):
         self.idx: Dict[object, int] = {}
         self.keys: List[object] = []
         self._fidx = None
-        self._idx_tmp: Optional[str] = None
         super().__init__(uri, flag)
 
     def open(self) -> None:
         if self.writable:
             super().open()
-            self._fidx, self._idx_tmp = _open_temp(self.idx_path)
+            self._fidx = AtomicFile(self.idx_path)
             self.idx, self.keys = {}, []
             return
         self.idx, self.keys = read_index(self.idx_path, self.key_type)
@@ -326,12 +324,12 @@ class MXIndexedRecordIO(MXRecordIO):
         was_open, writable = self.is_open, self.writable
         super().close()
         if was_open and writable and self._fidx is not None:
-            _commit(self._fidx, self._idx_tmp, self.idx_path)
-            self._fidx = self._idx_tmp = None
+            self._fidx.commit()
+            self._fidx = None
 
     def __exit__(self, *exc) -> None:
         if exc[0] is not None and self.writable and self._fidx is not None:
-            _discard(self._fidx, self._idx_tmp)
+            self._fidx.abort()
             self._fidx = None
         super().__exit__(*exc)
 
@@ -378,31 +376,3 @@ class _MissingKey(DataFileError, KeyError):
 
 RecordIO = MXRecordIO
 IndexedRecordIO = MXIndexedRecordIO
-
-
-def _open_temp(path: str):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    return os.fdopen(fd, "wb", buffering=1 << 20), tmp
-
-
-def _commit(f, tmp: str, path: str) -> None:
-    f.flush()
-    os.fsync(f.fileno())
-    f.close()
-    os.chmod(tmp, 0o644 & ~_umask())
-    os.replace(tmp, path)
-
-
-def _discard(f, tmp: str) -> None:
-    f.close()
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:  # pragma: no cover
-        pass
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

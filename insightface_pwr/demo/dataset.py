@@ -15,12 +15,13 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import tempfile
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Iterable, List, Tuple, Union
 
 import numpy as np
 
+from ..infra.atomic import atomic_write_bytes
+from ..infra.progress import progress_bar
 from ..data.recordio import IRHeader, MXIndexedRecordIO, pack
 from .faces import make_identity, render_face
 
@@ -44,16 +45,6 @@ def identity_images(seed: int, identity: int, count: int, size: int, salt: int =
     return [render_face(ident, rng, size) for _ in range(count)]
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # progress bars are optional (pip install tqdm)
-        return None
-    return tqdm(total=total, desc=desc, unit="img", leave=False)
-
-
 def write_identity_recordio(folder: PathLike, identities: Iterable[int], per_identity: int, size: int, seed: int,
                             progress: bool = True, desc: str = "faces") -> Tuple[int, int]:
     """Write ``per_identity`` images of each identity to ``folder/train.{rec,idx}`` and ``folder/property``.
@@ -63,7 +54,7 @@ def write_identity_recordio(folder: PathLike, identities: Iterable[int], per_ide
     folder.mkdir(parents=True, exist_ok=True)
     identities = list(identities)
     n, c = len(identities) * per_identity, len(identities)
-    bar = _progress(n, desc, progress)
+    bar = progress_bar(n, desc, "img", progress)
     with MXIndexedRecordIO(str(folder / "train.idx"), str(folder / "train.rec"), "w") as rec:
         rec.write_idx(0, pack(IRHeader(2, [n + 1, n + 1 + c], 0, 0), b""))
         key = 1
@@ -78,7 +69,7 @@ def write_identity_recordio(folder: PathLike, identities: Iterable[int], per_ide
             rec.write_idx(n + 1 + label, pack(IRHeader(2, [start, start + per_identity], 0, 0), b""))
     if bar is not None:
         bar.close()
-    _write_atomic(folder / "property", f"{c},{size},{size}\n".encode())
+    atomic_write_bytes(folder / "property", f"{c},{size},{size}\n".encode())
     return c, n
 
 
@@ -89,7 +80,7 @@ def write_verification_bin(path: PathLike, identities: Iterable[int], pairs: int
     if len(identities) < 2 or pairs < 2:
         raise ValueError(f"a verification set needs >= 2 identities and >= 2 pairs, got {len(identities)}, {pairs}")
     rng = np.random.default_rng((int(seed), 3))
-    bar = _progress(2 * pairs, Path(path).name, progress)
+    bar = progress_bar(2 * pairs, Path(path).name, "img", progress)
     bins: List[bytes] = []
     issame: List[bool] = []
     for i in range(pairs):
@@ -106,21 +97,5 @@ def write_verification_bin(path: PathLike, identities: Iterable[int], pairs: int
             bar.update(2)
     if bar is not None:
         bar.close()
-    _write_atomic(Path(path), pickle.dumps((bins, issame), protocol=pickle.HIGHEST_PROTOCOL))
+    atomic_write_bytes(Path(path), pickle.dumps((bins, issame), protocol=pickle.HIGHEST_PROTOCOL))
     return pairs
-
-
-def _write_atomic(path: Path, data: bytes, mode: Optional[int] = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644 if mode is None else mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..infra.progress import progress_bar
 from .dataset import write_identity_recordio, write_verification_bin
 
 __all__ = ["DemoScale", "SCALES", "RUNS", "DataInfo", "prepare_synthetic", "prepare_real", "write_recipes",
@@ -164,15 +165,12 @@ def train_run(recipe: Path, total_steps: int, desc: str, progress: bool, nproc: 
     if output.exists():
         shutil.rmtree(output)  # a fresh run (the host appends to host_losses.jsonl)
     start = time.perf_counter()
-    try:
-        from tqdm import tqdm
-    except ImportError:  # progress bars are optional (pip install tqdm)
-        progress = False
     if not progress:
         launch(str(recipe), nproc)
         return time.perf_counter() - start
     stop = threading.Event()
-    with tqdm(total=total_steps, desc=desc, unit="step") as bar:
+    bar = progress_bar(total_steps, desc, "step")
+    try:
         follower = threading.Thread(target=_follow_losses, args=(output / "host_losses.jsonl", bar, stop),
                                     daemon=True)
         follower.start()
@@ -181,6 +179,8 @@ def train_run(recipe: Path, total_steps: int, desc: str, progress: bool, nproc: 
         finally:
             stop.set()
             follower.join()
+    finally:
+        bar.close()
     return time.perf_counter() - start
 
 

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .dataset import _write_atomic
+from ..infra.atomic import atomic_write_bytes
 
 __all__ = ["table_rows", "format_table", "write_reports", "plot_png"]
 
@@ -92,7 +92,7 @@ def _wrap(text: str, width: int) -> List[str]:
 def write_reports(out: Path, rows: Sequence[Dict], meta: Dict) -> Dict[str, Path]:
     """``results.json`` (rows + meta), ``table.md`` and ``table.png`` in ``out``, each written atomically."""
     paths = {"json": out / "results.json", "markdown": out / "table.md", "png": out / "table.png"}
-    _write_atomic(paths["json"], json.dumps({"meta": meta, "rows": list(rows)}, indent=1).encode())
-    _write_atomic(paths["markdown"], (format_table(rows, markdown=True) + "\n").encode())
-    _write_atomic(paths["png"], plot_png(rows, meta.get("title", "insightface-pwr demo")))
+    atomic_write_bytes(paths["json"], json.dumps({"meta": meta, "rows": list(rows)}, indent=1).encode())
+    atomic_write_bytes(paths["markdown"], (format_table(rows, markdown=True) + "\n").encode())
+    atomic_write_bytes(paths["png"], plot_png(rows, meta.get("title", "insightface-pwr demo")))
     return paths

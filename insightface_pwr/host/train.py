@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 from torch import distributed as dist
 
+from ..infra import faults
 from ..checkpoint import CheckpointError, atomic_save, load_candidates, save_rotating
 from ..lr_schedules import PolynomialWarmupLR
 from .backbones import get_model
@@ -62,12 +61,6 @@ def _init_logging(rank: int, output: Path) -> None:
         h.setFormatter(fmt)
         h._insightface_pwr_host = True  # type: ignore[attr-defined]
         root.addHandler(h)
-
-
-def _fault_after_step(global_step: int) -> None:
-    fault = os.environ.get("INSIGHTFACE_PWR_FAULT", "")
-    if fault.startswith("kill_after_step:") and global_step == int(fault.split(":", 1)[1]):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _resume(output: Path, rank: int, world_size: int, backbone: Any, pfc: Any, opt: Any,
@@ -181,7 +174,7 @@ def run_host(cfg: Any, rank: int, world_size: int) -> int:
                         loss_log.write(json.dumps({"step": global_step, "epoch": epoch, "loss": value,
                                                    "lr": lr_scheduler.get_last_lr()[0]}) + "\n")
                         loss_log.flush()
-                _fault_after_step(global_step)
+                faults.hit("kill_after_step", global_step)
                 if save_every and global_step % save_every == 0:
                     save(epoch)
 
