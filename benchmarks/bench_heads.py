@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from insightface_pwr.registry import create_head, get_head_spec, list_heads
+from insightface_pwr.heads.registry import create_head, get_head_spec, list_heads
 
 
 def bench(name: str, n: int, dim: int, classes: int, dtype: torch.dtype, device: str, repeat: int) -> float:

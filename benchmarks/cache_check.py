@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from insightface_pwr.teacher_cache import TeacherCache, image_records, sha256_file  # noqa: E402
-from insightface_pwr.teachers import load_teacher  # noqa: E402
+from insightface_pwr.distill.teacher_cache import TeacherCache, image_records, sha256_file  # noqa: E402
+from insightface_pwr.distill.teachers import load_teacher  # noqa: E402
 
 
 def main() -> int:

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from insightface_pwr.data.embedding_models import load_embedding_model  # noqa: E402
+from insightface_pwr.eval.embedding_models import load_embedding_model  # noqa: E402
 from insightface_pwr.data.paths import shared_dir  # noqa: E402
-from insightface_pwr.evaluate import evaluate_bin, format_table  # noqa: E402
+from insightface_pwr.eval.evaluate import evaluate_bin, format_table  # noqa: E402
 
 EXPECTED, TOLERANCE = 0.9898, 0.003
 

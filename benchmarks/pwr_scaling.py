@@ -28,7 +28,7 @@ if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and __name__ == "__main__":
 
 import torch  # noqa: E402
 
-from insightface_pwr.registry import create_head  # noqa: E402
+from insightface_pwr.heads.registry import create_head  # noqa: E402
 
 
 def _rss_kb(field: str) -> int:

@@ -13,13 +13,13 @@ What it does, in order (everything it writes goes to ``--work``, default ``~/.ca
 outside the repository, except the table and the plot, which go to ``--out``):
 
 1. the teacher's embeddings of every training image and of its mirror, at 112x112, ONCE, with the package's
-   teacher cache (``insightface_pwr.teacher_cache.build_cache``, what ``insightface-pwr cache-teacher`` runs);
+   teacher cache (``insightface_pwr.distill.teacher_cache.build_cache``, what ``insightface-pwr cache-teacher`` runs);
    the teacher's flip-summed embeddings of the 5,660 dev images (for its own accuracy and for rank agreement);
 2. the training and dev images decoded once and resized to the student's ``--resolution`` (PIL bilinear with
    antialiasing), kept as uint8 arrays in ``--work``;
 3. for each method and seed, a student trained from scratch with the same budget (steps, batch, lr schedule,
    sampling order and flips drawn from the seed): the student is the CPU host's ``TinyMobileFaceNet``
-   (``insightface_pwr.host.backbones``: MobileFaceNet's layout, narrow, ``--width``), 128-d like the teacher; the
+   (``insightface_pwr.models.backbones``: MobileFaceNet's layout, narrow, ``--width``), 128-d like the teacher; the
    classifier is the host's partial FC with CosFace (s = 64, m = 0.35, every class); the distillation runs
    through the package's ``DistillHooks`` with the heads built by ``create_head`` and the teacher looked up in
    the cache by record key (``CachedTeacher`` + the ``BATCH_KEYS`` channel, as the host does). The student sees
@@ -63,20 +63,20 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from insightface_pwr.batch_keys import BATCH_KEYS  # noqa: E402
+from insightface_pwr.distill.batch_keys import BATCH_KEYS  # noqa: E402
 from insightface_pwr.data.dataset import FaceDataset  # noqa: E402
 from insightface_pwr.data.images import decode_image  # noqa: E402
 from insightface_pwr.data.paths import shared_dir  # noqa: E402
 from insightface_pwr.data.recordio import unpack  # noqa: E402
 from insightface_pwr.data.verification_bin import decode_bin_images, load_bin  # noqa: E402
-from insightface_pwr.data.verification_metrics import kfold_accuracy, tpr_at_fpr  # noqa: E402
+from insightface_pwr.eval.verification_metrics import kfold_accuracy, tpr_at_fpr  # noqa: E402
 from insightface_pwr.heads import *  # noqa: E402,F401,F403  (registers the heads)
-from insightface_pwr.hooks import DistillHooks, HeadTerm  # noqa: E402
-from insightface_pwr.host.backbones import TinyMobileFaceNet  # noqa: E402
+from insightface_pwr.distill.hooks import DistillHooks, HeadTerm  # noqa: E402
+from insightface_pwr.models.backbones import TinyMobileFaceNet  # noqa: E402
 from insightface_pwr.host.partial_fc import MarginSoftmax, PartialFC  # noqa: E402
-from insightface_pwr.lr_schedules import PolynomialWarmupLR  # noqa: E402
-from insightface_pwr.registry import create_head, get_head_spec  # noqa: E402
-from insightface_pwr.teacher_cache import CachedTeacher, TeacherCache, build_cache, sha256_file  # noqa: E402
+from insightface_pwr.distill.lr_schedules import PolynomialWarmupLR  # noqa: E402
+from insightface_pwr.heads.registry import create_head, get_head_spec  # noqa: E402
+from insightface_pwr.distill.teacher_cache import CachedTeacher, TeacherCache, build_cache, sha256_file  # noqa: E402
 
 TEACHER_FILE = "models/mbf_y1_ms1m_arcface_128d.onnx"
 TRAIN_REC = "data/lfw/train"
@@ -166,11 +166,11 @@ def prepare_train_images(rec_dir: Path, work: Path, size: int) -> Tuple[np.ndarr
 def make_teacher(data: Path, device: torch.device, threads: int) -> Any:
     """The teacher: onnxruntime on CPU, the TorchScript export of the same weights on CUDA."""
     if device.type == "cuda":
-        from insightface_pwr.teachers import load_teacher
+        from insightface_pwr.distill.teachers import load_teacher
         return load_teacher({"weights": str(data / TEACHER_FILE.replace(".onnx", ".torchscript.pt")),
                              "format": "torchscript", "fp16": False}, None, device)
     # one thread without spin-waiting: on a loaded machine onnxruntime's default (two spinning threads) ran 8x slower
-    from insightface_pwr.teachers import OnnxTeacher
+    from insightface_pwr.distill.teachers import OnnxTeacher
     return OnnxTeacher(data / TEACHER_FILE, threads=threads)
 
 

@@ -6,7 +6,7 @@
 What it does:
 1. writes the first ``--records`` LFW image records (real JPEG faces, ../shared/data/lfw/train) to a temporary
    RecordIO set with the data layer's writer, and caches the real teacher (MobileFaceNet, ONNX, 128-d) over it with
-   :func:`insightface_pwr.teacher_cache.build_cache` (both flips; the cache rate is printed);
+   :func:`insightface_pwr.distill.teacher_cache.build_cache` (both flips; the cache rate is printed);
 2. builds three identical students (host backbone ``--student``, 128-d, host partial FC, SGD, DDP over a 1-process
    gloo group) and, through ``build_hooks``, the same heads twice: with the live teacher and with
    ``distill.teacher.cache``;
@@ -35,15 +35,15 @@ from easydict import EasyDict as edict
 from torch import distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from insightface_pwr.arcface import build_hooks  # noqa: E402
-from insightface_pwr.batch_keys import BATCH_KEYS  # noqa: E402
+from insightface_pwr.integration.arcface_torch.build import build_hooks  # noqa: E402
+from insightface_pwr.distill.batch_keys import BATCH_KEYS  # noqa: E402
 from insightface_pwr.data.paths import shared_dir  # noqa: E402
 from insightface_pwr.data.recordio import IRHeader, MXIndexedRecordIO, pack, unpack  # noqa: E402
-from insightface_pwr.host.backbones import get_model  # noqa: E402
+from insightface_pwr.models.backbones import get_model  # noqa: E402
 from insightface_pwr.host.launch import free_port  # noqa: E402
 from insightface_pwr.host.partial_fc import MarginSoftmax, PartialFC  # noqa: E402
-from insightface_pwr.teacher_cache import build_cache, image_records, sha256_file  # noqa: E402
-from insightface_pwr.teachers import load_teacher  # noqa: E402
+from insightface_pwr.distill.teacher_cache import build_cache, image_records, sha256_file  # noqa: E402
+from insightface_pwr.distill.teachers import load_teacher  # noqa: E402
 
 
 def write_subset(src: Path, dst: Path, n: int) -> int:

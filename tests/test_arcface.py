@@ -9,13 +9,13 @@ from easydict import EasyDict as edict
 
 from host.gloo_helpers import run_gloo_processes
 from insightface_pwr import create_head
-from insightface_pwr.arcface import (ClassifierError, PartialFCLogits, build_hooks, load_classifier_rows,
+from insightface_pwr.integration.arcface_torch.build import (ClassifierError, PartialFCLogits, build_hooks, load_classifier_rows,
                                      shard_range)
-from insightface_pwr.host.backbones import get_model
+from insightface_pwr.models.backbones import get_model
 from insightface_pwr.host.partial_fc import MarginSoftmax, PartialFC
-from insightface_pwr.recipe import RecipeError, apply_defaults
-from insightface_pwr.sharded_kd import sharded_hkd
-from insightface_pwr.teachers import TeacherError
+from insightface_pwr.distill.recipe import RecipeError, apply_defaults
+from insightface_pwr.distill.sharded_kd import sharded_hkd
+from insightface_pwr.distill.teachers import TeacherError
 
 C, DS, DT, N = 20, 6, 5, 8
 T = 4.0
@@ -266,7 +266,7 @@ def test_onnx_teacher_through_build_hooks(tmp_path):
 
 
 def test_lr_schedule_replaces_the_upstream_scheduler(tmp_path):
-    from insightface_pwr.lr_schedules import PolynomialWarmupLR, StepEpochLR
+    from insightface_pwr.distill.lr_schedules import PolynomialWarmupLR, StepEpochLR
     cfg, backbone, pfc, opt = _setup(tmp_path, edict(heads=[edict(name="pwr")],
                                                      lr_schedule=edict(kind="step", every_epochs=2, factor=0.1)))
     hooks = _build(cfg, backbone, pfc, opt)
@@ -284,7 +284,7 @@ def test_lr_schedule_replaces_the_upstream_scheduler(tmp_path):
 
 def test_lr_schedule_without_distill_only_replaces_the_scheduler(tmp_path):
     """config.lr_schedule with no distill section: no teacher, no heads; the loss passes through untouched."""
-    from insightface_pwr.lr_schedules import PolynomialWarmupLR, StepEpochLR
+    from insightface_pwr.distill.lr_schedules import PolynomialWarmupLR, StepEpochLR
     cfg, backbone, pfc, opt = _setup(tmp_path, edict())
     del cfg["distill"]
     cfg.resume = True  # nothing to resume from: the hooks have no state of their own
@@ -321,7 +321,7 @@ def test_lr_schedule_without_distill_only_replaces_the_scheduler(tmp_path):
 
 def test_top_level_lr_schedule_drives_a_distillation_run(tmp_path):
     """The recipes' layout: distill section without lr_schedule, config.lr_schedule at the top."""
-    from insightface_pwr.lr_schedules import PolynomialWarmupLR, StepEpochLR
+    from insightface_pwr.distill.lr_schedules import PolynomialWarmupLR, StepEpochLR
     cfg, backbone, pfc, opt = _setup(tmp_path, edict(heads=[edict(name="pwr")]))
     cfg.lr_schedule = edict(kind="step", every_epochs=2, factor=0.1)
     hooks = _build(cfg, backbone, pfc, opt)

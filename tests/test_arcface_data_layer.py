@@ -1,4 +1,4 @@
-"""``insightface_pwr.arcface.data_layer``: the MXNet-free (get_dataloader, CallBackVerification) pair that the patched
+"""``insightface_pwr.integration.arcface_torch.build.data_layer``: the MXNet-free (get_dataloader, CallBackVerification) pair that the patched
 train_v2.py uses when ``cfg.data_backend = "insightface_pwr"``.
 
 The verification callback is checked against embeddings computed here by hand (normalisation (x - 127.5) / 127.5,
@@ -16,9 +16,9 @@ import pytest
 import torch
 from easydict import EasyDict as edict
 
-from insightface_pwr.arcface import data_layer
-from insightface_pwr.data.verification_metrics import evaluate_verification
-from insightface_pwr.recipe import RecipeError
+from insightface_pwr.integration.arcface_torch.build import data_layer
+from insightface_pwr.eval.verification_metrics import evaluate_verification
+from insightface_pwr.distill.recipe import RecipeError
 
 from upstream_helpers import extract_upstream, forget_upstream_utils, prefer_upstream_utils, skip_without_mirror
 

@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 
-from insightface_pwr.checkpoint import (CheckpointError, atomic_save, load_candidates, previous_path, safe_load,
+from insightface_pwr.distill.checkpoint import (CheckpointError, atomic_save, load_candidates, previous_path, safe_load,
                                         save_rotating)
 
 

@@ -44,7 +44,7 @@ def test_check_recipe_without_distill(capsys):
 ])
 def test_check_errors_name_key_and_file(tmp_path, capsys, body, key):
     p = tmp_path / "bad.py"
-    p.write_text("from easydict import EasyDict as edict\nfrom insightface_pwr.recipe import load_base\n"
+    p.write_text("from easydict import EasyDict as edict\nfrom insightface_pwr.distill.recipe import load_base\n"
                  f"config = load_base(__file__, {str(RECIPES / 'pwr_exp.py')!r})\n{body}\n")
     assert main(["check", str(p)]) == 1
     err = capsys.readouterr().err

@@ -1,7 +1,7 @@
 """The per-iteration lr schedules against hand-written formulas (arcface_torch's PolynomialLRWarmup, step)."""
 import torch
 
-from insightface_pwr.lr_schedules import PolynomialWarmupLR, StepEpochLR
+from insightface_pwr.distill.lr_schedules import PolynomialWarmupLR, StepEpochLR
 
 
 def _opt():

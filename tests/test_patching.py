@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from insightface_pwr import patching
+from insightface_pwr.integration.arcface_torch import patching
 from insightface_pwr.cli import main as cli_main
 
 from upstream_helpers import cpu_runner, extract_upstream, patched_copy, run_cpu_runner, skip_without_mirror
@@ -323,7 +323,7 @@ def test_patched_utils_config_imports_only_importlib_and_os(patched):
     top |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom)}
     inner = {n.module for f in tree.body if isinstance(f, ast.FunctionDef) for n in ast.walk(f)
              if isinstance(n, ast.ImportFrom)}
-    assert top == {"importlib", "os.path"} and inner == {"insightface_pwr.recipe"}
+    assert top == {"importlib", "os.path"} and inner == {"insightface_pwr.distill.recipe"}
 
 
 _GET_CONFIG = """
@@ -361,13 +361,13 @@ def test_patched_get_config_upstream_for_configs_and_our_loader_for_recipes(upst
         config.val_targets = ["lfw"]
         config.data_backend = "insightface_pwr"
     """))
-    from insightface_pwr.recipe import load_recipe
+    from insightface_pwr.distill.recipe import load_recipe
     expected = json.loads(json.dumps(dict(load_recipe(str(recipe))), default=repr))
     out = _get_config(patched, str(recipe))
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert got["cfg"] == expected and got["cfg"]["output"] == "work_dirs/tiny_exp"
-    assert "insightface_pwr.recipe" in got["pwr"]
+    assert "insightface_pwr.distill.recipe" in got["pwr"]
     refused = _get_config(upstream, str(recipe))
     assert refused.returncode != 0 and "config file setting must start with configs/" in refused.stderr
 
@@ -442,8 +442,8 @@ results["upstream"] = train("configs/cpu_tiny.py")
 results["upstream_lrs"], lrs[:] = list(lrs), []
 results["pwr_modules_after_upstream"] = sorted(m for m in sys.modules if m.startswith("insightface_pwr"))
 
-import insightface_pwr.arcface as arcface
-import insightface_pwr.checkpoint as checkpoint
+import insightface_pwr.integration.arcface_torch.build as arcface
+import insightface_pwr.distill.checkpoint as checkpoint
 _atomic = checkpoint.atomic_save
 def atomic_save(obj, path):
     calls.append(["atomic_save", os.path.basename(path)])

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from insightface_pwr.recipe import RecipeError, UPSTREAM_DEFAULTS, combined_loss_formula, load_recipe
+from insightface_pwr.distill.recipe import RecipeError, UPSTREAM_DEFAULTS, combined_loss_formula, load_recipe
 
 DATASET = '''
 config.rec = "synthetic"
@@ -17,7 +17,7 @@ config.val_targets = []
 
 def write(tmp: Path, name: str, body: str) -> Path:
     p = tmp / name
-    p.write_text("from easydict import EasyDict as edict\nfrom insightface_pwr.recipe import load_base\n" + body)
+    p.write_text("from easydict import EasyDict as edict\nfrom insightface_pwr.distill.recipe import load_base\n" + body)
     return p
 
 
@@ -107,7 +107,7 @@ def test_the_example_recipes_validate():
 
 # ----------------------------------------------------------------- config.lr_schedule (top level, no distill needed)
 def test_top_level_lr_schedule_without_distill(tmp_path):
-    from insightface_pwr.recipe import lr_schedule_of
+    from insightface_pwr.distill.recipe import lr_schedule_of
     cfg = load_recipe(recipe(tmp_path, "None", "config.lr_schedule = edict(kind='step', every_epochs=3)\n"))
     assert "distill" in cfg and cfg.distill is None
     assert dict(cfg.lr_schedule) == {"kind": "step", "every_epochs": 3, "factor": 0.1, "warmup_epochs": 0}

@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
-from insightface_pwr import registry
+from insightface_pwr.heads import registry
 from insightface_pwr.heads.base import EmbeddingHead
-from insightface_pwr.registry import check_params, create_head, get_head_spec, list_heads, register_head
+from insightface_pwr.heads.registry import check_params, create_head, get_head_spec, list_heads, register_head
 
 BUILT_IN = ["darkrank", "feature", "hkd", "pwr", "rkd_a", "rkd_d", "rkd_da"]  # more may join later
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from insightface_pwr import create_head
-from insightface_pwr.sharded_kd import sharded_hkd
+from insightface_pwr.distill.sharded_kd import sharded_hkd
 
 
 @pytest.mark.parametrize("t2_scale", [False, True])

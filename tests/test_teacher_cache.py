@@ -13,9 +13,9 @@ import pytest
 import torch
 from easydict import EasyDict as edict
 
-from insightface_pwr.batch_keys import BatchKeys, BatchKeysError
+from insightface_pwr.distill.batch_keys import BatchKeys, BatchKeysError
 from insightface_pwr.data.recordio import IRHeader, MXIndexedRecordIO, pack
-from insightface_pwr.teacher_cache import (CacheError, CachedTeacher, TeacherCache, build_cache, recordio_fingerprint,
+from insightface_pwr.distill.teacher_cache import (CacheError, CachedTeacher, TeacherCache, build_cache, recordio_fingerprint,
                                            sha256_file)
 
 PIL = pytest.importorskip("PIL.Image")
@@ -224,8 +224,8 @@ def test_cli_writes_the_cache(kit, capsys):
 
 # ------------------------------------------------------------------------------------------------ the hooks path
 def _hooks(tmp_path, teacher, cache=None):
-    from insightface_pwr.arcface import build_hooks
-    from insightface_pwr.host.backbones import get_model
+    from insightface_pwr.integration.arcface_torch.build import build_hooks
+    from insightface_pwr.models.backbones import get_model
     from insightface_pwr.host.partial_fc import MarginSoftmax, PartialFC
     torch.manual_seed(0)
     backbone = get_model("tiny_cnn", num_features=8)
@@ -247,7 +247,7 @@ def _hooks(tmp_path, teacher, cache=None):
 
 
 def test_hooks_with_a_cache_match_the_live_teacher(kit):
-    from insightface_pwr.batch_keys import BATCH_KEYS
+    from insightface_pwr.distill.batch_keys import BATCH_KEYS
     tmp_path, images, teacher = kit
     make(tmp_path, teacher)
     keys = [3, 9, 1, 20, 14, 2]
@@ -287,9 +287,9 @@ def test_build_hooks_refuses_a_cache_of_another_teacher_or_set(kit):
 # ------------------------------------------------------------------------------------------------ the CPU host (gloo)
 def _host_worker(rank, world, root):
     """Train the same recipe with the live teacher, then with its cache (the teacher must not be loaded)."""
-    import insightface_pwr.arcface as arcface
+    import insightface_pwr.integration.arcface_torch.build as arcface
     from insightface_pwr.host.train import run_host
-    from insightface_pwr.recipe import apply_defaults, validate_recipe
+    from insightface_pwr.distill.recipe import apply_defaults, validate_recipe
     losses = {}
     for mode in ("live", "cached"):
         cfg = apply_defaults(edict(
@@ -338,8 +338,8 @@ def test_upstream_opt_in_loader_publishes_keys_and_flips(kit, monkeypatch):
     tmp_path, images, teacher = kit
     skip_without_mirror("(the loader uses upstream's sampler)")
     prefer_upstream_utils(monkeypatch, extract_upstream(tmp_path / "up", only="utils"))
-    from insightface_pwr.arcface import data_layer
-    from insightface_pwr.batch_keys import BATCH_KEYS
+    from insightface_pwr.integration.arcface_torch.build import data_layer
+    from insightface_pwr.distill.batch_keys import BATCH_KEYS
     make(tmp_path, teacher)
     get_dataloader, _ = data_layer(edict(data_backend="insightface_pwr", num_image=20, num_classes=3, seed=7))
     loader = get_dataloader(str(tmp_path / "rec"), 0, 5, False, False, 2048, 0)
@@ -363,7 +363,7 @@ def test_cli_arcface_checkpoint_teacher_with_network(kit):
     """An arcface_torch checkpoint (state_dict_backbone, DDP 'module.' prefix) + --network, built by the host's
     get_model outside arcface_torch; the cache equals that network's output on the hand-made inputs."""
     from insightface_pwr.cli import main
-    from insightface_pwr.host.backbones import get_model
+    from insightface_pwr.models.backbones import get_model
     tmp_path, images, _ = kit
     torch.manual_seed(3)
     net = get_model("tiny_cnn", num_features=8).eval()

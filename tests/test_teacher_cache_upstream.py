@@ -21,7 +21,7 @@ sys.modules["backbones"] = types.SimpleNamespace(get_model=get_model)
 sys.modules["dataset"] = None  # upstream's MXNet data layer must not be needed
 sys.modules["eval.verification"] = None
 
-from insightface_pwr import teacher_cache
+from insightface_pwr.distill import teacher_cache
 live = torch.jit.load("teacher.pt").eval()
 steps = []
 _call = teacher_cache.CachedTeacher.__call__

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from insightface_pwr.data.paths import shared_dir
-from insightface_pwr.host.backbones import get_model
-from insightface_pwr.teachers import TeacherError, detect_format, load_teacher
+from insightface_pwr.models.backbones import get_model
+from insightface_pwr.distill.teachers import TeacherError, detect_format, load_teacher
 
 CPU = torch.device("cpu")
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from typing import Optional, Union
 
+from ..infra.errors import UserError
 __all__ = ["DataFileError"]
 
 
-class DataFileError(ValueError):
+class DataFileError(UserError, ValueError):
     """A data file is missing, malformed or unsafe.
 
     Attributes:

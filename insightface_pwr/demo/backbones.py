@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..host.backbones import BACKBONES
+from ..models.backbones import BACKBONES
 
 __all__ = ["DemoResNet"]
 

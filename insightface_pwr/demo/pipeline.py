@@ -160,7 +160,7 @@ def _follow_losses(path: Path, bar, stop: threading.Event) -> None:
 def train_run(recipe: Path, total_steps: int, desc: str, progress: bool, nproc: int) -> float:
     """Train ``recipe`` with the CPU host (``insightface-pwr train``'s launcher); returns the wall time in s."""
     from ..host.launch import launch
-    from ..recipe import load_recipe
+    from ..distill.recipe import load_recipe
     output = Path(load_recipe(recipe).output)
     if output.exists():
         shutil.rmtree(output)  # a fresh run (the host appends to host_losses.jsonl)
@@ -185,9 +185,9 @@ def train_run(recipe: Path, total_steps: int, desc: str, progress: bool, nproc: 
 
 
 def _load_model(run_dir: Path, network: str):
-    from ..data.embedding_models import TorchEmbeddingModel
-    from ..host.backbones import get_model
-    from ..teachers import extract_backbone_state, load_weights_strict
+    from ..eval.embedding_models import TorchEmbeddingModel
+    from ..models.backbones import get_model
+    from ..distill.teachers import extract_backbone_state, load_weights_strict
     from . import backbones  # noqa: F401  (demo_resnet)
     path = run_dir / "model.pt"
     state = extract_backbone_state(torch.load(path, map_location="cpu", weights_only=True), path, "model")
@@ -212,9 +212,9 @@ def _identification_set(folder: str) -> Tuple[torch.Tensor, np.ndarray]:
 def evaluate_run(run_dir: Path, network: str, info: DataInfo, progress: bool) -> Dict[str, object]:
     """Verification (10-fold accuracy of flip-summed embeddings, TPR@FPR, AUC) on every .bin, and rank-1
     identification on the unseen identities (each image a probe against all the others)."""
-    from ..data.embedding_models import embed_images
-    from ..data.identification_metrics import rank_k_accuracy
-    from ..evaluate import evaluate_bin
+    from ..eval.embedding_models import embed_images
+    from ..eval.identification_metrics import rank_k_accuracy
+    from ..eval.evaluate import evaluate_bin
     model = _load_model(run_dir, network)
     out: Dict[str, object] = {"verification": []}
     for path in info.bins:

@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from ..registry import register_head
+from .registry import register_head
 from .base import EmbeddingHead
 from .common import at_least_float32, check_choice, l2_normalize_mx
 

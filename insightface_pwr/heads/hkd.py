@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ..registry import register_head
+from .registry import register_head
 from .base import LogitHead
 from .common import at_least_float32, check_positive
 

@@ -39,8 +39,8 @@ from typing import Literal, Union
 import torch
 import torch.nn.functional as F
 
-from ..distributed import all_gather_no_grad, all_gather_with_grad, share_of_replicated_loss
-from ..registry import register_head
+from ..distill.collectives import all_gather_no_grad, all_gather_with_grad, share_of_replicated_loss
+from .registry import register_head
 from .base import EmbeddingHead, zero_loss
 from .pwr_fast import METHODS, pwr_loss
 from .common import l2_normalize_mx

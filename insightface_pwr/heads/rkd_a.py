@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..registry import register_head
+from .registry import register_head
 from .base import EmbeddingHead, zero_loss
 from .common import at_least_float32, check_choice, check_positive, huber, l2_normalize_mx
 from .rkd_d import CONVENTIONS

@@ -29,7 +29,7 @@ from typing import Literal
 
 import torch
 
-from ..registry import register_head
+from .registry import register_head
 from .base import EmbeddingHead, zero_loss
 from .common import at_least_float32, check_choice, check_positive, huber, l2_normalize_mx
 from .relations import RELATIONS, distance_matrix

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..registry import register_head
+from .registry import register_head
 from .rkd_a import rkd_angle_loss
 from .rkd_d import RKDDistanceLoss
 

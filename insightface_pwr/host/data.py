@@ -5,7 +5,7 @@
   random pattern plus noise, in [-1, 1] like arcface_torch's normalised images. Deterministic given ``cfg.seed``.
 - a RecordIO folder: the data layer's :class:`~insightface_pwr.data.dataset.FaceDataset` with upstream's
   transform (random horizontal flip drawn from torch's RNG, (pixel/255 - 0.5)/0.5); each batch's record keys and
-  flips are published on :data:`~insightface_pwr.batch_keys.BATCH_KEYS` as it is yielded (a teacher cache needs
+  flips are published on :data:`~insightface_pwr.distill.batch_keys.BATCH_KEYS` as it is yielded (a teacher cache needs
   them).
 
 :func:`epoch_batches` mirrors ``DistributedSampler(shuffle=True, seed)`` + ``drop_last=True``: a permutation
@@ -18,7 +18,7 @@ from typing import Any, Iterator, Tuple
 
 import torch
 
-from ..batch_keys import BATCH_KEYS
+from ..distill.batch_keys import BATCH_KEYS
 
 __all__ = ["SyntheticFaces", "build_dataset", "epoch_batches", "steps_per_epoch"]
 

@@ -1,7 +1,6 @@
 """Start the host's gloo processes on 127.0.0.1: one in this process, or ``nproc`` spawned ones."""
 from __future__ import annotations
 
-import argparse
 import socket
 from typing import Optional
 
@@ -9,7 +8,7 @@ import torch.multiprocessing as mp
 
 from .train import train_process
 
-__all__ = ["launch", "free_port", "add_arguments", "run"]
+__all__ = ["launch", "free_port"]
 
 
 def free_port() -> int:
@@ -41,16 +40,3 @@ def launch(recipe: str, nproc: int = 1, port: Optional[int] = None, overrides: O
 
 def _worker(rank: int, nproc: int, recipe: str, init_method: str, overrides: Optional[dict]) -> None:
     train_process(rank, nproc, recipe, init_method, overrides)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe file (arcface_torch-style config, config.rec='synthetic' or a folder)")
-    parser.add_argument("--nproc", type=int, default=1, help="number of gloo processes (default 1)")
-    parser.add_argument("--port", type=int, default=None, help="TCP port of the rendezvous (default: a free one)")
-    parser.add_argument("--start-method", choices=("fork", "spawn"), default=None,
-                        help="how to start the processes (default: fork where available)")
-
-
-def run(args: argparse.Namespace) -> int:
-    launch(args.recipe, args.nproc, args.port, start_method=args.start_method)
-    return 0

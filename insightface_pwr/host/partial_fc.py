@@ -3,7 +3,7 @@
 Our own code, written from upstream's documented behaviour so the hooks can be driven without CUDA:
 - classes sharded over ranks: rank r of W holds C // W + (r < C % W) centres starting at C // W * r + min(r, C % W);
   ``weight`` is (num_local, D), initialised N(0, 0.01);
-- forward all-gathers the embeddings and labels (:func:`~insightface_pwr.distributed.all_gather_with_grad`:
+- forward all-gathers the embeddings and labels (:func:`~insightface_pwr.distill.collectives.all_gather_with_grad`:
   backward sums each rank's gradient of the gathered rows onto the rows' owner and multiplies by W, because DDP
   then AVERAGES the backbone gradients);
   labels outside this rank's classes become -1;
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import distributed as dist
 from torch import nn
 
-from ..distributed import all_gather_no_grad, all_gather_with_grad, world_info
+from ..distill.collectives import all_gather_no_grad, all_gather_with_grad, world_info
 
 __all__ = ["MarginSoftmax", "PartialFC", "DistCrossEntropyFunction"]
 

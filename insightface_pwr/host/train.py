@@ -30,9 +30,9 @@ import torch
 from torch import distributed as dist
 
 from ..infra import faults
-from ..checkpoint import CheckpointError, atomic_save, load_candidates, save_rotating
-from ..lr_schedules import PolynomialWarmupLR
-from .backbones import get_model
+from ..distill.checkpoint import CheckpointError, atomic_save, load_candidates, save_rotating
+from ..distill.lr_schedules import PolynomialWarmupLR
+from ..models.backbones import get_model
 from .data import build_dataset, epoch_batches, steps_per_epoch
 from .partial_fc import MarginSoftmax, PartialFC
 
@@ -114,7 +114,7 @@ def run_host(cfg: Any, rank: int, world_size: int) -> int:
 
     distill_hooks = None
     if cfg.get("distill") is not None or cfg.get("lr_schedule") is not None:  # as the patched train_v2.py
-        from ..arcface import build_hooks
+        from ..integration.arcface_torch.build import build_hooks
         distill_hooks = build_hooks(cfg, backbone=backbone, partial_fc=module_partial_fc, optimizer=opt,
                                     rank=rank, world_size=world_size, local_rank=rank, model_factory=get_model)
 
@@ -193,7 +193,7 @@ def run_host(cfg: Any, rank: int, world_size: int) -> int:
 def train_process(rank: int, world_size: int, recipe: str, init_method: str,
                   overrides: Optional[dict] = None) -> None:
     """Entry point of one host process: init gloo, load the recipe (plus ``overrides``), train, clean up."""
-    from ..recipe import load_recipe
+    from ..distill.recipe import load_recipe
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
     try:
         cfg = load_recipe(recipe)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from insightface_pwr.cli import main
-from insightface_pwr.data.embedding_models import embed_images, load_embedding_model
+from insightface_pwr.eval.embedding_models import embed_images, load_embedding_model
 from insightface_pwr.data.verification_bin import decode_bin_images, load_bin
 
 
@@ -92,7 +92,7 @@ def test_eval_cli_arcface_checkpoint(shared, tmp_path, capsys):
                "--limit-pairs", "20", "--json", "--no-progress"])
     assert rc == 0
     [r] = json.loads(capsys.readouterr().out)
-    from insightface_pwr.data.verification_metrics import evaluate_verification
+    from insightface_pwr.eval.verification_metrics import evaluate_verification
     b = load_bin(shared / "data" / "lfw" / "lfw_dev.bin")
     b.images, b.issame = b.images[:40], b.issame[:20]
     x = decode_bin_images(b).float()

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from insightface_pwr.data.identification_metrics import mate_ranks, rank_k_accuracy
+from insightface_pwr.eval.identification_metrics import mate_ranks, rank_k_accuracy
 
 
 def brute_ranks(p, plab, g, glab, d, self_gallery, distractors_only):

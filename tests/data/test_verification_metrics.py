@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from insightface_pwr.data.verification_metrics import (evaluate_verification, flip_sum, fold_slices, kfold_accuracy,
+from insightface_pwr.eval.verification_metrics import (evaluate_verification, flip_sum, fold_slices, kfold_accuracy,
                                                        pair_distances, roc_auc, tpr_at_fpr)
 
 

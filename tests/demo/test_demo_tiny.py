@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from insightface_pwr.cli import main
-from insightface_pwr.data.embedding_models import TorchEmbeddingModel, embed_images
+from insightface_pwr.eval.embedding_models import TorchEmbeddingModel, embed_images
 from insightface_pwr.data.verification_bin import decode_bin_images, load_bin
 from insightface_pwr.demo.pipeline import prepare_real
 from insightface_pwr.host.data import steps_per_epoch
-from insightface_pwr.recipe import load_recipe
+from insightface_pwr.distill.recipe import load_recipe
 
 def test_demo_tiny_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
@@ -38,7 +38,7 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
     assert base.keys() == pwr.keys() and any(not torch.equal(base[k], pwr[k]) for k in base)
 
     # the table's verification accuracy of the student, recomputed here by hand from its model.pt
-    from insightface_pwr.host.backbones import get_model
+    from insightface_pwr.models.backbones import get_model
     net = get_model("tiny_cnn", num_features=128)
     net.load_state_dict(base)
     vbin = load_bin(out / "data" / "synthetic_faces.bin")

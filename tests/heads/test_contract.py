@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from insightface_pwr.heads.base import debug_checks
-from insightface_pwr.registry import create_head, get_head_spec, list_heads
+from insightface_pwr.heads.registry import create_head, get_head_spec, list_heads
 
 N, D = 6, 5
 

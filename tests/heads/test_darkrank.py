@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from insightface_pwr.heads.darkrank import DarkRankLoss
-from insightface_pwr.registry import create_head
+from insightface_pwr.heads.registry import create_head
 
 from loop_reference import assert_attached_zero, assert_matches_reference, dot, random_batch, rows
 

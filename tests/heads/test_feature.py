@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from insightface_pwr.heads.feature import FeatureConsistencyLoss
-from insightface_pwr.registry import create_head
+from insightface_pwr.heads.registry import create_head
 
 from loop_reference import assert_matches_reference, random_batch
 

@@ -32,7 +32,7 @@ import pytest
 import torch
 
 import insightface_pwr
-from insightface_pwr.registry import create_head, get_head_spec
+from insightface_pwr.heads.registry import create_head, get_head_spec
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
 GOLDEN = GOLDEN_DIR / "heads_golden.json"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from insightface_pwr.heads.hkd import HintonKDLoss, kl_from_log_probs
-from insightface_pwr.registry import create_head
+from insightface_pwr.heads.registry import create_head
 
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-6)}
 

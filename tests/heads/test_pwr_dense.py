@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from insightface_pwr.heads.pwr import PairwiseRankingLoss, pwr_loss_dense
-from insightface_pwr.registry import create_head
+from insightface_pwr.heads.registry import create_head
 
 from loop_reference import assert_attached_zero, random_batch
 

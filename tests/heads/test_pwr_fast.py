@@ -13,7 +13,7 @@ import torch
 from insightface_pwr.heads.pwr import pwr_loss_dense
 from insightface_pwr.heads.pwr_fast import (MAX_FAST_POWER, is_decomposable, pair_count, pwr_loss,
                                             pwr_sum_and_grad_fast, resolve_method)
-from insightface_pwr.registry import create_head
+from insightface_pwr.heads.registry import create_head
 
 RTOL = 1e-6
 FAST = [("diff", 1.0, 1.0), ("power", 2.0, 1.0), ("power", 3.0, 1.0), ("exp", 1.0, 1.0), ("exp", 1.0, 2.5)]

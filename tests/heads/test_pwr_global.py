@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from insightface_pwr.registry import create_head
+from insightface_pwr.heads.registry import create_head
 
 WORLD = 2
 N_PER_RANK = 12

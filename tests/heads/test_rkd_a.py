@@ -6,7 +6,7 @@ import torch
 
 from insightface_pwr.heads.rkd_a import RKDAngleLoss
 from insightface_pwr.heads.rkd_da import RKDDistanceAngleLoss
-from insightface_pwr.registry import create_head
+from insightface_pwr.heads.registry import create_head
 
 from loop_reference import assert_attached_zero, assert_matches_reference, dot, huber, random_batch, rows
 

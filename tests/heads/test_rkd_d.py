@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from insightface_pwr.heads.rkd_d import RKDDistanceLoss
-from insightface_pwr.registry import create_head
+from insightface_pwr.heads.registry import create_head
 
 from loop_reference import assert_attached_zero, assert_matches_reference, dot, huber, random_batch, rows
 

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import torch
 
-from insightface_pwr.arcface import shard_range
-from insightface_pwr.host.backbones import get_model
+from insightface_pwr.integration.arcface_torch.build import shard_range
+from insightface_pwr.models.backbones import get_model
 
 
 def write_teacher(folder: Path, shards: int, seed: int, num_classes: int = 10, dim: int = 8) -> torch.Tensor:

@@ -7,7 +7,7 @@ import pytest
 from easydict import EasyDict as edict
 
 from insightface_pwr.host.train import run_host
-from insightface_pwr.recipe import apply_defaults, validate_recipe
+from insightface_pwr.distill.recipe import apply_defaults, validate_recipe
 
 from gloo_helpers import run_gloo_processes
 
@@ -27,7 +27,7 @@ def _cfg(root, name, schedule):
 
 
 def _worker(rank, world, root):
-    import insightface_pwr.arcface as arcface
+    import insightface_pwr.integration.arcface_torch.build as arcface
     built = []
     build = arcface.build_hooks
 

@@ -109,7 +109,7 @@ def test_sigkill_after_steps_then_resume_through_the_cli(reference):
     root, ref = reference
     recipe = _recipe(root, "killed")
     env = dict(os.environ, INSIGHTFACE_PWR_FAULT="kill_after_step:5", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "insightface_pwr.host", recipe, "--nproc", "2"], env=env,
+    proc = subprocess.run([sys.executable, "-m", "insightface_pwr", "train", recipe, "--nproc", "2"], env=env,
                           capture_output=True, text=True, timeout=300, start_new_session=True)
     assert proc.returncode != 0, proc.stderr[-3000:]
     assert sorted(_losses(root / "killed")) == [1, 2, 3, 4, 5]

@@ -11,10 +11,10 @@ import torch
 from easydict import EasyDict as edict
 
 from insightface_pwr import create_head, get_head_spec
-from insightface_pwr.arcface import shard_range
-from insightface_pwr.hooks import DistillHooks
+from insightface_pwr.integration.arcface_torch.build import shard_range
+from insightface_pwr.distill.hooks import DistillHooks
 from insightface_pwr.host.train import run_host
-from insightface_pwr.recipe import apply_defaults, validate_recipe
+from insightface_pwr.distill.recipe import apply_defaults, validate_recipe
 
 from gloo_helpers import run_gloo_processes
 from teacher_files import write_teacher
@@ -86,7 +86,7 @@ def _worker(rank, world, root):
     DistillHooks.step = checked_step
     for case in CASES:
         cfg = _cfg(root, case, world)
-        import insightface_pwr.arcface as arcface
+        import insightface_pwr.integration.arcface_torch.build as arcface
         built = {}
         build = arcface.build_hooks
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .build import build_recordio
+from ..data.build import build_recordio
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

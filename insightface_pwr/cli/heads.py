@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .registry import get_head_spec, list_heads
+from ..heads.registry import get_head_spec, list_heads
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -36,15 +36,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..infra.errors import UserError
 from .batch_keys import BATCH_KEYS, BatchKeys
-from .infra import faults
-from .infra.atomic import atomic_write_json
-from .infra.progress import progress_bar
+from ..infra import faults
+from ..infra.atomic import atomic_write_json
+from ..infra.progress import progress_bar
 
 __all__ = ["CACHE_FORMAT", "CacheError", "TeacherCache", "CachedTeacher", "build_cache", "sha256_file",
            "recordio_fingerprint", "image_records", "TRAIN_MEAN", "TRAIN_STD", "open_cached_teacher"]
 
-CACHE_FORMAT = "insightface_pwr.teacher_cache/1"
+CACHE_FORMAT = "insightface_pwr.distill.teacher_cache/1"
 TRAIN_MEAN = 127.5
 TRAIN_STD = 127.5
 _WINDOW_EDGE = 1 << 20
@@ -54,7 +55,7 @@ FLIP_MODES = {"both": (False, True), "none": (False,)}
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-class CacheError(ValueError):
+class CacheError(UserError, ValueError):
     """A teacher cache is missing, incomplete, or belongs to another teacher or RecordIO set."""
 
 
@@ -118,7 +119,7 @@ class image_records:  # noqa: N801  (used like a function: image_records(rec_dir
     tensor (3 x H x W float32, ``(pixel - 127.5) / 127.5``), mirrored when ``flip`` (as the random flip does)."""
 
     def __init__(self, rec_dir: PathLike) -> None:
-        from .data.dataset import FaceDataset
+        from ..data.dataset import FaceDataset
         _rec_paths(rec_dir)
         self.dataset = FaceDataset(rec_dir, random_flip=False, return_meta=False, mean=TRAIN_MEAN, std=TRAIN_STD)
         self.path = str(self.dataset.rec_path)
@@ -148,7 +149,7 @@ def build_cache(teacher: Callable[[torch.Tensor], torch.Tensor], teacher_info: D
                 log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Dict[str, Any]:
     """Compute (or finish) the cache of ``teacher`` over the images of ``rec_dir``; returns the metadata.
 
-    ``teacher(images N x 3 x H x W on device) -> N x D`` (a frozen teacher of :mod:`insightface_pwr.teachers`);
+    ``teacher(images N x 3 x H x W on device) -> N x D`` (a frozen teacher of :mod:`insightface_pwr.distill.teachers`);
     ``teacher_info``: ``{"path", "sha256", "format", "network"}`` of its file. An existing ``out`` with the same
     teacher, RecordIO set and settings is resumed (or returned as is when complete); with other ones it is
     refused unless ``overwrite``."""
@@ -340,10 +341,10 @@ class TeacherCache:
 
 
 class CachedTeacher:
-    """A teacher callable for :class:`~insightface_pwr.hooks.DistillHooks` that looks embeddings up.
+    """A teacher callable for :class:`~insightface_pwr.distill.hooks.DistillHooks` that looks embeddings up.
 
     ``__call__(images)`` takes the record keys and flip flags the loader published for ``images`` (see
-    :mod:`insightface_pwr.batch_keys`) and returns their cached embeddings, float32 on the images' device."""
+    :mod:`insightface_pwr.distill.batch_keys`) and returns their cached embeddings, float32 on the images' device."""
 
     kind = "cache"
 

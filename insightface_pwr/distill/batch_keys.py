@@ -22,10 +22,11 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..infra.errors import UserError
 __all__ = ["BatchKeys", "BATCH_KEYS", "BatchKeysError"]
 
 
-class BatchKeysError(RuntimeError):
+class BatchKeysError(UserError, RuntimeError):
     """The step's images did not come with published record keys."""
 
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .infra.atomic import atomic_write_bytes, fsync_dir
+from ...infra.errors import UserError
+from ...infra.atomic import atomic_write_bytes, fsync_dir
 
 PINNED = "deepinsight/insightface@0159b24d44cbc91abbd07b7a6fab0ba923a7fddf (recognition/arcface_torch)"
 SERIES_FILE = "series"
@@ -37,11 +38,11 @@ _NO_NEWLINE = b"\\ No newline at end of file"
 _GIT_HEADERS = (b"diff ", b"index ", b"new file mode ", b"old mode ", b"new mode ")  # `git diff` file headers
 
 
-class PatchFileError(ValueError):
+class PatchFileError(UserError, ValueError):
     """A patch, series or manifest file is malformed (names the file and line)."""
 
 
-class PatchRefused(RuntimeError):
+class PatchRefused(UserError, RuntimeError):
     """The target is not in the state the requested action needs; nothing was written."""
 
 
@@ -229,7 +230,7 @@ def default_patches_dir() -> Path:
     env = os.environ.get("INSIGHTFACE_PWR_PATCHES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "patches"
+    return Path(__file__).resolve().parents[3] / "patches"
 
 
 # --------------------------------------------------------------------------------------------- applying hunks

@@ -32,14 +32,15 @@ import torch.nn.functional as F
 from torch import distributed as dist
 from torch import nn
 
-from .checkpoint import safe_load
-from .distributed import all_gather_no_grad
-from .hooks import DistillHooks, HeadTerm
-from .lr_schedules import PolynomialWarmupLR, StepEpochLR
-from .recipe import RecipeError, combined_loss_formula, lr_schedule_of, validate_distill
-from .registry import create_head, get_head_spec
-from .sharded_kd import sharded_hkd
-from .teachers import TeacherError, extract_backbone_state, load_teacher, load_weights_strict
+from ...infra.errors import UserError
+from ...distill.checkpoint import safe_load
+from ...distill.collectives import all_gather_no_grad
+from ...distill.hooks import DistillHooks, HeadTerm
+from ...distill.lr_schedules import PolynomialWarmupLR, StepEpochLR
+from ...distill.recipe import RecipeError, combined_loss_formula, lr_schedule_of, validate_distill
+from ...heads.registry import create_head, get_head_spec
+from ...distill.sharded_kd import sharded_hkd
+from ...distill.teachers import TeacherError, extract_backbone_state, load_teacher, load_weights_strict
 
 __all__ = ["build_hooks", "shard_range", "find_classifier_shards", "load_classifier_rows", "PartialFCLogits",
            "ClassifierError"]
@@ -48,7 +49,7 @@ logger = logging.getLogger("insightface_pwr")
 _SHARD_NAME = re.compile(r"^checkpoint_gpu_(\d+)\.pt$")
 
 
-class ClassifierError(ValueError):
+class ClassifierError(UserError, ValueError):
     """The teacher's classifier shards are missing, inconsistent or do not add up to ``num_classes``."""
 
 
@@ -267,8 +268,8 @@ def build_hooks(cfg: Any, backbone: nn.Module, partial_fc: nn.Module, optimizer:
     spec = dict(d.teacher)
     if spec["embedding_size"] is None:  # a state_dict teacher is built at the student's size unless told otherwise
         spec["embedding_size"] = cfg.embedding_size
-    if d.teacher.cache is not None:  # look embeddings up by record key (insightface_pwr.teacher_cache)
-        from .teacher_cache import open_cached_teacher
+    if d.teacher.cache is not None:  # look embeddings up by record key (insightface_pwr.distill.teacher_cache)
+        from ...distill.teacher_cache import open_cached_teacher
         teacher = open_cached_teacher(d.teacher, cfg.get("rec"))
     else:
         teacher = load_teacher(spec, factory, device)
@@ -362,7 +363,7 @@ class _DeviceLoader(torch.utils.data.DataLoader):
         self.device = device
 
     def __iter__(self):
-        from .batch_keys import BATCH_KEYS
+        from ...distill.batch_keys import BATCH_KEYS
         for batch in super().__iter__():
             moved = [t.to(self.device, non_blocking=True) for t in batch[:2]]
             if len(batch) == 4:  # (image, label, key, flipped): publish the keys for a teacher cache (batch_keys)
@@ -375,10 +376,10 @@ def _face_loader(cfg: Any, root_dir: str, local_rank: int, batch_size: int, seed
     from functools import partial
     from utils.utils_distributed_sampler import DistributedSampler, get_dist_info, worker_init_fn  # upstream's
     if root_dir == "synthetic":
-        from .host.data import SyntheticFaces
+        from ...host.data import SyntheticFaces
         dataset = SyntheticFaces(cfg.num_image, cfg.num_classes, (112, 112), cfg.seed)
     else:
-        from .data.dataset import FaceDataset
+        from ...data.dataset import FaceDataset
         dataset = FaceDataset(root_dir, random_flip=True, return_meta=True)  # upstream's flip, + record keys
     rank, world_size = get_dist_info()
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
@@ -395,7 +396,7 @@ class _BinVerification:
 
     def __init__(self, val_targets: Sequence[str], rec_prefix: str, summary_writer: Any = None,
                  image_size: Tuple[int, int] = (112, 112), wandb_logger: Any = None) -> None:
-        from .data.verification_bin import decode_bin_images, load_bin
+        from ...data.verification_bin import decode_bin_images, load_bin
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.summary_writer, self.wandb_logger = summary_writer, wandb_logger
         self.sets: List[Tuple[str, torch.Tensor, Any]] = []
@@ -414,8 +415,8 @@ class _BinVerification:
         if self.rank != 0 or num_update <= 0:
             return
         import numpy as np
-        from .data.embedding_models import TorchEmbeddingModel, embed_images
-        from .data.verification_metrics import evaluate_verification
+        from ...eval.embedding_models import TorchEmbeddingModel, embed_images
+        from ...eval.verification_metrics import evaluate_verification
         module = _unwrap(backbone)
         model = TorchEmbeddingModel(module, 127.5, 127.5, next(module.parameters()).device)  # sets eval()
         try:

@@ -1,6 +1,6 @@
 """``insightface-pwr check RECIPE``: load and validate a recipe without a GPU, data or teacher files.
 
-It runs the recipe through the same :func:`~insightface_pwr.recipe.load_recipe` that training uses (so the same
+It runs the recipe through the same :func:`~insightface_pwr.distill.recipe.load_recipe` that training uses (so the same
 structural checks: unknown keys, wrong types, head parameters, a classifier for HKD), then prints the effective
 configuration (arcface_torch's defaults + the recipe, every head parameter filled in) and the combined loss as a
 formula. Paths (rec, teacher weights, student_init) are NOT opened: a recipe for a cluster checks on a laptop.
@@ -12,8 +12,8 @@ import argparse
 import sys
 from typing import Any, Dict, List
 
-from .recipe import RecipeError, _margin_name, combined_loss_formula, load_recipe
-from .registry import get_head_spec
+from ..distill.recipe import RecipeError, _margin_name, combined_loss_formula, load_recipe
+from ..heads.registry import get_head_spec
 
 __all__ = ["add_arguments", "run", "effective_lines", "loss_formula"]
 

@@ -1,4 +1,4 @@
-"""``insightface-pwr demo``: the paper's comparison at laptop scale, with no data and no GPU, in minutes.
+"""The demo's steps (``insightface-pwr demo``, :mod:`insightface_pwr.cli.demo`): the paper's comparison at laptop scale, with no data and no GPU, in minutes.
 
 It generates a synthetic face-like identity set as InsightFace RecordIO (or uses ``--data DIR``), trains a teacher,
 a baseline student, a control (the baseline trained further with CosFace alone) and the PWR-Exp (teacher-diff) and
@@ -8,39 +8,13 @@ Table-1-like comparison (also ``OUT/table.md``, ``OUT/table.png``, ``OUT/results
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
-import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-__all__ = ["add_arguments", "run", "run_demo"]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default=None, help="keep everything (data, recipes, models) in this folder "
-                                                    "(default: a temporary folder, removed at the end)")
-    parser.add_argument("--report-dir", default="insightface_pwr_demo",
-                        help="without --out, where the table (.md, .png) and results.json are saved "
-                             "(default ./insightface_pwr_demo)")
-    parser.add_argument("--data", default=None, help="a real InsightFace RecordIO folder (train.rec, train.idx, "
-                                                     "property) instead of the synthetic faces")
-    parser.add_argument("--bin", action="append", default=[], dest="bins", metavar="PATH",
-                        help="verification .bin for --data (default: the *.bin in and beside the folder)")
-    parser.add_argument("--size", choices=("full", "tiny"), default="full",
-                        help="full: the demo (5-8 minutes measured on 2 busy cores); tiny: a smoke run of every step "
-                             "(seconds)")
-    parser.add_argument("--nproc", type=int, default=2,
-                        help="training processes (gloo, 1 thread each by default; default 2: a 2-core laptop)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads per training process (default 1: more threads than free cores can be 10x "
-                             "slower)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic population (default 0)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+__all__ = ["run_demo"]
 
 
 def run_demo(out: Path, size: str = "full", data: Optional[str] = None, bins: Optional[List[str]] = None,
@@ -90,30 +64,3 @@ def run_demo(out: Path, size: str = "full", data: Optional[str] = None, bins: Op
         f"identities against all others. Wall time {total_s:.0f} s ({nproc} process(es) x {threads} "
         f"thread(s)).")
     return {"rows": rows, "meta": meta, "paths": paths}
-
-
-def run(args: argparse.Namespace) -> int:
-    keep = args.out is not None
-    out = Path(args.out) if keep else Path(tempfile.mkdtemp(prefix="insightface_pwr_demo_"))
-    try:
-        result = run_demo(out, args.size, args.data, args.bins, args.threads, args.seed, not args.no_progress,
-                          args.nproc)
-        if keep:
-            print(f"saved: {', '.join(str(p) for p in result['paths'].values())}; models in {out / 'runs'}")
-        else:
-            report = Path(args.report_dir)
-            report.mkdir(parents=True, exist_ok=True)
-            for p in result["paths"].values():
-                shutil.copyfile(p, report / p.name)
-            print(f"saved: {', '.join(str(report / p.name) for p in result['paths'].values())} "
-                  f"(--out DIR keeps the data and the models too)")
-    finally:
-        if not keep:
-            shutil.rmtree(out, ignore_errors=True)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    parser = argparse.ArgumentParser(prog="python -m insightface_pwr.demo.cli")
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))

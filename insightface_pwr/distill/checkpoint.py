@@ -22,14 +22,15 @@ from typing import Any, List, Union
 
 import torch
 
-from .infra.atomic import AtomicFile, fsync_dir
+from ..infra.errors import UserError
+from ..infra.atomic import AtomicFile, fsync_dir
 
 __all__ = ["atomic_save", "save_rotating", "load_candidates", "safe_load", "previous_path", "CheckpointError"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, unreadable or does not hold what was expected."""
 
 

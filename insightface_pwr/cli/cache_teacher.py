@@ -4,7 +4,7 @@
 
 writes ``OUT`` (float16 ``.npy``, records x flips x D) and ``OUT.json`` (metadata and progress); re-running the
 same command after an interruption resumes it. Train with ``config.distill.teacher.cache = OUT`` (and the same
-``weights``). See :mod:`insightface_pwr.teacher_cache`.
+``weights``). See :mod:`insightface_pwr.distill.teacher_cache`.
 """
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .teacher_cache import build_cache, sha256_file
-    from .teachers import detect_format, load_teacher
+    from ..distill.teacher_cache import build_cache, sha256_file
+    from ..distill.teachers import detect_format, load_teacher
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
     fmt = detect_format(path) if args.format == "auto" else args.format
     factory = None
     if fmt == "state_dict":
-        from .arcface import _upstream_get_model
-        from .host.backbones import get_model as host_get_model
+        from ..integration.arcface_torch.build import _upstream_get_model
+        from ..models.backbones import get_model as host_get_model
         factory = _upstream_get_model() or host_get_model
     teacher = load_teacher({"weights": str(path), "format": fmt, "network": args.network,
                             "embedding_size": args.embedding_size, "fp16": False}, factory, device)

@@ -4,7 +4,7 @@ An :class:`EmbeddingModel` maps a batch of ``N x 3 x H x W`` uint8 RGB images to
 applying ``(pixel - input_mean) / input_std`` first (arcface_torch's convention is mean = std = 127.5; the
 InsightFace model zoo's recognition models, e.g. buffalo_l's ``w600k_r50.onnx``, use the same; some older models
 use std 128). :func:`embed_images` runs it in batches with a progress bar. arcface_torch checkpoints need the
-network code, so they are loaded by :mod:`insightface_pwr.evaluate`, not here.
+network code, so they are loaded by :mod:`insightface_pwr.eval.evaluate`, not here.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import patching
+from ..integration.arcface_torch import patching
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,13 +21,14 @@ from typing import Any, Callable, Dict, Mapping, Optional
 import torch
 from torch import nn
 
+from ..infra.errors import UserError
 from .checkpoint import CheckpointError, safe_load
 
 __all__ = ["Teacher", "ModuleTeacher", "OnnxTeacher", "load_teacher", "detect_format", "load_weights_strict",
            "TeacherError", "extract_backbone_state"]
 
 
-class TeacherError(ValueError):
+class TeacherError(UserError, ValueError):
     """The teacher (or student_init) file is missing or does not fit the network."""
 
 

@@ -1,0 +1,1 @@
+"""integration/arcface_torch"""
