@@ -49,7 +49,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..registry import register_head
+from .registry import register_head
 from .base import EmbeddingHead, debug_checks_enabled
 from .common import at_least_float32, check_choice, check_int, check_positive
 

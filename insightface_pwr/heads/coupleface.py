@@ -36,7 +36,7 @@ import math
 
 import torch
 
-from ..registry import register_head
+from .registry import register_head
 from .base import EmbeddingHead
 from .common import at_least_float32, check_int, l2_normalize_mx
 

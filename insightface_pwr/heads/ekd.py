@@ -57,7 +57,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from ..registry import register_head
+from .registry import register_head
 from .base import EmbeddingHead, debug_checks_enabled, zero_loss
 from .common import at_least_float32, check_int, check_positive
 from .relations import upper_indices

@@ -9,7 +9,7 @@ import torch
 
 from insightface_pwr.heads.adadistill import adadistill_alpha, adadistill_update
 from insightface_pwr.heads.base import debug_checks
-from insightface_pwr.registry import create_head
+from insightface_pwr.heads.registry import create_head
 
 from test_ekd import assert_no_host_sync
 

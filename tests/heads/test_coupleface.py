@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from insightface_pwr.registry import create_head, get_head_spec
+from insightface_pwr.heads.registry import create_head, get_head_spec
 
 from test_ekd import assert_no_host_sync
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from insightface_pwr.heads.base import debug_checks
-from insightface_pwr.registry import create_head
+from insightface_pwr.heads.registry import create_head
 
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=2e-4, atol=2e-6)}
 DEFAULT_ANCHORS = (10, 100, 1000, 10000, 100000, 1000000)

@@ -22,7 +22,7 @@ from typing import Any, Dict
 import pytest
 import torch
 
-from insightface_pwr.registry import create_head
+from insightface_pwr.heads.registry import create_head
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
 GOLDEN = GOLDEN_DIR / "fr_golden.json"
