@@ -35,7 +35,7 @@ from easydict import EasyDict as edict
 from torch import distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from insightface_pwr.integration.arcface_torch.build import build_hooks  # noqa: E402
+from insightface_pwr.integration.arcface_torch import build_hooks  # noqa: E402
 from insightface_pwr.distill.batch_keys import BATCH_KEYS  # noqa: E402
 from insightface_pwr.data.paths import shared_dir  # noqa: E402
 from insightface_pwr.data.recordio import IRHeader, MXIndexedRecordIO, pack, unpack  # noqa: E402

@@ -9,8 +9,9 @@ from easydict import EasyDict as edict
 
 from host.gloo_helpers import run_gloo_processes
 from insightface_pwr import create_head
-from insightface_pwr.integration.arcface_torch.build import (ClassifierError, PartialFCLogits, build_hooks, load_classifier_rows,
-                                     shard_range)
+from insightface_pwr.distill.sharding import shard_range
+from insightface_pwr.integration.arcface_torch.build import build_hooks
+from insightface_pwr.integration.arcface_torch.classifier import ClassifierError, PartialFCLogits, load_classifier_rows
 from insightface_pwr.models.backbones import get_model
 from insightface_pwr.host.partial_fc import MarginSoftmax, PartialFC
 from insightface_pwr.distill.recipe import RecipeError, apply_defaults

@@ -16,7 +16,7 @@ import pytest
 import torch
 from easydict import EasyDict as edict
 
-from insightface_pwr.integration.arcface_torch.build import data_layer
+from insightface_pwr.integration.arcface_torch import data_layer
 from insightface_pwr.eval.verification_metrics import evaluate_verification
 from insightface_pwr.distill.recipe import RecipeError
 

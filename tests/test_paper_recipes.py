@@ -87,7 +87,7 @@ def test_lr_schedule_values_over_13_epochs(name):
     """0.1 divided by 10 every 2 epochs, per epoch, through the hooks the trainer builds from the recipe (the
     distill section is dropped for pwr_exp.py: its teacher files do not exist here; the schedule is the same key)."""
     import torch
-    from insightface_pwr.integration.arcface_torch.build import build_hooks
+    from insightface_pwr.integration.arcface_torch import build_hooks
     from insightface_pwr.distill.lr_schedules import PolynomialWarmupLR, StepEpochLR
     cfg = load_recipe(RECIPES / name)
     cfg.pop("distill", None)

@@ -224,7 +224,7 @@ def test_cli_writes_the_cache(kit, capsys):
 
 # ------------------------------------------------------------------------------------------------ the hooks path
 def _hooks(tmp_path, teacher, cache=None):
-    from insightface_pwr.integration.arcface_torch.build import build_hooks
+    from insightface_pwr.integration.arcface_torch import build_hooks
     from insightface_pwr.models.backbones import get_model
     from insightface_pwr.host.partial_fc import MarginSoftmax, PartialFC
     torch.manual_seed(0)
@@ -338,7 +338,7 @@ def test_upstream_opt_in_loader_publishes_keys_and_flips(kit, monkeypatch):
     tmp_path, images, teacher = kit
     skip_without_mirror("(the loader uses upstream's sampler)")
     prefer_upstream_utils(monkeypatch, extract_upstream(tmp_path / "up", only="utils"))
-    from insightface_pwr.integration.arcface_torch.build import data_layer
+    from insightface_pwr.integration.arcface_torch import data_layer
     from insightface_pwr.distill.batch_keys import BATCH_KEYS
     make(tmp_path, teacher)
     get_dataloader, _ = data_layer(edict(data_backend="insightface_pwr", num_image=20, num_classes=3, seed=7))

@@ -58,9 +58,8 @@ def run(args: argparse.Namespace) -> int:
     fmt = detect_format(path) if args.format == "auto" else args.format
     factory = None
     if fmt == "state_dict":
-        from ..integration.arcface_torch.build import _upstream_get_model
-        from ..models.backbones import get_model as host_get_model
-        factory = _upstream_get_model() or host_get_model
+        from ..integration.arcface_torch.upstream import model_factory
+        factory = model_factory()
     teacher = load_teacher({"weights": str(path), "format": fmt, "network": args.network,
                             "embedding_size": args.embedding_size, "fp16": False}, factory, device)
     info = {"path": str(path), "sha256": sha256_file(path), "format": fmt, "network": args.network}

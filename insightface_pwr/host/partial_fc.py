@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import distributed as dist
 from torch import nn
 
+from ..distill.sharding import shard_range
 from ..distill.collectives import all_gather_no_grad, all_gather_with_grad, world_info
 
 __all__ = ["MarginSoftmax", "PartialFC", "DistCrossEntropyFunction"]
@@ -95,8 +96,7 @@ class PartialFC(nn.Module):
         super().__init__()
         self.rank, self.world_size = world_info()
         self.embedding_size, self.num_classes, self.sample_rate = embedding_size, num_classes, float(sample_rate)
-        self.num_local = num_classes // self.world_size + int(self.rank < num_classes % self.world_size)
-        self.class_start = num_classes // self.world_size * self.rank + min(self.rank, num_classes % self.world_size)
+        self.class_start, self.num_local = shard_range(num_classes, self.world_size, self.rank)
         self.num_sample = int(self.sample_rate * self.num_local)
         self.weight = nn.Parameter(torch.normal(0, 0.01, (self.num_local, embedding_size)))
         self.margin_softmax = margin_loss

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import torch
 
-from insightface_pwr.integration.arcface_torch.build import shard_range
+from insightface_pwr.distill.sharding import shard_range
 from insightface_pwr.models.backbones import get_model
 
 

@@ -11,7 +11,7 @@ import torch
 from easydict import EasyDict as edict
 
 from insightface_pwr import create_head, get_head_spec
-from insightface_pwr.integration.arcface_torch.build import shard_range
+from insightface_pwr.distill.sharding import shard_range
 from insightface_pwr.distill.hooks import DistillHooks
 from insightface_pwr.host.train import run_host
 from insightface_pwr.distill.recipe import apply_defaults, validate_recipe
