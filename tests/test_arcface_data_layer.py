@@ -20,7 +20,7 @@ from insightface_pwr.integration.arcface_torch import data_layer
 from insightface_pwr.eval.verification_metrics import evaluate_verification
 from insightface_pwr.distill.recipe import RecipeError
 
-from upstream_helpers import extract_upstream, forget_upstream_utils, prefer_upstream_utils, skip_without_mirror
+from upstream_helpers import extract_upstream, forget_upstream_utils, prefer_upstream_utils, require_upstream_snapshot
 
 
 def _png(a: np.ndarray) -> bytes:
@@ -106,7 +106,7 @@ def test_verification_callback_names_a_missing_bin(tmp_path):
 
 @pytest.fixture(scope="module")
 def upstream_utils(tmp_path_factory):
-    skip_without_mirror("(the loader uses upstream's sampler)")
+    require_upstream_snapshot("(the loader uses upstream's sampler)")
     return extract_upstream(tmp_path_factory.mktemp("upstream"), only="utils")
 
 

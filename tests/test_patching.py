@@ -3,7 +3,7 @@
 Two kinds of target:
 - a FIXTURE built from the patches' own pre-image hunks (each hunk's context and removed lines placed at its header's
   line numbers, filler lines between them), with a manifest of the fixture's sha256: runs everywhere (CI);
-- the REAL pinned upstream extracted from the git mirror (skipped, with the reason, when the mirror is absent).
+- the REAL pinned upstream, copied from the shared kit's pristine snapshot (a missing snapshot fails, never skips).
 The expected post-image is built here by placing each hunk's post lines the same way, independently of the code
 under test.
 """
@@ -28,7 +28,7 @@ import torch
 from insightface_pwr.integration.arcface_torch import patching
 from insightface_pwr.cli import main as cli_main
 
-from upstream_helpers import cpu_runner, extract_upstream, patched_copy, run_cpu_runner, skip_without_mirror
+from upstream_helpers import cpu_runner, extract_upstream, patched_copy, run_cpu_runner, require_upstream_snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 PATCHES = REPO / "patches"
@@ -280,8 +280,8 @@ def test_new_train_py_runs_train_v2_as_the_main_script(fixture_tree, tmp_path):
 # --------------------------------------------------------------------------- on the real pinned upstream
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory) -> Path:
-    """The pristine pinned arcface_torch folder, extracted from the git mirror (read it, copy it, never modify)."""
-    skip_without_mirror("(set INSIGHTFACE_PWR_UPSTREAM_MIRROR): these tests need the real arcface_torch files; the "
+    """The pristine pinned arcface_torch folder, copied from the shared snapshot (read it, copy it, never modify)."""
+    require_upstream_snapshot("(set INSIGHTFACE_PWR_UPSTREAM_MIRROR): these tests need the real arcface_torch files; the "
                         "fixture tests cover check/apply/refuse/revert")
     return extract_upstream(tmp_path_factory.mktemp("upstream"))
 

@@ -334,9 +334,9 @@ def test_host_trains_from_the_cache_as_from_the_live_teacher(tmp_path, world):
 def test_upstream_opt_in_loader_publishes_keys_and_flips(kit, monkeypatch):
     """``data_backend = 'insightface_pwr'``: the loader's batches come with their record keys and flip flags, and the
     published images are exactly the training transform of those records (checked against the hand-written one)."""
-    from upstream_helpers import extract_upstream, forget_upstream_utils, prefer_upstream_utils, skip_without_mirror
+    from upstream_helpers import extract_upstream, forget_upstream_utils, prefer_upstream_utils, require_upstream_snapshot
     tmp_path, images, teacher = kit
-    skip_without_mirror("(the loader uses upstream's sampler)")
+    require_upstream_snapshot("(the loader uses upstream's sampler)")
     prefer_upstream_utils(monkeypatch, extract_upstream(tmp_path / "up", only="utils"))
     from insightface_pwr.integration.arcface_torch import data_layer
     from insightface_pwr.distill.batch_keys import BATCH_KEYS

@@ -10,7 +10,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 from test_teacher_cache import make, write_rec, write_teacher  # noqa: E402
 from upstream_helpers import (cpu_runner, extract_upstream, patched_copy, run_cpu_runner,  # noqa: E402
-                              skip_without_mirror)
+                              require_upstream_snapshot)
 
 # on top of upstream_helpers' CPU stand-ins (1 thread)
 _RUNNER = cpu_runner(r'''
@@ -64,7 +64,7 @@ config.distill = edict(teacher=edict(weights="teacher.pt", cache={cache!r}, inpu
 
 
 def test_patched_train_v2_trains_from_the_cache(tmp_path):
-    skip_without_mirror()
+    require_upstream_snapshot()
     tree = patched_copy(extract_upstream(tmp_path / "up"), tmp_path / "arcface_torch")
     write_rec(tmp_path / "rec")  # 20 records, 12 x 12
     teacher = write_teacher(tree / "teacher.pt")

@@ -1,4 +1,4 @@
-"""Shared helpers of the tests that use the REAL pinned arcface_torch (extracted from the read-only git mirror to a
+"""Shared helpers of the tests that use the REAL pinned arcface_torch (copied from the shared kit's pristine snapshot to a
 temporary folder, never into the repo): extraction, a patched copy, upstream's ``utils`` package on sys.path, and the
 CPU stand-ins under which the patched ``train.py`` / ``train_v2.py`` runs in a subprocess.
 
@@ -6,39 +6,44 @@ Imported as ``from upstream_helpers import ...`` by the test files of ``tests/``
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 
 from insightface_pwr.cli import main as cli_main
+from insightface_pwr.data.paths import shared_dir
 
 COMMIT = "0159b24d44cbc91abbd07b7a6fab0ba923a7fddf"  # the arcface_torch commit the patches are made for
 ARCFACE = "recognition/arcface_torch"
-MIRROR = Path(os.environ.get("INSIGHTFACE_PWR_UPSTREAM_MIRROR", "/work/.mirror/deepinsight+insightface/repo"))
+# the pristine snapshot of upstream at COMMIT in the shared kit ($INSIGHTFACE_PWR_SHARED, default ../shared)
+SNAPSHOT = shared_dir() / "upstream" / "arcface_torch"
 
 
-def skip_without_mirror(why: str = "") -> None:
-    """pytest.skip (naming the mirror and ``why``) when the upstream git mirror is absent."""
-    if not (MIRROR / "HEAD").exists():
-        pytest.skip(f"the upstream git mirror {MIRROR} is absent" + (f" {why}" if why else ""))
+def require_upstream_snapshot(why: str = "") -> None:
+    """FAIL (never skip: CI has the shared kit) when the pristine upstream snapshot is absent."""
+    if not (SNAPSHOT / "train_v2.py").is_file():
+        pytest.fail(f"the pristine arcface_torch snapshot {SNAPSHOT} is absent (the shared kit, "
+                    f"$INSIGHTFACE_PWR_SHARED)" + (f": {why}" if why else ""))
 
 
 def extract_upstream(root: Path, only: Optional[str] = None) -> Path:
-    """``git archive`` the pinned arcface_torch folder (or only its subfolder ``only``, e.g. "utils") from the mirror
-    into ``root``; return ``root / recognition/arcface_torch``. Call ``skip_without_mirror`` first."""
-    what = ARCFACE if only is None else f"{ARCFACE}/{only}"
-    data = subprocess.run(["git", "-C", str(MIRROR), "archive", COMMIT, what], capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(root, filter="data")
-    return root / ARCFACE
+    """Copy the pinned arcface_torch folder (or only its subfolder ``only``, e.g. "utils") from the shared snapshot
+    into ``root / recognition/arcface_torch`` (a temporary folder: the snapshot is read-only); return that path."""
+    require_upstream_snapshot()
+    dest = root / ARCFACE
+    if only is None:
+        shutil.copytree(SNAPSHOT, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        shutil.copytree(SNAPSHOT / only, dest / only, ignore=shutil.ignore_patterns("__pycache__"))
+    for p in [dest, *dest.rglob("*")]:  # the shared kit has no write bits; the copy must be patchable
+        p.chmod(p.stat().st_mode | 0o200)
+    return dest
 
 
 def patched_copy(upstream: Path, target: Path) -> Path:
