@@ -1,6 +1,6 @@
 """The host's data: a pluggable dataset and arcface_torch's sampling (DistributedSampler, drop_last).
 
-- ``cfg.rec == "synthetic"``: :class:`SyntheticFaces`, ``cfg.num_image`` images of ``cfg.image_size`` (H, W)
+- ``cfg.rec == "synthetic"``: :class:`~insightface_pwr.data.synthetic.SyntheticFaces`, ``cfg.num_image`` images of ``cfg.image_size`` (H, W)
   (host key, default 112 x 112) in ``cfg.num_classes`` classes: image i has label i % C and is its class's fixed
   random pattern plus noise, in [-1, 1] like arcface_torch's normalised images. Deterministic given ``cfg.seed``.
 - a RecordIO folder: the data layer's :class:`~insightface_pwr.data.dataset.FaceDataset` with upstream's
@@ -18,27 +18,10 @@ from typing import Any, Iterator, Tuple
 
 import torch
 
+from ..data.synthetic import SyntheticFaces
 from ..distill.batch_keys import BATCH_KEYS
 
 __all__ = ["SyntheticFaces", "build_dataset", "epoch_batches", "steps_per_epoch"]
-
-
-class SyntheticFaces(torch.utils.data.Dataset):
-    """In-memory class-conditional random images (N x 3 x H x W float32 in [-1, 1]) and int64 labels."""
-
-    def __init__(self, num_image: int, num_classes: int, image_size: Tuple[int, int], seed: int) -> None:
-        g = torch.Generator().manual_seed(int(seed))
-        h, w = image_size
-        protos = torch.rand(num_classes, 3, h, w, generator=g) * 2 - 1
-        self.labels = torch.arange(num_image) % num_classes
-        noise = torch.randn(num_image, 3, h, w, generator=g) * 0.3
-        self.images = (protos[self.labels] + noise).clamp(-1, 1)
-
-    def __len__(self) -> int:
-        return self.labels.numel()
-
-    def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i], self.labels[i]
 
 
 def build_dataset(cfg: Any) -> torch.utils.data.Dataset:

@@ -33,10 +33,20 @@ from torch import nn
 from ...distill.checkpoint import safe_load
 from ...distill.hooks import DistillHooks, HeadTerm
 from ...distill.lr_schedules import PolynomialWarmupLR, StepEpochLR
-from ...distill.recipe import RecipeError, combined_loss_formula, lr_schedule_of, validate_distill
+from ...distill.recipe import (
+    RecipeError,
+    combined_loss_formula,
+    lr_schedule_of,
+    validate_distill,
+)
 from ...distill.sharded_kd import sharded_hkd
 from ...distill.sharding import shard_range
-from ...distill.teachers import TeacherError, extract_backbone_state, load_teacher, load_weights_strict
+from ...distill.teachers import (
+    TeacherError,
+    extract_backbone_state,
+    load_teacher,
+    load_weights_strict,
+)
 from ...heads.registry import create_head, get_head_spec
 from .classifier import ClassifierError, PartialFCLogits, load_classifier_rows
 from .upstream import upstream_get_model

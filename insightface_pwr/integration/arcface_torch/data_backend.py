@@ -62,9 +62,14 @@ class _DeviceLoader(torch.utils.data.DataLoader):
 def _face_loader(cfg: Any, root_dir: str, local_rank: int, batch_size: int, seed: Optional[int],
                  num_workers: int) -> torch.utils.data.DataLoader:
     from functools import partial
-    from utils.utils_distributed_sampler import DistributedSampler, get_dist_info, worker_init_fn  # upstream's
+
+    from utils.utils_distributed_sampler import (  # upstream's
+        DistributedSampler,
+        get_dist_info,
+        worker_init_fn,
+    )
     if root_dir == "synthetic":
-        from ...host.data import SyntheticFaces
+        from ...data.synthetic import SyntheticFaces
         dataset = SyntheticFaces(cfg.num_image, cfg.num_classes, (112, 112), cfg.seed)
     else:
         from ...data.dataset import FaceDataset
@@ -103,6 +108,7 @@ class _BinVerification:
         if self.rank != 0 or num_update <= 0:
             return
         import numpy as np
+
         from ...eval.embedding_models import TorchEmbeddingModel, embed_images
         from ...eval.verification_metrics import evaluate_verification
         module = _unwrap(backbone)

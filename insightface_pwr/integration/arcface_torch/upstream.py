@@ -22,7 +22,9 @@ def upstream_get_model(root: Optional[str] = None) -> Optional[Callable[..., nn.
     else the ``backbones`` package importable from ``sys.path`` (None if there is none)."""
     if root is None:
         try:
-            from backbones import get_model  # arcface_torch's folder is the working directory of train_v2.py
+            from backbones import (
+                get_model,  # arcface_torch's folder is the working directory of train_v2.py
+            )
         except ImportError:
             return None
         return get_model
