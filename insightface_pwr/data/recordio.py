@@ -30,7 +30,6 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..infra.atomic import AtomicFile
 from .errors import DataFileError
 from .stale_temps import locked_atomic_file as _locked, remove_stale_temps
 
