@@ -32,7 +32,10 @@ def locked_atomic_file(path: PathLike, buffering: int = -1) -> Tuple[AtomicFile,
     started = time.time()
     atomic = AtomicFile(path, buffering=buffering)
     if fcntl is not None:
-        fcntl.flock(atomic.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(atomic.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a file system without flock: the cleanup cannot lock it either, so it is never removed
+            pass
     return atomic, started
 
 
@@ -51,7 +54,7 @@ def remove_stale_temps(target: PathLike, started: float) -> List[str]:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # a writer that still runs holds it
+            except OSError:  # a writer that still runs holds it (or no flock here: keep it)
                 continue
             if os.stat(path, follow_symlinks=False).st_ino == st.st_ino:
                 os.unlink(path)
