@@ -73,8 +73,8 @@ class FaceDataset(torch.utils.data.Dataset):
         if self.header0.flag > 0:
             end = self._header_int(0, "image count", low=1)
             if end - 1 > len(self.reader.keys) - 1:  # before allocating the keys: a crafted count is unbounded
-                raise DataFileError(self.rec_path, f"header says {end - 1} images (keys 1..{end - 1}) but the index has "
-                                                   f"only {len(self.reader.keys)} records", first)
+                raise DataFileError(self.rec_path, f"header says {end - 1} images (keys 1..{end - 1}) but the index "
+                                                   f"has only {len(self.reader.keys)} records", first)
             if end > 1 and any(k not in self.reader.idx for k in (1, end - 1)):
                 raise DataFileError(self.rec_path, f"header record says images are keys 1..{end - 1}, but the index "
                                                    f"lacks some of them", first)

@@ -20,7 +20,8 @@ The loader never hands attacker-chosen arguments to numpy or to any other real c
    Anything else (``os.system``, an object or datetime dtype, another state) raises :class:`DataFileError`.
 3. Every decoded buffer (each array, each ``_codecs.encode`` result, each ``bytearray`` turned into ``bytes``) is
    counted before it is made, also when memo references repeat one source; their total may not exceed
-   the file's size + 1 MiB (each decoded byte of a real file is backed by a byte of it). Arrays are made with ``numpy.frombuffer`` only after the whole pickle is read.
+   the file's size + 1 MiB (each decoded byte of a real file is backed by a byte of it). Arrays are made with
+   ``numpy.frombuffer`` only after the whole pickle is read.
 
 So a load holds at most a few times the file's bytes: the data itself, the decoded buffers (bounded above) and the
 unpickler's containers (at most one pointer per opcode byte).
@@ -105,7 +106,7 @@ class _NDArray(_Stub):
 
     def __call__(self, *args):
         raise _Refused("numpy.ndarray is only allowed as the first argument of _reconstruct (the way "
-                                     "numpy pickles an array); calling it would allocate any declared shape")
+                       "numpy pickles an array); calling it would allocate any declared shape")
 
 
 _NDARRAY = _NDArray()
@@ -128,7 +129,7 @@ class _DType(_Stub):
         one = self.dtype.itemsize == 1
         if order not in (("|", "<", ">", "=") if one else ("<", ">", "=")):
             raise _Refused(f"dtype state {state!r:.200} for {self.dtype.str[1:]!r} is not numpy's plain "
-                                         f"state (3, '{'|' if one else '<'}', None, None, None, -1, -1, 0)")
+                           f"state (3, '{'|' if one else '<'}', None, None, None, -1, -1, 0)")
         self.dtype = self.dtype.newbyteorder(order if order in "<>" else "=")
         self.built = True
 
@@ -149,7 +150,7 @@ class _Array(_Stub):
             raise _Refused("a second BUILD on one numpy array")
         if not isinstance(state, tuple) or len(state) not in (4, 5) or len(state) == 5 and state[0] != 1:
             raise _Refused(f"array state {state!r:.200} is not numpy's (1, shape, dtype, is_fortran, "
-                                         f"data)")
+                           f"data)")
         shape, dtype, fortran, data = state[-4:]
         if not (isinstance(shape, tuple) and len(shape) <= 32 and all(type(s) is int and s >= 0 for s in shape)):
             raise _Refused(f"array shape {shape!r:.200} is not a tuple of non-negative ints")
@@ -167,7 +168,7 @@ class _Array(_Stub):
             nbytes *= s
         if nbytes != len(data):
             raise _Refused(f"array of shape {shape} and dtype {dtype.dtype.str!r} needs {nbytes} bytes, "
-                                         f"its state holds {len(data)}")
+                           f"its state holds {len(data)}")
         self.loader.charge(nbytes, f"an array of shape {shape}")
         self.shape, self.dtype, self.order, self.data = shape, dtype.dtype, "F" if fortran else "C", data
 
@@ -208,7 +209,7 @@ class _Loader:
     def _encode(self, text=None, encoding="latin1", *rest) -> bytes:  # how protocol-2 pickles spell bytes
         if rest or not isinstance(text, str) or _text(encoding) not in ("latin1", "latin-1"):
             raise _Refused(f"_codecs.encode called with {type(text).__name__}, {encoding!r:.40}; "
-                                         f"expected (text, 'latin1')")
+                           f"expected (text, 'latin1')")
         self.charge(len(text), "a _codecs.encode result")
         return text.encode("latin1")
 
