@@ -279,7 +279,8 @@ def test_python2_numpy_bin_loads(tmp_path):
     np.testing.assert_array_equal(got.images[0], want_bins[0])
 
 
-if __name__ == "__main__":  # benchmarks/RESULTS.md's table: PYTHONPATH=. python tests/data/test_verification_bin_hostile.py
+# benchmarks/RESULTS.md's table: PYTHONPATH=. python tests/data/test_verification_bin_hostile.py
+if __name__ == "__main__":
     import tempfile
     from pathlib import Path
     full = [("segv_dtype_build", segv_dtype_build(3)), ("segv_object_array", segv_object_array(3)),
