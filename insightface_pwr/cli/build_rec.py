@@ -1,5 +1,6 @@
 """``insightface-pwr build-rec ROOT OUT``: an image folder (<root>/<identity>/<image>) to an InsightFace RecordIO
-set (train.rec, train.idx, property); see :mod:`insightface_pwr.data.build`."""
+set (train.rec, train.idx, property); hidden folders and files are skipped and every image is decoded (a truncated
+one is an error naming it); see :mod:`insightface_pwr.data.build`."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,9 @@ from ..data.build import build_recordio
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("root", help="image folder: <root>/<identity>/<image>")
+    parser.add_argument("root", help="image folder: <root>/<identity>/<image>; hidden folders and files (names "
+                                     "starting with '.', e.g. .ipynb_checkpoints) are skipped; every image is "
+                                     "decoded, a truncated one is refused")
     parser.add_argument("out", help="output folder for train.rec, train.idx and property")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -2,8 +2,11 @@
 
 Input: ``<root>/<identity>/<image>``; identities are the sub-folders in sorted name order (class ``c`` is the
 ``c``-th), images the files of each in sorted name order with an image suffix (``.jpg``, ``.jpeg``, ``.png``,
-``.bmp``, ``.webp``; other files are ignored, an identity without images is an error). Output, as InsightFace
-writes it (and MXNet reads it):
+``.bmp``, ``.webp``; other files are ignored, an identity without images is an error naming its folder). Hidden
+folders and files (names starting with ``.``: ``.ipynb_checkpoints``, ``.DS_Store``, macOS ``._*`` files) are
+skipped, so they never become an identity that shifts every label. Every image is fully decoded while building
+(a truncated JPEG is refused naming its file, not found when training reaches it) and must have the size of the
+first one. Output, as InsightFace writes it (and MXNet reads it):
 
 * key 0: header ``IRHeader(flag=2, label=[1 + N, 1 + N + C], id=0, id2=0)``, empty payload;
 * keys ``1..N``: ``IRHeader(0, class, key, 0)`` + the image file's bytes, unchanged (no re-encoding);
@@ -21,6 +24,7 @@ from typing import Dict, List, Tuple, Union
 from ..infra.atomic import atomic_write_text
 from ..infra.progress import progress_bar
 from .errors import DataFileError
+from .images import decode_image
 from .recordio import IRHeader, MXIndexedRecordIO, pack
 
 __all__ = ["IMAGE_SUFFIXES", "scan_image_folder", "build_recordio"]
@@ -35,24 +39,22 @@ def scan_image_folder(root: PathLike) -> List[Tuple[str, List[Path]]]:
     if not root.is_dir():
         raise DataFileError(root, "image folder not found (expected <root>/<identity>/<image>)")
     identities = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        images = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        images = sorted(p for p in d.iterdir()
+                        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
-            raise DataFileError(d, f"identity folder has no images (suffixes {', '.join(IMAGE_SUFFIXES)})")
+            raise DataFileError(d, f"identity folder has no images (files ending {', '.join(IMAGE_SUFFIXES[:-1])} or "
+                                   f"{IMAGE_SUFFIXES[-1]}; hidden files are skipped)")
         identities.append((d.name, images))
     if not identities:
         raise DataFileError(root, "no identity sub-folders (expected <root>/<identity>/<image>)")
     return identities
 
 
-def _image_size(path: Path) -> Tuple[int, int]:
-    from PIL import Image
-    try:
-        with Image.open(path) as img:
-            img.verify()
-            return img.size[1], img.size[0]
-    except Exception as e:
-        raise DataFileError(path, f"not a readable image ({type(e).__name__}: {e})") from None
+def _read_image(path: Path) -> Tuple[bytes, Tuple[int, int]]:
+    """The file's bytes and its ``(height, width)``, after decoding it fully (a truncated file raises)."""
+    data = path.read_bytes()
+    return data, decode_image(data, source=path).shape[:2]
 
 
 def build_recordio(root: PathLike, out_dir: PathLike, progress: bool = True) -> Dict[str, int]:
@@ -71,13 +73,13 @@ def build_recordio(root: PathLike, out_dir: PathLike, progress: bool = True) -> 
         for label, (_, images) in enumerate(identities):
             first = key
             for path in images:
-                hw = _image_size(path)
+                data, hw = _read_image(path)
                 if size is None:
                     size = hw
                 elif hw != size:
                     raise DataFileError(path, f"image is {hw[0]}x{hw[1]}, the first image is {size[0]}x{size[1]}; "
                                               f"a RecordIO set holds aligned faces of one size")
-                writer.write_idx(key, pack(IRHeader(0, float(label), key, 0), path.read_bytes()))
+                writer.write_idx(key, pack(IRHeader(0, float(label), key, 0), data))
                 key += 1
                 if bar is not None:
                     bar.update(1)

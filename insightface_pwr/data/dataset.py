@@ -60,6 +60,9 @@ class FaceDataset(torch.utils.data.Dataset):
     def __init__(self, root: PathLike, random_flip: bool = False, return_meta: bool = False,
                  mean: float = 127.5, std: float = 127.5):
         self.rec_path, self.idx_path = record_paths(root)
+        if not self.rec_path.parent.is_dir():
+            raise DataFileError(self.rec_path.parent, "data folder not found (expected train.rec, train.idx and "
+                                                      "property in it)")
         self.random_flip, self.return_meta = bool(random_flip), bool(return_meta)
         self.mean, self.std = float(mean), float(std)
         self.reader = MXIndexedRecordIO(self.idx_path, self.rec_path, "r")
@@ -68,8 +71,11 @@ class FaceDataset(torch.utils.data.Dataset):
         first = self.reader.keys[0]
         self.header0, _ = unpack(self.reader.read_idx(first), source=self.rec_path, key=first)
         if self.header0.flag > 0:
-            end = int(self.header0.label[0])
-            if end < 1 or any(k not in self.reader.idx for k in (1, end - 1)) and end > 1:
+            end = self._header_int(0, "image count", low=1)
+            if end - 1 > len(self.reader.keys) - 1:  # before allocating the keys: a crafted count is unbounded
+                raise DataFileError(self.rec_path, f"header says {end - 1} images (keys 1..{end - 1}) but the index "
+                                                   f"has only {len(self.reader.keys)} records", first)
+            if end > 1 and any(k not in self.reader.idx for k in (1, end - 1)):
                 raise DataFileError(self.rec_path, f"header record says images are keys 1..{end - 1}, but the index "
                                                    f"lacks some of them", first)
             self.keys = np.arange(1, end, dtype=np.int64)
@@ -77,6 +83,15 @@ class FaceDataset(torch.utils.data.Dataset):
             self.keys = np.asarray(self.reader.keys, dtype=np.int64)
         prop = Path(self.rec_path).parent / "property"
         self.property: Optional[Tuple[int, int, int]] = read_property(prop) if prop.is_file() else None
+
+    def _header_int(self, i: int, what: str, low: int) -> int:
+        """Value ``i`` of the header record's label: an integer >= ``low``, else :class:`DataFileError`."""
+        label = self.header0.label
+        value = float(label[i]) if i < len(label) else None
+        if value is None or not np.isfinite(value) or value != int(value) or value < low:
+            raise DataFileError(self.rec_path, f"header {what} {value!r} is not an integer >= {low} (record 0's label "
+                                               f"should be [1 + images, 1 + images + identities])", self.reader.keys[0])
+        return int(value)
 
     @property
     def num_classes(self) -> Optional[int]:
@@ -88,7 +103,7 @@ class FaceDataset(torch.utils.data.Dataset):
         if self.header0.flag <= 0:
             raise DataFileError(self.rec_path, "no header record (flag > 0) at key 0, so no identity ranges", 0)
         ranges = []
-        for key in range(int(self.header0.label[0]), int(self.header0.label[1])):
+        for key in range(self._header_int(0, "image count", 1), self._header_int(1, "identity end", 1)):
             header, _ = unpack(self.reader.read_idx(key), source=self.rec_path, key=key)
             if header.flag < 2:
                 raise DataFileError(self.rec_path, f"identity record has flag {header.flag}, expected >= 2 "
@@ -103,12 +118,12 @@ class FaceDataset(torch.utils.data.Dataset):
         """The class of sample ``index`` without decoding its image."""
         key = int(self.keys[index])
         header, _ = unpack(self.reader.read_idx(key), source=self.rec_path, key=key)
-        return _class_label(header, self.rec_path, key)
+        return _class_label(header, self.rec_path, key, self.num_classes)
 
     def __getitem__(self, index: int):
         key = int(self.keys[index])
         header, payload = unpack(self.reader.read_idx(key), source=self.rec_path, key=key)
-        label = torch.tensor(_class_label(header, self.rec_path, key), dtype=torch.long)
+        label = torch.tensor(_class_label(header, self.rec_path, key, self.num_classes), dtype=torch.long)
         image = decode_image(payload, source=self.rec_path, record=key)
         flipped = bool(self.random_flip and torch.rand(()) < 0.5)
         tensor = to_tensor(hflip(image) if flipped else image, self.mean, self.std)
@@ -117,8 +132,11 @@ class FaceDataset(torch.utils.data.Dataset):
         return tensor, label
 
 
-def _class_label(header, path, key) -> int:
-    label = header.label[0] if header.flag > 0 else header.label
+def _class_label(header, path, key, num_classes: Optional[int]) -> int:
+    label = float(header.label[0] if header.flag > 0 else header.label)
     if not np.isfinite(label) or label < 0 or label != int(label):
         raise DataFileError(path, f"label {label!r} is not a class index (a non-negative integer)", key)
+    if num_classes is not None and label >= num_classes:
+        raise DataFileError(path, f"label {int(label)} is not a class of this set: property says {num_classes} classes "
+                                  f"(labels 0..{num_classes - 1})", key)
     return int(label)

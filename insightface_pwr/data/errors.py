@@ -1,9 +1,11 @@
 """The one error type of the data layer.
 
-Every malformed input the data layer meets (a truncated or corrupt ``.rec``, a bad or missing ``.idx``, an index
-entry past the end of the record file, a ``.bin`` whose pickle holds anything but lists, tuples, bools, bytes and
-numpy arrays, an image that does not decode) raises :class:`DataFileError`, which names the file and, where there
-is one, the record (its index key or position).
+Every malformed input the data layer meets (a missing data folder, a truncated or corrupt ``.rec``, a bad or
+missing ``.idx``, an index entry past the end of the record file, a header record whose counts are not integers
+the index can hold, a label outside ``property``'s classes, a ``.bin`` whose pickle holds anything but lists,
+tuples, bools, bytes and uint8/integer/bool numpy arrays or would decode to more than its size allows, an image that
+does not decode) raises :class:`DataFileError`, which names the file and, where there is one, the record (its index
+key or position), in one line.
 """
 from __future__ import annotations
 

@@ -13,7 +13,10 @@ A record's payload usually starts with an image-record header (:func:`pack` / :f
 follow the header, before the data.
 
 Reads go through ``mmap`` (random access costs one slice). Writers write to a temporary file beside the target
-and rename it into place on :meth:`MXRecordIO.close` (after ``fsync``), so a crash never leaves half a file.
+(``.<name>.tmp.<random>``, locked with ``flock`` while open) and rename it into place on :meth:`MXRecordIO.close`
+(after ``fsync``), so a crash never leaves half a file. A killed writer's temporary file stays behind; the next
+writer of the same target removes such files when it commits, but only those older than its own start and not
+locked by a writer still open (:func:`remove_stale_temps`; where ``fcntl`` is missing, nothing is removed).
 Every malformed input raises :class:`~insightface_pwr.data.errors.DataFileError` naming the file and the record.
 """
 from __future__ import annotations
@@ -27,11 +30,11 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..infra.atomic import AtomicFile
 from .errors import DataFileError
+from .stale_temps import locked_atomic_file as _locked, remove_stale_temps
 
 __all__ = ["MAGIC", "IRHeader", "pack", "unpack", "MXRecordIO", "MXIndexedRecordIO", "RecordIO",
-           "IndexedRecordIO", "encode_record", "read_index"]
+           "IndexedRecordIO", "encode_record", "read_index", "remove_stale_temps"]
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -105,14 +108,21 @@ def encode_record(payload: bytes) -> bytes:
     return b"".join(out)
 
 
+def _not_found(path: str, what: str) -> DataFileError:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return DataFileError(folder, f"folder not found (it should hold {os.path.basename(path)})")
+    return DataFileError(path, what)
+
+
 def read_index(idx_path: PathLike, key_type: Callable = int) -> Tuple[Dict[object, int], List[object]]:
     """Parse an ``.idx`` file into ``({key: offset}, [keys in file order])`` (a repeated key keeps its last offset)."""
     try:
         with open(idx_path, "r", encoding="utf-8", newline="\n") as f:
             lines = f.read().split("\n")
     except FileNotFoundError:
-        raise DataFileError(idx_path, "index file not found (a .rec needs its .idx for random access; "
-                                      "rebuild it or read the .rec sequentially with MXRecordIO)") from None
+        raise _not_found(os.fspath(idx_path), "index file not found (a .rec needs its .idx for random access; "
+                                              "rebuild it, or read the .rec sequentially with MXRecordIO)") from None
     except UnicodeDecodeError as e:
         raise DataFileError(idx_path, f"index file is not text: {e}") from None
     idx: Dict[object, int] = {}
@@ -154,12 +164,13 @@ class MXRecordIO:
         self._file = None
         self._pos = 0
         self._pid: Optional[int] = None
+        self._started = 0.0
         self.open()
 
     # -- life cycle -------------------------------------------------------------------------------------------
     def open(self) -> None:
         if self.writable:
-            self._file = AtomicFile(self.uri, buffering=1 << 20)
+            self._file, self._started = _locked(self.uri, buffering=1 << 20)
         else:
             self._map()
         self._pos = 0
@@ -169,7 +180,7 @@ class MXRecordIO:
         try:
             f = open(self.uri, "rb")
         except FileNotFoundError:
-            raise DataFileError(self.uri, "record file not found") from None
+            raise _not_found(self.uri, "record file not found") from None
         with f:
             size = os.fstat(f.fileno()).st_size
             self._buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
@@ -183,6 +194,7 @@ class MXRecordIO:
         if self.writable:
             self._file.commit()
             self._file = None
+            remove_stale_temps(self.uri, self._started)
         else:
             if isinstance(self._buf, mmap.mmap):
                 self._buf.close()
@@ -308,7 +320,7 @@ class MXIndexedRecordIO(MXRecordIO):
     def open(self) -> None:
         if self.writable:
             super().open()
-            self._fidx = AtomicFile(self.idx_path)
+            self._fidx, self._idx_started = _locked(self.idx_path)
             self.idx, self.keys = {}, []
             return
         self.idx, self.keys = read_index(self.idx_path, self.key_type)
@@ -316,9 +328,9 @@ class MXIndexedRecordIO(MXRecordIO):
         size = len(self._buf)
         for key, pos in self.idx.items():
             if pos >= size:
-                raise DataFileError(self.idx_path, f"offset {pos} is past the end of {self.uri} ({size} bytes): the "
-                                                   f"index does not belong to this record file, or the file is "
-                                                   f"truncated", key)
+                raise DataFileError(self.uri, f"truncated file: the index {self.idx_path} puts this record at byte "
+                                              f"{pos}, the file has {size} bytes (or the index belongs to another "
+                                              f"file)", key)
 
     def close(self) -> None:
         was_open, writable = self.is_open, self.writable
@@ -326,6 +338,7 @@ class MXIndexedRecordIO(MXRecordIO):
         if was_open and writable and self._fidx is not None:
             self._fidx.commit()
             self._fidx = None
+            remove_stale_temps(self.idx_path, self._idx_started)
 
     def __exit__(self, *exc) -> None:
         if exc[0] is not None and self.writable and self._fidx is not None:

@@ -111,7 +111,7 @@ def test_build_errors(tmp_path):
     with pytest.raises(DataFileError, match=r"a: identity folder has no images"):
         build_recordio(tmp_path, tmp_path / "out", progress=False)
     (tmp_path / "a" / "x.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(DataFileError, match=r"x.jpg: not a readable image"):
+    with pytest.raises(DataFileError, match=r"x.jpg: image does not decode"):
         build_recordio(tmp_path, tmp_path / "out", progress=False)
 
 

@@ -150,7 +150,8 @@ def test_wrong_magic(tmp_path):
 def test_index_past_end(tmp_path):
     idx, rec = write_set(tmp_path, [(0, b"a" * 10), (1, b"b")])
     idx.write_text(idx.read_text() + "2\t4000\n")
-    with pytest.raises(DataFileError, match=r"t.idx, record 2: offset 4000 is past the end of .*t.rec \(32 bytes\)"):
+    with pytest.raises(DataFileError, match=r"t.rec, record 2: truncated file: the index .*t.idx puts this record at "
+                                            r"byte 4000, the file has 32 bytes"):
         MXIndexedRecordIO(idx, rec, "r")
 
 

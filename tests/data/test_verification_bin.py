@@ -60,7 +60,9 @@ def test_code_running_pickle_is_refused(tmp_path):
     ({"bins": []}, "expected a pickled \\(bins, issame\\) pair"),
     (([b"a"], [True]), "1 images for 1 pairs"),
     (([b"a", 3], [True]), "record image 1: an image must be encoded bytes"),
-    (([np.array([b"a"], dtype=object), b"b"], [True]), "array of dtype object"),
+    (([np.array([b"a"], dtype=object), b"b"], [True]), "dtype 'O8' is not allowed"),
+    (([np.array([1, 2], dtype=np.int16), b"b"], [True]), "record image 0: an image must be encoded bytes or a uint8 "
+                                                          "array, got array of dtype int16"),
     (([b"a", b"b"], ["yes"]), "issame must be a list of bools"),
 ])
 def test_malformed_structure(tmp_path, obj, message):
