@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from .errors import DataFileError
-from .stale_temps import locked_atomic_file as _locked, remove_stale_temps
+from ..infra.stale_temps import locked_atomic_file as _locked, remove_stale_temps
 
 __all__ = ["MAGIC", "IRHeader", "pack", "unpack", "MXRecordIO", "MXIndexedRecordIO", "RecordIO",
            "IndexedRecordIO", "encode_record", "read_index", "remove_stale_temps"]

@@ -20,7 +20,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-from ..infra.atomic import AtomicFile, temp_prefix
+from .atomic import AtomicFile, temp_prefix
 
 __all__ = ["locked_atomic_file", "remove_stale_temps"]
 
