@@ -15,7 +15,7 @@ from insightface_pwr.integration.arcface_torch.classifier import ClassifierError
 from insightface_pwr.models.backbones import get_model
 from insightface_pwr.host.partial_fc import MarginSoftmax, PartialFC
 from insightface_pwr.distill.recipe import RecipeError, apply_defaults
-from insightface_pwr.distill.sharded_kd import sharded_hkd
+from insightface_pwr.distill.gather import ClassSharded
 from insightface_pwr.distill.teachers import TeacherError
 
 C, DS, DT, N = 20, 6, 5, 8
@@ -64,7 +64,7 @@ def _hkd_worker(rank, world, shard_dir, sample_rate):
     local = es[rank * n:(rank + 1) * n].clone().requires_grad_()
     ce = pfc(local, labels[rank * n:(rank + 1) * n].clone())
     s, t = logits.pair(et[rank * n:(rank + 1) * n])
-    kd = (sharded_hkd(s, t, T) if world > 1
+    kd = (ClassSharded(create_head("hkd", temperature=T))(student_logits=s, teacher_logits=t) if world > 1
           else create_head("hkd", temperature=T)(student_logits=s, teacher_logits=t))
     (0.7 * ce + 0.3 * kd).backward()
     index = pfc.weight_index if sample_rate < 1 else torch.arange(pfc.num_local)

@@ -13,7 +13,6 @@ import sys
 from typing import Any, Dict, List
 
 from ..distill.recipe import RecipeError, _margin_name, combined_loss_formula, load_recipe
-from ..heads.registry import get_head_spec
 
 __all__ = ["add_arguments", "run", "effective_lines", "loss_formula"]
 
@@ -42,14 +41,14 @@ def effective_lines(cfg: Dict[str, Any]) -> List[str]:
     shown = dict(cfg)
     for k in _SKIP:
         shown.pop(k, None)
-    if shown.get("distill") is not None:
-        distill = dict(shown["distill"])
-        heads = []
-        for h in distill.get("heads", []):
-            params = get_head_spec(h["name"]).defaults()
-            params.update(h.get("params", {}))
-            heads.append({"name": h["name"], "weight": h["weight"], "params": params})
-        distill["heads"] = heads
+    d = shown.get("distill")
+    if d is not None:  # the validated DistillSpec: head parameters complete (the registry merged the defaults)
+        distill = {"teacher": d.teacher.as_dict(), "student_init": d.student_init,
+                   "classification_weight": d.classification_weight, "inherit_classifier": d.inherit_classifier,
+                   "heads": [{"name": h.name, "weight": h.weight, "params": h.full_params, "gather": h.gather}
+                             for h in d.heads]}
+        if d.lr_schedule is not None:  # the alias is shown only where it is the schedule in force
+            distill["lr_schedule"] = d.lr_schedule
         shown["distill"] = distill
     out: List[str] = []
     for k in sorted(shown):

@@ -7,7 +7,7 @@ Backward (arcface_torch's convention): the gradients that ALL ranks computed for
 What it means: if rank k's loss is L_k, rank r's own input receives W * sum_k dL_k/dx_r; DDP then AVERAGES the
 parameter gradients over ranks, so the parameters get sum_k dL_k/dtheta: the gradient of the SUM of the ranks'
 losses. arcface_torch's partial-FC loss is such a sum (each rank holds a shard of the classes). A loss that every
-rank computes IN FULL over the gathered batch (the PWR global scope) must therefore expose only 1 / W of itself
+rank computes IN FULL over the gathered batch (a head in :class:`~insightface_pwr.distill.gather.GlobalBatch`) must therefore expose only 1 / W of itself
 to this gather's graph (``share_of_replicated_loss``) so that the parameters get exactly dL/dtheta.
 
 Works with any backend that supports ``all_gather`` and ``reduce`` (gloo on CPU, NCCL on GPU). Without an
@@ -67,20 +67,24 @@ class _AllGatherFunc(torch.autograd.Function):
         return parts[rank] * world  # arcface_torch: "cooperate with distributed loss function"
 
 
-def all_gather_with_grad(x: torch.Tensor, name: str = "tensor") -> torch.Tensor:
+def all_gather_with_grad(x: torch.Tensor, name: str = "tensor", check: bool = True) -> torch.Tensor:
     """Concatenate ``x`` (rows) over ranks in rank order; differentiable with arcface_torch's convention (module
-    docstring). Identity without a process group."""
+    docstring). Identity without a process group. ``check``: compare the ranks' shapes first (one extra all_gather
+    and a host read: do it once, not every step)."""
     if not is_distributed():
         return x
-    _check_same_shape(x, name)
+    if check:
+        _check_same_shape(x, name)
     return _AllGatherFunc.apply(x)
 
 
-def all_gather_no_grad(x: torch.Tensor, name: str = "tensor") -> torch.Tensor:
-    """Concatenate ``x`` (rows) over ranks in rank order, detached (e.g. the teacher's embeddings)."""
+def all_gather_no_grad(x: torch.Tensor, name: str = "tensor", check: bool = True) -> torch.Tensor:
+    """Concatenate ``x`` (rows) over ranks in rank order, detached (e.g. the teacher's embeddings); ``check`` as
+    for :func:`all_gather_with_grad`."""
     if not is_distributed():
         return x.detach()
-    _check_same_shape(x, name)
+    if check:
+        _check_same_shape(x, name)
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.detach().contiguous())
     return torch.cat(parts, 0)

@@ -50,13 +50,22 @@ class LogitSource(Protocol):
 
 @dataclasses.dataclass
 class HeadTerm:
-    """One weighted term of the combined loss. ``fn(student, teacher) -> scalar``; ``module`` holds its state."""
+    """One weighted term of the combined loss: ``module`` is what the step calls (the head, or the head in a
+    distribution wrapper of :mod:`insightface_pwr.distill.gather`), ``head`` the head itself (its state)."""
 
     name: str
     weight: float
     consumes: str  # "embeddings" | "logits"
-    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     module: nn.Module
+    head: nn.Module
+    uses_labels: bool = False
+
+    def __call__(self, student: torch.Tensor, teacher: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.consumes == "logits":
+            return self.module(student_logits=student, teacher_logits=teacher)
+        if self.uses_labels:
+            return self.module(student=student, teacher=teacher, labels=labels)
+        return self.module(student=student, teacher=teacher)
 
 
 def _dist_on(world_size: int) -> bool:
@@ -89,7 +98,7 @@ class DistillHooks:
     # ---------------------------------------------------------------- parameters and schedule
     def parameters(self) -> List[nn.Parameter]:
         """The trainable parameters of the heads (possibly none)."""
-        return [p for t in self.terms for p in t.module.parameters() if p.requires_grad]
+        return [p for t in self.terms for p in t.head.parameters() if p.requires_grad]
 
     def lr_scheduler(self, upstream: Any) -> Any:
         """The loop's scheduler, or the recipe's ``lr_schedule`` replacement built on the same optimizer."""
@@ -116,9 +125,9 @@ class DistillHooks:
             if term.consumes == "logits":
                 if pair is None:
                     pair = self.logits.pair(teacher_embeddings)
-                value = term.fn(pair[0], pair[1])
+                value = term(pair[0], pair[1], None)
             else:
-                value = term.fn(local_embeddings, teacher_embeddings)
+                value = term(local_embeddings, teacher_embeddings, local_labels.view(-1))
             total = total + term.weight * value
             values.append(value.detach().float())
         values.append(total.detach().float())
@@ -153,7 +162,7 @@ class DistillHooks:
     def state_dict(self, epoch: int, global_step: int) -> Dict[str, Any]:
         state: Dict[str, Any] = {"format": STATE_FORMAT, "epoch": int(epoch), "global_step": int(global_step),
                                  "world_size": self.world_size, "rank": self.rank,
-                                 "heads": [t.module.state_dict() for t in self.terms],
+                                 "heads": [t.head.state_dict() for t in self.terms],
                                  "rng_cpu": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["rng_cuda"] = torch.cuda.get_rng_state()
@@ -192,7 +201,7 @@ class DistillHooks:
                                   f"{len(state['heads'])} head(s); this run has {self.world_size} and "
                                   f"{len(self.terms)}")
         for term, sd in zip(self.terms, state["heads"]):
-            term.module.load_state_dict(sd)
+            term.head.load_state_dict(sd)
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["rng_cuda"])

@@ -43,6 +43,8 @@ The learning-rate schedule, for any recipe (with or without ``distill``), steppe
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import difflib
 import numbers
 import runpy
@@ -52,7 +54,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from easydict import EasyDict as edict
 
 from ..infra.errors import UserError
-__all__ = ["UPSTREAM_DEFAULTS", "RecipeError", "load_recipe", "load_base", "apply_defaults", "validate_recipe",
+__all__ = ["UPSTREAM_DEFAULTS", "RecipeError", "DistillSpec", "TeacherSpec", "HeadTermSpec", "load_recipe", "load_base", "apply_defaults", "validate_recipe",
            "validate_distill", "validate_lr_schedule", "lr_schedule_of", "combined_loss_formula", "DISTILL_DEFAULTS",
            "TEACHER_DEFAULTS"]
 
@@ -102,6 +104,71 @@ LR_SCHEDULES = {"step": {"kind": (str,), "every_epochs": _INT, "factor": _NUM, "
                 "poly": {"kind": (str,), "power": _NUM}}
 
 
+@dataclasses.dataclass
+class TeacherSpec:
+    """``config.distill.teacher``, validated (every default filled in)."""
+
+    weights: str
+    network: Optional[str] = None
+    embedding_size: Optional[int] = None
+    classifier: Any = None
+    format: str = "auto"
+    fp16: bool = False
+    input_size: Tuple[int, int] = (112, 112)
+    cache: Optional[str] = None
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __getitem__(self, key: str) -> Any:  # mapping-style reads (teachers, the cache) see the same values
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+
+@dataclasses.dataclass
+class HeadTermSpec:
+    """One ``config.distill.heads[i]``: the head's name, its weight, the parameters the recipe gave (``params``),
+    all of them with the head's defaults merged in by the registry (``full_params``), and how it is distributed
+    over ranks (``gather``: "local" or "global", see :mod:`insightface_pwr.distill.gather`)."""
+
+    name: str
+    weight: float
+    params: edict
+    full_params: Dict[str, Any]
+    gather: str = "local"
+
+
+@dataclasses.dataclass
+class DistillSpec:
+    """``config.distill``, validated once (by :func:`validate_distill`, which :func:`load_recipe` calls) into the
+    object that building the hooks, ``insightface-pwr check`` and the formula printer read."""
+
+    teacher: TeacherSpec
+    heads: List[HeadTermSpec]
+    student_init: Optional[str] = None
+    classification_weight: float = 1.0
+    inherit_classifier: bool = False
+    lr_schedule: Optional[edict] = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+    def is_whole(self) -> bool:
+        """Whether every part is still the validated object (code may assign a raw section to a field)."""
+        return isinstance(self.teacher, TeacherSpec) and all(isinstance(h, HeadTermSpec) for h in self.heads)
+
+    def to_section(self) -> edict:
+        """The recipe section this spec stands for (raw parts kept raw), to validate again after an edit."""
+        teacher = self.teacher.as_dict() if isinstance(self.teacher, TeacherSpec) else self.teacher
+        heads = [edict(name=h.name, weight=h.weight, params=edict(h.params), gather=h.gather)
+                 if isinstance(h, HeadTermSpec) else h for h in self.heads]
+        return edict(teacher=teacher, heads=heads, student_init=self.student_init,
+                     classification_weight=self.classification_weight, inherit_classifier=self.inherit_classifier,
+                     lr_schedule=self.lr_schedule)
+
+
 def _type_names(types: tuple) -> str:
     names = {int: "int", float: "float", str: "str", bool: "bool", dict: "dict (edict)", list: "list",
              tuple: "tuple", type(None): "None", numbers.Real: "number"}
@@ -109,6 +176,8 @@ def _type_names(types: tuple) -> str:
 
 
 def _check_type(key: str, value: Any, types: tuple) -> None:
+    if isinstance(value, float) and not math.isfinite(value):  # nan < 0 is False: refuse non-finite numbers here
+        raise RecipeError(f"{key} must be a finite number, got {value!r}")
     ok = isinstance(value, types)
     if isinstance(value, bool) and bool not in types:  # True is an int in Python; never accept it as a number
         ok = False
@@ -189,8 +258,13 @@ def validate_recipe(cfg: Dict[str, Any], require_dataset: bool = True) -> None:
     lr_schedule_of(cfg)  # not both config.lr_schedule and config.distill.lr_schedule
 
 
-def validate_distill(distill: Any) -> edict:
-    """Validate ``config.distill`` strictly and return it with every default filled in (an EasyDict)."""
+def validate_distill(distill: Any) -> DistillSpec:
+    """Validate ``config.distill`` strictly into a :class:`DistillSpec` (every default filled in). An already
+    validated section is returned as it is: a recipe is validated once."""
+    if isinstance(distill, DistillSpec):
+        if distill.is_whole():
+            return distill
+        distill = distill.to_section()  # a part was replaced by a raw section: validate that
     _check_type("config.distill", distill, (dict,))
     _check_known("config.distill", distill, list(DISTILL_DEFAULTS))
     d = edict(copy.deepcopy(DISTILL_DEFAULTS))
@@ -202,7 +276,7 @@ def validate_distill(distill: Any) -> edict:
             d.heads = []
         _check_type(f"config.distill.{k}", d[k], types)
     d.teacher = _validate_teacher(d.teacher)
-    if d.classification_weight < 0:
+    if not math.isfinite(d.classification_weight) or d.classification_weight < 0:
         raise RecipeError(f"config.distill.classification_weight must be >= 0, got {d.classification_weight!r}")
     d.heads = [_validate_head(i, h) for i, h in enumerate(d.heads)]
     if d.classification_weight == 0 and not d.heads:
@@ -215,7 +289,9 @@ def validate_distill(distill: Any) -> edict:
     if needs_classifier and d.teacher.classifier is None:
         raise RecipeError(f"config.distill.teacher.classifier is required by {', '.join(needs_classifier)}: "
                           f"the folder (or list) of the teacher's checkpoint_gpu_*.pt shards")
-    return d
+    return DistillSpec(teacher=TeacherSpec(**d.teacher), heads=list(d.heads), student_init=d.student_init,
+                       classification_weight=float(d.classification_weight), inherit_classifier=d.inherit_classifier,
+                       lr_schedule=d.lr_schedule)
 
 
 def _consumes(name: str) -> str:
@@ -245,7 +321,7 @@ def _validate_teacher(t: Dict[str, Any]) -> edict:
 def _validate_head(i: int, h: Any) -> edict:
     key = f"config.distill.heads[{i}]"
     _check_type(key, h, (dict,))
-    _check_known(key, h, ["name", "weight", "params"])
+    _check_known(key, h, ["name", "weight", "params", "gather"])
     if "name" not in h:
         raise RecipeError(f"{key}.name is required (one of the registered heads)")
     _check_type(f"{key}.name", h["name"], (str,))
@@ -253,14 +329,26 @@ def _validate_head(i: int, h: Any) -> edict:
     _check_type(f"{key}.weight", weight, _NUM)
     if weight < 0:
         raise RecipeError(f"{key}.weight must be >= 0, got {weight!r}")
+    if not math.isfinite(weight):
+        raise RecipeError(f"{key}.weight must be a finite number, got {weight!r}")
     params = h.get("params") or {}
     _check_type(f"{key}.params", params, (dict,))
+    params = dict(params)
+    gather = h.get("gather", "local")
+    if "scope" in params and h["name"] == "pwr":  # pwr's former head parameter is now the term's gather
+        if "gather" in h:
+            raise RecipeError(f"{key}: params.scope and gather are both set; keep gather")
+        gather = params.pop("scope")
+    if gather not in ("local", "global"):
+        raise RecipeError(f"{key}.gather must be 'local' (this rank's batch) or 'global' (the all-gathered "
+                          f"batch), got {gather!r}")
     from ..heads.registry import check_params
     try:
-        check_params(h["name"], dict(params))
+        full = check_params(h["name"], params)
     except (TypeError, ValueError) as e:
         raise RecipeError(f"{key}: {e}") from e
-    return edict(name=h["name"], weight=float(weight), params=edict(copy.deepcopy(dict(params))))
+    return HeadTermSpec(name=h["name"], weight=float(weight), params=edict(copy.deepcopy(params)),
+                        full_params=full, gather=gather)
 
 
 def validate_lr_schedule(s: Any, key: str = "config.lr_schedule") -> edict:
@@ -286,7 +374,7 @@ def lr_schedule_of(cfg: Dict[str, Any]) -> Optional[edict]:
     ``config.lr_schedule``, or its alias ``config.distill.lr_schedule``; a recipe that sets both is an error."""
     top = cfg.get("lr_schedule")
     distill = cfg.get("distill")
-    alias = distill.get("lr_schedule") if isinstance(distill, dict) else None
+    alias = distill.get("lr_schedule") if isinstance(distill, (dict, DistillSpec)) else None
     if top is not None and alias is not None:
         raise RecipeError("config.lr_schedule and config.distill.lr_schedule are both set: keep config.lr_schedule "
                           "and remove config.distill.lr_schedule (its older alias)")
@@ -308,11 +396,12 @@ def _margin_name(margin_list: Optional[Sequence[float]]) -> str:
 
 def combined_loss_formula(cfg: Dict[str, Any]) -> str:
     """The combined loss of a recipe as one line, e.g. ``L = 100 * pwr(inversion=exp, margin=teacher_diff)``."""
-    d = validate_distill(cfg["distill"])
+    d = validate_distill(cfg["distill"])  # already a DistillSpec after load_recipe: not validated again
     terms: List[Tuple[float, str]] = []
     if d.classification_weight != 0:
         terms.append((d.classification_weight, _margin_name(cfg.get("margin_list"))))
     for h in d.heads:
         params = ", ".join(f"{k}={v}" for k, v in h.params.items())
-        terms.append((h.weight, f"{h.name}({params})"))
+        where = ", over the global batch" if h.gather == "global" else ""
+        terms.append((h.weight, f"{h.name}({params}{where})"))
     return "L = " + " + ".join(f"{w:g} * {name}" for w, name in terms)

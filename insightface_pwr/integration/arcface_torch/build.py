@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
 import torch
-from torch import distributed as dist
 from torch import nn
 
 from ...distill.checkpoint import safe_load
@@ -39,7 +38,7 @@ from ...distill.recipe import (
     lr_schedule_of,
     validate_distill,
 )
-from ...distill.sharded_kd import sharded_hkd
+from ...distill.gather import average_gradients, distribute
 from ...distill.sharding import shard_range
 from ...distill.teachers import (
     TeacherError,
@@ -81,30 +80,6 @@ def _insert_before_last_group(optimizer: torch.optim.Optimizer, params: List[nn.
     groups.insert(len(groups) - 1, new)
 
 
-def _average_grads_over_ranks(params: List[nn.Parameter], world_size: int) -> None:
-    """Heads are not in DDP: broadcast rank 0's initial values and average their gradients in backward."""
-    for p in params:
-        dist.broadcast(p.data, 0)
-        p.register_hook(lambda g: _all_reduce_mean(g, world_size))
-
-
-def _all_reduce_mean(g: torch.Tensor, world_size: int) -> torch.Tensor:
-    g = g.clone()
-    dist.all_reduce(g)
-    return g / world_size
-
-
-def _logit_fn(name: str, head: nn.Module, params: dict, world_size: int) -> Callable:
-    if world_size == 1:
-        return lambda s, t: head(student_logits=s, teacher_logits=t)
-    if name == "hkd":
-        full = get_head_spec(name).defaults()
-        full.update(params)
-        return lambda s, t: sharded_hkd(s, t, full["temperature"], full["t2_scale"])
-    raise RecipeError(f"head {name!r} consumes logits, and with {world_size} processes partial FC shards the "
-                      f"classes over ranks: only 'hkd' has a sharded (global softmax) implementation")
-
-
 def _make_lr_scheduler_factory(cfg: Any, optimizer: torch.optim.Optimizer,
                                 rank: int = 0) -> Optional[Callable[[Any], Any]]:
     sched = lr_schedule_of(cfg)  # config.lr_schedule, or its alias config.distill.lr_schedule
@@ -140,10 +115,10 @@ def build_hooks(cfg: Any, backbone: nn.Module, partial_fc: nn.Module, optimizer:
         return DistillHooks(teacher=None, terms=[], classification_weight=1.0, rank=rank, world_size=world_size,
                             output=cfg.output, resume=bool(cfg.get("resume", False)), frequent=cfg.frequent,
                             formula="", input_size=(0, 0), make_lr_scheduler=make_lr_scheduler)
-    cfg.distill = d = validate_distill(cfg.distill)
+    cfg.distill = d = validate_distill(cfg.distill)  # a DistillSpec already when the recipe came from load_recipe
     device = next(backbone.parameters()).device
     factory = model_factory or upstream_get_model()
-    spec = dict(d.teacher)
+    spec = d.teacher.as_dict()
     if spec["embedding_size"] is None:  # a state_dict teacher is built at the student's size unless told otherwise
         spec["embedding_size"] = cfg.embedding_size
     if d.teacher.cache is not None:  # look embeddings up by record key (insightface_pwr.distill.teacher_cache)
@@ -174,9 +149,12 @@ def build_hooks(cfg: Any, backbone: nn.Module, partial_fc: nn.Module, optimizer:
                               f"has config.embedding_size={student_dim} and the teacher {teacher_dim}; use a "
                               f"relational head (pwr, rkd_d, rkd_a, darkrank) or a teacher of the same size")
         head = create_head(hd.name, **hd.params).to(device)
-        fn = (_logit_fn(hd.name, head, dict(hd.params), world_size) if spec.consumes == "logits"
-              else (lambda s, t, _h=head: _h(student=s, teacher=t)))
-        terms.append(HeadTerm(hd.name, hd.weight, spec.consumes, fn, head))
+        try:
+            module = distribute(head, spec.consumes, hd.gather, world_size)
+        except TypeError as e:
+            raise RecipeError(f"config.distill.heads[{i}]: {e}") from e
+        terms.append(HeadTerm(hd.name, hd.weight, spec.consumes, module, head,
+                              uses_labels=getattr(spec.cls, "uses_labels", False)))
 
     logits = None
     needs_logits = any(t.consumes == "logits" for t in terms)
@@ -206,6 +184,5 @@ def build_hooks(cfg: Any, backbone: nn.Module, partial_fc: nn.Module, optimizer:
     head_params = hooks.parameters()
     if head_params:
         _insert_before_last_group(optimizer, head_params)
-        if world_size > 1:
-            _average_grads_over_ranks(head_params, world_size)
+        average_gradients(head_params, world_size)
     return hooks

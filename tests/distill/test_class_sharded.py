@@ -1,9 +1,9 @@
-"""Sharded Hinton KD with one shard equals the registered ``hkd`` head (values and gradients)."""
+"""The class-sharded wrapper of ``hkd`` with one shard equals the registered ``hkd`` head (values and gradients)."""
 import pytest
 import torch
 
 from insightface_pwr import create_head
-from insightface_pwr.distill.sharded_kd import sharded_hkd
+from insightface_pwr.distill.gather import ClassSharded
 
 
 @pytest.mark.parametrize("t2_scale", [False, True])
@@ -13,7 +13,7 @@ def test_one_shard_equals_hkd_head(t2_scale, dtype):
     s = (torch.randn(6, 9, generator=g) * 20).to(dtype)
     t = (torch.randn(6, 9, generator=g) * 20).to(dtype)
     s1, s2 = s.clone().requires_grad_(), s.clone().requires_grad_()
-    got = sharded_hkd(s1, t, 4.0, t2_scale)
+    got = ClassSharded(create_head("hkd", temperature=4.0, t2_scale=t2_scale))(student_logits=s1, teacher_logits=t)
     ref = create_head("hkd", temperature=4.0, t2_scale=t2_scale)(student_logits=s2, teacher_logits=t)
     got.backward()
     ref.backward()
