@@ -68,44 +68,47 @@ def exp_fits(beta: float, margin: Union[float, str]) -> bool:
     return beta * (4.0 + const) <= EXP_RANGE
 
 
+_BITS32 = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _order_key32(x: torch.Tensor) -> torch.Tensor:
+    """int64 keys in [-2^31, 2^31) with the order of ``x`` rounded to float32 (exact for 32-bit and narrower)."""
+    k = (x.float() + 0.0).view(torch.int32).to(torch.int64)
+    return k ^ ((k >> 31) & 0x7FFFFFFF)
+
+
 def _order_key(x: torch.Tensor) -> torch.Tensor:
     """int64 keys with the order of the float64 ``x`` (equal values, -0.0 and +0.0 included, get equal keys)."""
     b = (x + 0.0).view(torch.int64)
     return b ^ ((b >> 63) & _I64_MAX)
 
 
-def _setup_single(v: torch.Tensor, t: torch.Tensor, n: int) -> Tuple[torch.Tensor, ...]:
-    """One item per relation (key value = query value = v). Returns (code = t position of each item in value
-    order (int32, pads M..n-1 last), v in value order (float64, M), t order (relation of each t position), C)."""
+def _setup_single(v: torch.Tensor, s: torch.Tensor, t: torch.Tensor, n: int) -> Tuple[torch.Tensor, ...]:
+    """One item per relation (key value = query value = v, monotone in s at equal t). Returns (code = t position
+    of each item in value order (int32, pads M..n-1 last), v in value order (float64, M), t order (relation of
+    each t position), C)."""
     m = v.numel()
     dev = v.device
-    kv_sorted, v_perm = torch.sort(_order_key(v))
     ranks = torch.arange(m, device=dev)
-    v_rank = torch.empty_like(ranks).scatter_(0, v_perm, ranks)  # ties in v in any order: fine for the t order
-    dense_v = torch.zeros(m, dtype=torch.int64, device=dev)
-    torch.ne(kv_sorted[1:], kv_sorted[:-1], out=dense_v[1:])
-    dense_v = torch.empty_like(ranks).scatter_(0, v_perm, dense_v.cumsum_(0))  # equal values, equal rank
-    del kv_sorted, v_perm
-    if t.dtype in (torch.float32, torch.float16, torch.bfloat16):  # 32-bit t: one sort on (t, v rank)
-        kt = (t.float() + 0.0).view(torch.int32).to(torch.int64)
-        kt = kt ^ ((kt >> 31) & 0x7FFFFFFF)
-        t_sorted, t_perm = torch.sort((kt << 32) | v_rank)
+    if t.dtype in _BITS32 and s.dtype in _BITS32:  # one sort on (t, s): at equal t, v's order is s's order
+        t_sorted, t_perm = torch.sort((_order_key32(t) << 32) | (_order_key32(s) + 0x80000000))
         t_sorted >>= 32
-    else:  # 64-bit t: dense t ranks first
+    else:  # 64 bits: dense t ranks, v ranks, then (t rank, v rank)
+        v_rank = torch.empty_like(ranks).scatter_(0, torch.sort(_order_key(v))[1], ranks)
         t_sorted, t_perm = torch.sort(_order_key(t.to(torch.float64)))
         dense_t = torch.zeros(m, dtype=torch.int64, device=dev)
         torch.ne(t_sorted[1:], t_sorted[:-1], out=dense_t[1:])
         dense_t = torch.empty_like(ranks).scatter_(0, t_perm, dense_t.cumsum_(0))
         t_perm = torch.sort((dense_t << 32) | v_rank)[1]
-        del dense_t
+        del dense_t, v_rank
     count = pair_count(t, t_sorted)
-    del t_sorted, v_rank
-    # value order, value ties by t position: sort (dense v rank, t position); the low half is the t position
-    vkey = torch.sort((dense_v.index_select(0, t_perm) << 32) | ranks)[0]
+    del t_sorted
+    # value order, value ties by t position: a stable sort of the values in t order
+    v_t = v.index_select(0, t_perm)
+    vo = torch.sort(_order_key(v_t), stable=True)[1]
     code = torch.arange(n, dtype=torch.int32, device=dev)
-    code[:m] = vkey.bitwise_and_(0xFFFFFFFF)
-    v_val = v.index_select(0, t_perm.index_select(0, vkey))
-    return code, v_val, t_perm, count
+    code[:m] = vo
+    return code, v_t.index_select(0, vo), t_perm, count
 
 
 def _setup_pairs(qry: torch.Tensor, key: torch.Tensor, t: torch.Tensor, n: int):
@@ -139,10 +142,9 @@ class _Work:
     def __init__(self, n: int, nf: int, dev: torch.device, bufs: dict = None) -> None:
         if bufs is None:
             bufs = dict(f=[torch.empty(n, dtype=torch.float64, device=dev) for _ in range(nf)],
-                        i=[torch.empty(n, dtype=torch.int64, device=dev) for _ in range(2)],
+                        i=[torch.empty(n, dtype=torch.int64, device=dev)],
                         c=[torch.empty(n, dtype=torch.int32, device=dev) for _ in range(2)],
-                        b=[torch.empty(n, dtype=torch.bool, device=dev)],
-                        pos=[torch.arange(n, dtype=torch.int64, device=dev)])
+                        pos=[torch.arange(n, dtype=torch.float64, device=dev)])
         self.bufs = bufs
 
     def head(self, size: int) -> "_Work":
@@ -157,7 +159,7 @@ def _tree_pass(code, f, acc, levels: int, k: int, beta: float, single: bool, tot
     sum of exp(beta x) (exp) or of x^k (power) into ``tot`` and, for exp, the dominated pair count into ``cnt``
     (in place). Returns (code, f, acc) as reached (the inputs' storage is reused as scratch)."""
     n = code.numel()
-    fb, (cr, dest), (i32, code2), (rb,), (pos,) = (work.bufs[x] for x in ("f", "i", "c", "b", "pos"))
+    fb, (dest,), (i32, code2), (posf,) = (work.bufs[x] for x in ("f", "i", "c", "pos"))
     A, B, C, D, r, f2, acc2 = fb[:7]
     if not single or k:
         mk, mq = fb[7], fb[8]
@@ -170,9 +172,8 @@ def _tree_pass(code, f, acc, levels: int, k: int, beta: float, single: bool, tot
         rows = n >> lev
         shape = (rows, width)
         Av, Bv, Cv, Dv = A.view(shape), B.view(shape), C.view(shape), D.view(shape)
-        torch.bitwise_and(code, half if single else width, out=i32)  # the split bit: right half of the group
-        torch.ne(i32, 0, out=rb)
-        r.copy_(rb)
+        torch.bitwise_right_shift(code, lev - 1 if single else lev, out=i32)  # the split bit: the right half
+        r.copy_(i32.bitwise_and_(1))
         if not single:  # masks: left keys, right queries
             torch.bitwise_and(code, 1, out=i32)
             mk.copy_(i32)
@@ -197,7 +198,7 @@ def _tree_pass(code, f, acc, levels: int, k: int, beta: float, single: bool, tot
             acc.addcmul_(B, C, value=-beta)
             if not single:
                 torch.cumsum(mq.view(shape), 1, out=Cv)
-                cnt.add_(torch.dot(mk, C).to(cnt.dtype))
+                cnt.add_(torch.dot(mk, C))
         else:  # (a' - b')^k by the binomial expansion; keys' sums after each query, queries' sums before each key
             torch.add(mk, mq, out=pw[0])
             for e in range(1, k + 1):
@@ -220,15 +221,14 @@ def _tree_pass(code, f, acc, levels: int, k: int, beta: float, single: bool, tot
             gk.mul_(mk).sub_(gq.mul_(mq))
             acc.add_(gk, alpha=float(k))
         # stable partition of every group by the split bit (each half has `half` items, still in value order):
-        # with cr = inclusive count of right items, a left item moves to pos - cr, a right one to
-        # group start + half - 1 + cr
-        crv = cr.view(shape)
-        torch.cumsum(rb.view(shape), 1, dtype=torch.int64, out=crv)
+        # with cr = inclusive count of right items and k = index in the group, a left item moves to pos - cr, a
+        # right one to (group start) + half - 1 + cr = pos - cr + (half - 1 - k + 2 cr); in float64 (exact)
+        torch.cumsum(r.view(shape), 1, out=Cv)
         if single and k == 0:  # the right items before each left one: its dominated pairs (minus the rights')
-            cnt.add_(cr.sum() - rows * half * (half + 1) // 2)
-        torch.sub(pos[:n], cr, out=dest)
-        crv.add_(pos[:n].view(shape)[:, :1] + (half - 1))
-        torch.where(rb, cr, dest, out=dest)
+            cnt.add_(C.sum() - rows * half * (half + 1) // 2)
+        torch.add(torch.sub(half - 1.0, posf[:width]), Cv, alpha=2.0, out=Dv)
+        torch.sub(posf[:n], C, out=A).addcmul_(r, D)
+        dest.copy_(A)
         code2.scatter_(0, dest, code)
         f2.scatter_(0, dest, f)
         acc2.scatter_(0, dest, acc)
@@ -241,7 +241,7 @@ def _run_tree(code, f, levels: int, k: int, beta: float, single: bool):
     n, dev = code.numel(), code.device
     acc = torch.zeros(n, dtype=torch.float64, device=dev)
     tot = torch.zeros((), dtype=torch.float64, device=dev)
-    cnt = torch.zeros((), dtype=torch.int64 if single else torch.float64, device=dev)
+    cnt = torch.zeros((), dtype=torch.float64, device=dev)  # exact: integers below 2^53
     work = _Work(n, 7 if (single and not k) else (9 if not k else 12 + k + 1), dev)
     if dev.type == "cpu" and levels > _CHUNK_LEVELS:
         # the top levels over the whole arrays; below, every group of 2^_CHUNK_LEVELS items is independent:
@@ -293,7 +293,7 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     levels = max(1, (n_items - 1).bit_length())
     n = 1 << levels
     if single:
-        code, v_val, t_perm, count = _setup_single(qry, t, n)
+        code, v_val, t_perm, count = _setup_single(qry, s.detach().reshape(-1), t, n)
         f = torch.ones(n, dtype=torch.float64, device=dev) if k == 0 else torch.zeros(n, dtype=torch.float64,
                                                                                        device=dev)
         f[:m] = torch.exp((v_val - center) * beta) if k == 0 else v_val - center
@@ -310,7 +310,7 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
         del a_sorted, b_sorted, kpos, qpos, qry, key
         acc, tot, cnt = _run_tree(code, f, levels, k, beta, False)
         grad_t = acc.index_select(0, qpos_sorted) + acc.index_select(0, qpos_sorted + g)
-    total = tot - cnt.to(torch.float64) if k == 0 else tot
+    total = tot - cnt if k == 0 else tot
     grad = torch.empty(m, dtype=torch.float64, device=dev).scatter_(0, t_perm, grad_t)
     return total, grad, count
 
