@@ -42,7 +42,7 @@ from .base import EmbeddingHead, zero_loss
 from .common import l2_normalize_mx
 from .pwr_fast import EXP_RANGE, exp_fits, pwr_loss
 from .pwr_math import INVERSIONS, MARGINS, METHODS, pwr_loss_dense, resolve_method
-from .relations import RELATIONS, pairwise_relations
+from .relations import RELATIONS, distance_matrix
 
 __all__ = ["PairwiseRankingLoss", "pwr_loss_dense", "INVERSIONS", "MARGINS"]
 
@@ -89,8 +89,12 @@ class PairwiseRankingLoss(EmbeddingHead):
         (``L2Normalization``: x / sqrt(|x|^2 + 1e-10)). The 1e-10 matters for identical rows: their cosine distance
         is then ~1e-10 / |x|^2, the reference's value, instead of a +-1e-16 left to BLAS rounding (which decides
         whether two such pairs tie)."""
-        return (pairwise_relations(l2_normalize_mx(student), self.relation),
-                pairwise_relations(l2_normalize_mx(teacher), self.relation))
+        n = student.shape[0]
+        iu = torch.triu_indices(n, n, offset=1, device=student.device)
+        flat = iu[0] * n + iu[1]  # the pairs i < j, row-major (as ``relations.pairwise_relations``)
+        del iu  # one int64 index kept for the backward, not two
+        return (distance_matrix(l2_normalize_mx(student), self.relation).reshape(-1).index_select(0, flat),
+                distance_matrix(l2_normalize_mx(teacher), self.relation).reshape(-1).index_select(0, flat))
 
     def compute_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         s, t = self.relations(student, teacher)

@@ -143,8 +143,7 @@ class _Work:
         if bufs is None:
             bufs = dict(f=[torch.empty(n, dtype=torch.float64, device=dev) for _ in range(nf)],
                         i=[torch.empty(n, dtype=torch.int64, device=dev)],
-                        c=[torch.empty(n, dtype=torch.int32, device=dev) for _ in range(2)],
-                        pos=[torch.arange(n, dtype=torch.float64, device=dev)])
+                        c=[torch.empty(n, dtype=torch.int32, device=dev)])
         self.bufs = bufs
 
     def head(self, size: int) -> "_Work":
@@ -159,7 +158,7 @@ def _tree_pass(code, f, acc, levels: int, k: int, beta: float, single: bool, tot
     sum of exp(beta x) (exp) or of x^k (power) into ``tot`` and, for exp, the dominated pair count into ``cnt``
     (in place). Returns (code, f, acc) as reached (the inputs' storage is reused as scratch)."""
     n = code.numel()
-    fb, (dest,), (i32, code2), (posf,) = (work.bufs[x] for x in ("f", "i", "c", "pos"))
+    fb, (dest,), (code2,) = (work.bufs[x] for x in ("f", "i", "c"))
     A, B, C, D, r, f2, acc2 = fb[:7]
     if not single or k:
         mk, mq = fb[7], fb[8]
@@ -172,11 +171,11 @@ def _tree_pass(code, f, acc, levels: int, k: int, beta: float, single: bool, tot
         rows = n >> lev
         shape = (rows, width)
         Av, Bv, Cv, Dv = A.view(shape), B.view(shape), C.view(shape), D.view(shape)
-        torch.bitwise_right_shift(code, lev - 1 if single else lev, out=i32)  # the split bit: the right half
-        r.copy_(i32.bitwise_and_(1))
+        torch.bitwise_right_shift(code, lev - 1 if single else lev, out=code2)  # the split bit: right half
+        r.copy_(code2.bitwise_and_(1))  # (code2 is scratch until the scatter)
         if not single:  # masks: left keys, right queries
-            torch.bitwise_and(code, 1, out=i32)
-            mk.copy_(i32)
+            torch.bitwise_and(code, 1, out=code2)
+            mk.copy_(code2)
             torch.mul(mk, r, out=mq)
             mk.sub_(mq)
             torch.sub(r, mq, out=mq)
@@ -221,17 +220,20 @@ def _tree_pass(code, f, acc, levels: int, k: int, beta: float, single: bool, tot
             gk.mul_(mk).sub_(gq.mul_(mq))
             acc.add_(gk, alpha=float(k))
         # stable partition of every group by the split bit (each half has `half` items, still in value order):
-        # with cr = inclusive count of right items and k = index in the group, a left item moves to pos - cr, a
-        # right one to (group start) + half - 1 + cr = pos - cr + (half - 1 - k + 2 cr); in float64 (exact)
+        # with cr = inclusive count of right items and k = index in the group, a left item moves to k - cr and a
+        # right one to half - 1 + cr = (k - cr) + (half - 1 + cr - (k - cr)) (float64: exact; scatters in the row)
         torch.cumsum(r.view(shape), 1, out=Cv)
         if single and k == 0:  # the right items before each left one: its dominated pairs (minus the rights')
             cnt.add_(C.sum() - rows * half * (half + 1) // 2)
-        torch.add(torch.sub(half - 1.0, posf[:width]), Cv, alpha=2.0, out=Dv)
-        torch.sub(posf[:n], C, out=A).addcmul_(r, D)
+        kb = torch.arange(width, dtype=torch.float64, device=code.device, out=B[:width])
+        torch.sub(kb, Cv, out=Av)
+        torch.sub(Cv, Av, out=Dv).add_(half - 1.0)
+        A.addcmul_(r, D)
         dest.copy_(A)
-        code2.scatter_(0, dest, code)
-        f2.scatter_(0, dest, f)
-        acc2.scatter_(0, dest, acc)
+        dv = dest.view(shape)
+        code2.view(shape).scatter_(1, dv, code.view(shape))
+        f2.view(shape).scatter_(1, dv, f.view(shape))
+        acc2.view(shape).scatter_(1, dv, acc.view(shape))
         code, code2, f, f2, acc, acc2 = code2, code, f2, f, acc2, acc
     return code, f, acc
 
@@ -249,7 +251,7 @@ def _run_tree(code, f, levels: int, k: int, beta: float, single: bool):
         orig = (code, f, acc)
         code, f, acc = _tree_pass(code, f, acc, levels, k, beta, single, tot, cnt, work, stop=_CHUNK_LEVELS)
         if code.data_ptr() != orig[0].data_ptr():  # the results lie in the work's second copies: swap them
-            work.bufs["c"][1], work.bufs["f"][5], work.bufs["f"][6] = orig
+            work.bufs["c"][0], work.bufs["f"][5], work.bufs["f"][6] = orig
         size = 1 << _CHUNK_LEVELS
         cwork = work.head(size)
         for c0 in range(0, n, size):
@@ -289,11 +291,13 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
         raise ValueError(f"pwr fast path (exp): beta * (value range) = {beta} * {float(hi - lo):.4g} exceeds "
                          f"{EXP_RANGE} (float64 exp would leave its normal range); use method='tiled'")
     center = 0.5 * (hi + lo)
+    del s64, t64  # (s, qry and key hold what is needed)
     n_items = m if single else 2 * m
     levels = max(1, (n_items - 1).bit_length())
     n = 1 << levels
     if single:
         code, v_val, t_perm, count = _setup_single(qry, s.detach().reshape(-1), t, n)
+        t_perm = t_perm.to(torch.int32)  # half the memory while the pass runs
         f = torch.ones(n, dtype=torch.float64, device=dev) if k == 0 else torch.zeros(n, dtype=torch.float64,
                                                                                        device=dev)
         f[:m] = torch.exp((v_val - center) * beta) if k == 0 else v_val - center
@@ -311,7 +315,7 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
         acc, tot, cnt = _run_tree(code, f, levels, k, beta, False)
         grad_t = acc.index_select(0, qpos_sorted) + acc.index_select(0, qpos_sorted + g)
     total = tot - cnt if k == 0 else tot
-    grad = torch.empty(m, dtype=torch.float64, device=dev).scatter_(0, t_perm, grad_t)
+    grad = torch.empty(m, dtype=torch.float64, device=dev).scatter_(0, t_perm.to(torch.int64), grad_t)
     return total, grad, count
 
 
