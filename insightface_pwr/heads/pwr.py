@@ -3,7 +3,11 @@
 Nikitin, Konushin, Konushin, "Pairwise Ranking Distillation for Deep Face Recognition", GraphiCon 2020
 (eq. 3-11); defaults follow the authors' MXNet code (github mnikitin/KD-PWR, ``utils/loss/pwr.py``).
 
-Over the M = N(N-1)/2 pairs of the batch, t_p and s_p are the teacher's and student's relation values (DISTANCES,
+Conventions: the rows of both embedding matrices are L2-normalised as the authors' MXNet code does
+(x / sqrt(|x|^2 + 1e-10)); the relations are the M = N(N-1)/2 values of the pairs i < j (row-major), cosine
+distance 1 - x_i.x_j or euclidean distance, so they lie in [0, 2].
+
+Over the M pairs of the batch, t_p and s_p are the teacher's and student's relation values (DISTANCES,
 see ``relations.py``: ranking by cosine distance is ranking by similarity in reverse; the losses are the same).
 For every ordered pair of pairs (p, q) with t_p > t_q (ties excluded), x_pq = m_pq - (s_p - s_q) and the loss is
 the MEAN of l(x_pq) over those pairs of pairs:

@@ -38,8 +38,9 @@ with debug checks on (``insightface_pwr.heads.base.debug_checks``): a per-call c
 binom(k, k/2) (R/2)^k ulps per term): fast ``power`` is limited to integer p <= ``MAX_FAST_POWER``. The pair count
 C is exact (int64). No host read anywhere in the forward or the backward.
 
-Cost: three or four int64 sorts of M keys, then log2(n) levels of about 20 vectorised O(n) operations; about 15
-vectors of n entries (float64 or int64) at the peak. On a CPU the levels below 2^16 items are finished chunk by
+Cost: two int64 sorts of M keys (float32 relations, one item per relation; four for float64, three plus searches
+for pair items), then log2(n) levels of about 20 vectorised O(n) operations; about 11 float64 / int64 and 2 int32
+vectors of n entries at the peak (about 116 bytes per relation at N = 4096, head included). On a CPU the levels below 2^16 items are finished chunk by
 chunk (cache-sized working set), every temporary allocated once. The gradient is computed in the forward and
 stored: the backward is one multiplication.
 """
