@@ -1,17 +1,29 @@
-"""PWR scaling: forward + backward time and peak extra memory of the ``pwr`` head by method, side by side.
+"""PWR scaling: forward + backward time, peak memory and operation count of the ``pwr`` head by method, against
+the floor.
 
-For N = 92, 128, 256, 512, 1024 (M = N(N-1)/2 relations, M^2 pairs of pairs) the head (PWR-Exp teacher-diff,
-the paper's best, cosine relations; float32 embeddings of 512 dims, student requires grad) runs
-``method="fast"`` (exact, O(M log M)), ``"dense"`` (the O(M^2)-memory reference) where its estimated memory fits
-``--dense-budget-gb``, and ``"tiled"`` (exact, O(M^2) time, O(M + tile^2) memory) where its estimated time fits
-``--tiled-budget-s``; the others print their estimate. Time: median over ``--repeats`` runs (wall clock,
-``torch.set_num_threads(--threads)``). Memory: peak resident set size above the level before the call
-(/proc/self/status VmHWM after resetting it through /proc/self/clear_refs), with glibc's mmap threshold lowered
-(the script re-executes itself with MALLOC_MMAP_THRESHOLD_) so that freed buffers leave the RSS. CPU by default;
-``--device cuda`` times with CUDA events and reports torch.cuda.max_memory_allocated instead.
+For each N (M = N(N-1)/2 relations, M^2 pairs of pairs) the head (PWR-Exp teacher-diff, the paper's best, cosine
+relations; float32 embeddings of 512 dims, student requires grad) runs ``method="fast"`` (exact, O(M log M)),
+``"dense"`` (the O(M^2)-memory reference) where its estimated memory fits ``--dense-budget-gb``, and ``"tiled"``
+(exact, O(M^2) time, O(M + tile^2) memory) where its estimated time fits ``--tiled-budget-s``.
 
-    python benchmarks/pwr_scaling.py                     # the full table (a few minutes on 2 CPU cores)
-    python benchmarks/pwr_scaling.py --sizes 92 128      # a quick look
+Printed in the same run, per N:
+- the FLOOR: one float64 sort of the M teacher relations plus the two N x N distance matrices (``torch.cdist``),
+  what any exact ranking loss must at least do, and each method's time as a multiple of it;
+- peak memory: resident set size above the level before the call (/proc/self/status VmHWM after a reset through
+  /proc/self/clear_refs), in MB and in bytes per relation. With the default allocator, buffers above glibc's mmap
+  threshold (at most 32 MB) go back to the system when freed, so large-N figures are exact, while small-N figures
+  can read low (heap reused from the warm-up). ``--low-mmap`` re-executes with MALLOC_MMAP_THRESHOLD_=131072
+  (every buffer above 128 kB is mmapped) for small-N memory, at some cost in time;
+- ops: the number of torch function calls of one forward + backward (a ``TorchFunctionMode`` that stays active
+  inside the backward), a CPU proxy for GPU kernel launches: metadata queries (``.shape``, ``.dim()``) are not
+  counted, view-only calls (``view``, slicing, ``detach``) are counted apart ("views"). The autograd engine's own
+  C++ backward kernels (of matmul, indexing) are not seen: add about 5.
+Time: median over ``--repeats`` runs (wall clock, ``torch.set_num_threads(--threads)``, default one thread), and the
+process CPU time (a loaded machine shows as wall >> cpu). ``--device cuda`` times with CUDA events and reports
+torch.cuda.max_memory_allocated instead.
+
+    python benchmarks/pwr_scaling.py                            # N = 92 .. 1024 (about a minute on one core)
+    python benchmarks/pwr_scaling.py --sizes 92 1024 4096 --repeats 3
 """
 from __future__ import annotations
 
@@ -22,13 +34,76 @@ import sys
 import time
 from typing import Callable, Optional, Tuple
 
-if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and __name__ == "__main__":
+if "--low-mmap" in sys.argv and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and __name__ == "__main__":
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
     os.execv(sys.executable, [sys.executable] + sys.argv)
 
 import torch  # noqa: E402
+from torch.overrides import TorchFunctionMode  # noqa: E402
 
 from insightface_pwr.heads.registry import create_head  # noqa: E402
+
+_META = {"dim", "numel", "size", "data_ptr", "stride", "is_floating_point", "is_complex", "element_size",
+         "storage_offset", "is_contiguous", "__len__", "__get__", "__set__"}
+_VIEWS = {"view", "reshape", "t", "detach", "expand", "unsqueeze", "squeeze", "flatten", "narrow", "select",
+          "view_as", "as_strided"}
+
+
+def _is_view(name: str, args: tuple) -> bool:
+    """A call that makes a view (no kernel): the names above, and indexing with ints and slices only."""
+    if name in _VIEWS:
+        return True
+    if name == "__getitem__" and len(args) > 1:
+        idx = args[1] if isinstance(args[1], tuple) else (args[1],)
+        return not any(isinstance(i, torch.Tensor) for i in idx)
+    return False
+
+
+class OpCounter(TorchFunctionMode):
+    """Counts torch function calls (not metadata queries), the backward's included: a mode is popped while it
+    handles a call, so ``Tensor.backward`` is rerouted to the engine call with the mode pushed again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self.views = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.backward:
+            loss = args[0]
+            with self:
+                torch.autograd.Variable._execution_engine.run_backward(
+                    (loss,), (torch.ones_like(loss),), False, False, (), True, True)
+            return None
+        name = getattr(func, "__name__", "")
+        if _is_view(name, args):
+            self.views += 1
+        elif name not in _META:
+            self.count += 1
+        return func(*args, **kwargs)
+
+
+def count_ops(fn: Callable[[], None]) -> Tuple[int, int]:
+    """(operations, view-only calls) of one call of ``fn``."""
+    counter = OpCounter()
+    with counter:
+        fn()
+    return counter.count, counter.views
+
+
+def floor_fn(student: torch.Tensor, teacher: torch.Tensor) -> Callable[[], None]:
+    """One float64 sort of the M teacher relations and the two N x N distance matrices."""
+    n = student.shape[0]
+    iu = torch.triu_indices(n, n, offset=1, device=student.device)
+    t_rel = torch.cdist(teacher, teacher)[iu[0], iu[1]].to(torch.float64)
+
+    def run() -> None:
+        torch.cdist(student, student)
+        torch.cdist(teacher, teacher)
+        torch.sort(t_rel)
+
+    return run
 
 
 def _rss_kb(field: str) -> int:
@@ -92,56 +167,68 @@ def main(argv: Optional[list] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[92, 128, 256, 512, 1024])
     ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dense-budget-gb", type=float, default=4.0)
-    ap.add_argument("--tiled-budget-s", type=float, default=60.0)
+    ap.add_argument("--tiled-budget-s", type=float, default=30.0)
     ap.add_argument("--tile", type=int, default=2048)
+    ap.add_argument("--low-mmap", action="store_true", help="re-execute with MALLOC_MMAP_THRESHOLD_=131072")
+    ap.add_argument("--no-variants", action="store_true", help="skip the diff / power lines at the last N")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    print(f"# load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpu(s)")
+    print(f"# load average before: {' '.join('%.2f' % x for x in os.getloadavg())} on {os.cpu_count()} cpu(s); "
+          f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'default')}")
     print(f"# pwr_scaling: PWR-Exp (teacher-diff), cosine, float32 embeddings {args.dim}-d, device {args.device}, "
           f"{torch.get_num_threads()} thread(s), torch {torch.__version__}")
-    print(f"{'N':>5} {'M':>7} {'M^2':>9} | {'fast s':>8} {'cpu s':>7} {'fast MB':>8} | {'dense s':>9} {'cpu s':>8} "
-          f"{'dense MB':>9} | {'tiled s':>9} {'tiled MB':>8} | {'dense/fast':>10}")
+    print(f"{'N':>5} {'M':>8} | {'floor ms':>9} | {'fast ms':>9} {'cpu ms':>8} {'x floor':>7} {'MB':>7} {'B/rel':>6} "
+          f"{'ops':>5} {'views':>5} | {'dense ms':>9} {'x floor':>7} {'B/rel':>6} | {'tiled ms':>9} {'x floor':>7} {'B/rel':>6}")
     tiled_rate = None  # seconds per pair of pairs, from the last tiled run
+    params = dict(inversion="exp", margin="teacher_diff", relation="cosine")
     for n in args.sizes:
         g = torch.Generator().manual_seed(n)
         student = torch.randn(n, args.dim, generator=g).to(dev)
         teacher = torch.randn(n, args.dim, generator=g).to(dev)
         m = n * (n - 1) // 2
-        params = dict(inversion="exp", margin="teacher_diff", relation="cosine")
-        t_fast, mb_fast, c_fast = measure(fwd_bwd("fast", student, teacher, **params), args.repeats, args.device)
+        t_floor, _, _ = measure(floor_fn(student, teacher), args.repeats, args.device)
+        fast = fwd_bwd("fast", student, teacher, **params)
+        t_fast, mb_fast, c_fast = measure(fast, args.repeats, args.device)
+        ops, views = count_ops(fast)
+
+        def cell(t: float, mb: Optional[float]) -> str:
+            per = mb * 2**20 / m if mb is not None else float("nan")
+            return f"{t * 1e3:9.2f} {t / t_floor:7.2f} {per:6.0f}"
+
         dense_gb = 6 * 4 * m * m / 2**30  # about six float32 M x M buffers (ds, dt, mask, terms, grads)
         if dense_gb <= args.dense_budget_gb:
-            t_dense, mb_dense, c_dense = measure(fwd_bwd("dense", student, teacher, **params),
-                                                 max(1, args.repeats // 2), args.device)
-            dense_cell = f"{t_dense:9.4f} {c_dense:8.3f} {mb_dense if mb_dense is not None else float('nan'):9.1f}"
-            ratio = f"{t_dense / t_fast:10.1f}"
+            t_dense, mb_dense, _ = measure(fwd_bwd("dense", student, teacher, **params),
+                                           max(1, args.repeats // 2), args.device)
+            dense_cell = cell(t_dense, mb_dense)
         else:
-            dense_cell, ratio = f"{'(~%.0f GB)' % dense_gb:>28}", f"{'n/a':>10}"
+            dense_cell = f"{'(~%.0f GB)' % dense_gb:>24}"
         est = tiled_rate * m * m if tiled_rate is not None else 0.0
         if args.tiled_budget_s > 0 and est <= args.tiled_budget_s:
             t_tiled, mb_tiled, _ = measure(fwd_bwd("tiled", student, teacher, tile=args.tile, **params), 1,
                                            args.device)
             tiled_rate = t_tiled / (m * m)
-            tiled_cell = f"{t_tiled:9.3f} {mb_tiled if mb_tiled is not None else float('nan'):8.1f}"
+            tiled_cell = cell(t_tiled, mb_tiled)
         else:
-            tiled_cell = f"{('(est %.0f s)' % est) if tiled_rate is not None else '(skipped)':>18}"
-        print(f"{n:5d} {m:7d} {m * m:9.2e} | {t_fast:8.4f} {c_fast:7.3f} "
-              f"{mb_fast if mb_fast is not None else float('nan'):8.1f}"
-              f" | {dense_cell} | {tiled_cell} | {ratio}", flush=True)
-    n = args.sizes[-1]
-    g = torch.Generator().manual_seed(n)
-    student, teacher = torch.randn(n, args.dim, generator=g).to(dev), torch.randn(n, args.dim, generator=g).to(dev)
-    for inv, extra in (("diff", dict(margin=0.1)), ("power", dict(p=2.0, margin="teacher_std")),
-                       ("power", dict(p=3.0, margin="teacher_diff"))):
-        t_fast, mb_fast, c_fast = measure(fwd_bwd("fast", student, teacher, inversion=inv, relation="cosine",
-                                                  **extra), args.repeats, args.device)
-        print(f"# fast {inv} {extra}: N = {n}: {t_fast:.4f} s wall, {c_fast:.3f} s cpu, "
-              f"{mb_fast if mb_fast is not None else float('nan'):.1f} MB")
+            tiled_cell = f"{'(est %.0f s)' % est:>24}"
+        mb = mb_fast if mb_fast is not None else float("nan")
+        print(f"{n:5d} {m:8d} | {t_floor * 1e3:9.2f} | {t_fast * 1e3:9.2f} {c_fast * 1e3:8.1f} {t_fast / t_floor:7.2f} "
+              f"{mb:7.1f} {mb * 2**20 / m:6.0f} {ops:5d} {views:5d} | {dense_cell} | {tiled_cell}", flush=True)
+    if not args.no_variants:
+        n = args.sizes[-1]
+        g = torch.Generator().manual_seed(n)
+        student, teacher = torch.randn(n, args.dim, generator=g).to(dev), torch.randn(n, args.dim, generator=g).to(dev)
+        for inv, extra in (("diff", dict(margin=0.1)), ("power", dict(p=2.0, margin="teacher_std")),
+                           ("power", dict(p=3.0, margin="teacher_diff"))):
+            fn = fwd_bwd("fast", student, teacher, inversion=inv, relation="cosine", **extra)
+            t_fast, mb_fast, c_fast = measure(fn, args.repeats, args.device)
+            print(f"# fast {inv} {extra}: N = {n}: {t_fast * 1e3:.1f} ms wall, {c_fast * 1e3:.1f} ms cpu, "
+                  f"{mb_fast if mb_fast is not None else float('nan'):.1f} MB, {count_ops(fn)[0]} ops")
+    print(f"# load average after: {' '.join('%.2f' % x for x in os.getloadavg())}")
     return 0
 
 

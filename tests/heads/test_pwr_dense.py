@@ -1,5 +1,5 @@
 """PWR (``pwr_loss_dense`` and the ``pwr`` head, whatever path it takes) against a slow loop over the ordered
-pairs of pairs, written from shared/spec/HEADS.md: values and gradients, float64 and float32, with ties."""
+pairs of pairs, written from the paper's definition (eq. 3-11, the ``pwr`` module docstring): values and gradients, float64 and float32, with ties."""
 from __future__ import annotations
 
 import math

@@ -10,6 +10,7 @@ import zlib
 import pytest
 import torch
 
+from insightface_pwr.heads.base import debug_checks
 from insightface_pwr.heads.pwr import pwr_loss_dense
 from insightface_pwr.heads.pwr_fast import (MAX_FAST_POWER, is_decomposable, pair_count, pwr_loss,
                                             pwr_sum_and_grad_fast, resolve_method)
@@ -18,7 +19,7 @@ from insightface_pwr.heads.registry import create_head
 RTOL = 1e-6
 FAST = [("diff", 1.0, 1.0), ("power", 2.0, 1.0), ("power", 3.0, 1.0), ("exp", 1.0, 1.0), ("exp", 1.0, 2.5)]
 TILED_ONLY = [("ranknet", 1.0, 1.0), ("ranknet", 1.0, 3.0), ("power", 1.5, 1.0), ("power", 0.5, 1.0)]
-MARGINS = [0.0, 0.1, "teacher_std", "teacher_diff"]
+MARGINS = [0.0, 0.1, -0.125, "teacher_std", "teacher_diff"]
 TIES = ["none", "t", "s", "both"]
 
 
@@ -155,10 +156,46 @@ def test_method_resolution_never_approximates_silently() -> None:
         create_head("pwr", tile=0)
 
 
-def test_exp_fast_refuses_overflowing_range() -> None:
+def test_exp_fast_refuses_overflowing_range_with_debug_checks() -> None:
+    """The range check reads values on the host: it runs with debug checks on only."""
     s, t = relations(20, "none", seed=1)
-    with pytest.raises(ValueError, match="exceeds .* use method='tiled'"):
+    with debug_checks(True), pytest.raises(ValueError, match="exceeds .* use method='tiled'"):
         pwr_sum_and_grad_fast(s, t, "exp", 0.0, beta=2000.0)
+    with debug_checks(True):  # within range: no error, the same result as without the check
+        assert_close_rel(pwr_sum_and_grad_fast(s, t, "exp", 0.0, beta=2.0)[0],
+                         pwr_sum_and_grad_fast(s, t, "exp", 0.0, beta=2.0)[0], "debug on/off")
+
+
+def test_exp_head_refuses_or_avoids_a_beta_out_of_the_fast_range() -> None:
+    """Relations of normalised rows lie in [0, 2]: the head knows the bound at construction (no per-call read)."""
+    with pytest.raises(ValueError, match="beta=400.0"):
+        create_head("pwr", method="fast", inversion="exp", beta=400.0)
+    assert create_head("pwr", method="auto", inversion="exp", beta=400.0)._method == "tiled"
+    assert create_head("pwr", method="auto", inversion="exp", beta=100.0)._method == "fast"
+    assert create_head("pwr", method="auto", inversion="exp", beta=300.0, margin=1.0)._method == "tiled"
+
+
+@pytest.mark.parametrize("inversion,p,beta", FAST)
+@pytest.mark.parametrize("margin", ["teacher_diff", 0.0, 0.125])
+def test_fast_float32_relations_with_ties(inversion: str, p: float, beta: float, margin) -> None:
+    """float32 relations take the 32-bit teacher key; ties in t, in s and between -0.0 and +0.0."""
+    s, t = relations(300, "both", seed=9)
+    t[:10] = -0.0
+    t[10:20] = 0.0
+    s32, t32 = s.float().requires_grad_(True), t.float()
+    got = pwr_loss(s32, t32, inversion, margin, p, beta, method="fast")
+    (g_got,) = torch.autograd.grad(got, s32)
+    s64 = s.clone().requires_grad_(True)
+    ref = pwr_loss_dense(s64, t32.double(), inversion, margin, p, beta)
+    (g_ref,) = torch.autograd.grad(ref, s64)
+    assert got.dtype == torch.float32
+    assert_close_rel(got.detach().double(), ref.detach(), f"loss float32 {inversion} {margin}")
+    assert_close_rel(g_got.double(), g_ref, f"grad float32 {inversion} {margin}")
+
+
+def test_no_ordered_pair_count_is_a_tensor() -> None:
+    assert pair_count(torch.tensor([-0.0, 0.0, 0.0])).item() == 0
+    assert pair_count(torch.tensor([1.0, -0.0, 0.0])).item() == 2
 
 
 @pytest.mark.parametrize("inversion,p", [("exp", 1.0), ("power", 3.0)])

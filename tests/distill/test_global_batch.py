@@ -1,7 +1,8 @@
-"""``pwr`` with ``scope="global"``: 2 processes (gloo on 127.0.0.1) against ONE process on the concatenated batch.
+"""``pwr`` in the ``GlobalBatch`` wrapper (a recipe term's ``gather="global"``): 2 processes (gloo on 127.0.0.1)
+against ONE process on the concatenated batch.
 
 The model is a shared linear layer (same weights on both ranks): student embeddings S_r = X_r @ W. What must hold
-(the convention of ``insightface_pwr/distributed.py``, arcface_torch's AllGather):
+(the convention of ``insightface_pwr/distill/collectives.py``, arcface_torch's AllGather):
 - every rank's loss VALUE equals the single-process loss over the concatenated batch;
 - every rank's gradient w.r.t. its OWN embeddings S_r equals W_size (= 2) times the single-process gradient of the
   same rows (the gather's backward sums the ranks' gradients and multiplies by the world size);
@@ -18,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from insightface_pwr.distill.gather import GlobalBatch
 from insightface_pwr.heads.registry import create_head
 
 WORLD = 2
@@ -39,7 +41,8 @@ def _run(params: dict, x: torch.Tensor, w0: torch.Tensor, teacher: torch.Tensor,
     w = w0.clone().requires_grad_(True)
     s = x @ w
     s.retain_grad()
-    loss = create_head("pwr", scope=scope, **params)(student=s, teacher=teacher)
+    head = create_head("pwr", **params)
+    loss = (GlobalBatch(head) if scope == "global" else head)(student=s, teacher=teacher)
     loss.backward()
     return loss.detach(), s.grad, w.grad
 
