@@ -12,6 +12,7 @@ from ...infra import faults
 from ...infra.atomic import atomic_write_json
 from ...infra.progress import progress_bar
 from .fingerprint import image_records, recordio_fingerprint
+from .lock import exclusive_lock
 from .format import (CACHE_FORMAT, FLIP_MODES, TRAIN_MEAN, TRAIN_STD, CacheError, PathLike, _meta_path, _read_meta,
                      _to_ranges)
 
@@ -34,9 +35,17 @@ def build_cache(teacher: Callable[[torch.Tensor], torch.Tensor], teacher_info: D
     if batch_size <= 0 or chunk_batches <= 0:
         raise CacheError(f"batch_size and chunk_batches must be > 0, got {batch_size} and {chunk_batches}")
     out = Path(out)
-    meta_path = _meta_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
+    with exclusive_lock(out):  # one writer per cache, for the whole build (lock.py)
+        return _build_locked(teacher, teacher_info, rec_dir, out, flip=flip, batch_size=batch_size,
+                             chunk_batches=chunk_batches, device=torch.device(device), progress=progress,
+                             overwrite=overwrite, log=log)
+
+
+def _build_locked(teacher: Callable[[torch.Tensor], torch.Tensor], teacher_info: Dict[str, Any], rec_dir: PathLike,
+                  out: Path, *, flip: str, batch_size: int, chunk_batches: int, device: torch.device,
+                  progress: bool, overwrite: bool, log: Callable[[str], None]) -> Dict[str, Any]:
+    meta_path = _meta_path(out)
     records = image_records(rec_dir)
     keys = records.keys
     if not keys:
@@ -75,6 +84,8 @@ def build_cache(teacher: Callable[[torch.Tensor], torch.Tensor], teacher_info: D
                          f"pass --overwrite")
     if start == 0:
         atomic_write_json(meta_path, meta)  # first: a kill after this leaves a resumable (empty) cache
+        if out.exists():  # a new inode: a reader that still maps the old array keeps its bytes (no truncation)
+            out.unlink()
         arr = np.lib.format.open_memmap(str(out), mode="w+", dtype=np.float16, shape=shape)
     else:
         arr = np.lib.format.open_memmap(str(out), mode="r+")
