@@ -14,7 +14,7 @@ from ...infra.progress import progress_bar
 from .fingerprint import image_records, recordio_fingerprint
 from .lock import exclusive_lock
 from .format import (CACHE_FORMAT, FLIP_MODES, TRAIN_MEAN, TRAIN_STD, CacheError, PathLike, _meta_path, _read_meta,
-                     _to_ranges)
+                     _to_ranges, hash_rows)
 
 _IDENTITY_FIELDS = ("format", "teacher", "recordio", "keys", "count", "flips", "embedding_size", "dtype",
                     "image_size", "normalisation", "batch_size", "chunk_size", "num_chunks")
@@ -48,7 +48,7 @@ def _build_locked(teacher: Callable[[torch.Tensor], torch.Tensor], teacher_info:
     meta_path = _meta_path(out)
     records = image_records(rec_dir)
     keys = records.keys
-    if not keys:
+    if len(keys) == 0:
         raise CacheError(f"RecordIO set {str(rec_dir)!r} has no image records")
     first = records.image(keys[0])
     h, w = int(first.shape[1]), int(first.shape[2])
@@ -62,8 +62,9 @@ def _build_locked(teacher: Callable[[torch.Tensor], torch.Tensor], teacher_info:
         "normalisation": {"mean": TRAIN_MEAN, "std": TRAIN_STD,
                           "convention": "RGB, NCHW float32, (pixel - mean) / std, as arcface_torch trains"},
         "batch_size": batch_size, "chunk_size": chunk, "num_chunks": -(-len(keys) // chunk),
-        "chunks_done": 0, "complete": False}
+        "chunks_done": 0, "complete": False, "chunk_sha256": []}
     shape = (len(keys), len(flips), dim)
+    row_bytes = len(flips) * dim * np.dtype(np.float16).itemsize
 
     start = 0
     if meta_path.is_file() and not overwrite:
@@ -76,6 +77,10 @@ def _build_locked(teacher: Callable[[torch.Tensor], torch.Tensor], teacher_info:
         if old.get("complete"):
             log(f"{out}: already complete ({len(keys)} records)")
             return old
+        meta["chunk_sha256"] = list(old.get("chunk_sha256", []))[:start]
+        if len(meta["chunk_sha256"]) != start:
+            raise CacheError(f"{str(meta_path)!r} records {start} finished chunks but {len(meta['chunk_sha256'])} "
+                             f"chunk checksums; remove both files (or pass --overwrite) to start over")
         if start > 0 and not out.is_file():
             raise CacheError(f"{str(meta_path)!r} records {start} finished chunks but {str(out)!r} is missing; "
                              f"remove the metadata file to start over")
@@ -119,6 +124,8 @@ def _build_locked(teacher: Callable[[torch.Tensor], torch.Tensor], teacher_info:
                     if bar is not None:
                         bar.update(len(batch_keys))
             arr.flush()
+            # the checksum of the chunk's bytes as the file now holds them (checked when training opens the cache)
+            meta["chunk_sha256"].append(hash_rows(out, arr.offset, row_bytes, lo, hi))
             faults.hit("cache_kill_before_commit", c)  # test seam: killed before the commit
             meta["chunks_done"] = c + 1
             meta["complete"] = c + 1 == meta["num_chunks"]
