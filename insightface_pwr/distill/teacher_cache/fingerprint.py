@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
 import torch
 
 from .format import TRAIN_MEAN, TRAIN_STD, CacheError, PathLike, _WINDOW, _WINDOW_EDGE, _WINDOWS
@@ -48,20 +49,32 @@ class image_records:  # noqa: N801  (used like a function: image_records(rec_dir
     """The image records of a RecordIO folder exactly as training reads them: the data layer's
     :class:`~insightface_pwr.data.FaceDataset` (its keys, decoding and normalisation; no random flip).
 
-    ``keys``: the RecordIO keys of the images, in the dataset's order; ``image(key, flip)``: that record's training
-    tensor (3 x H x W float32, ``(pixel - 127.5) / 127.5``), mirrored when ``flip`` (as the random flip does)."""
+    ``keys``: the RecordIO keys of the images, in the dataset's order (int64 array); ``image(key, flip)``: that
+    record's training tensor (3 x H x W float32, ``(pixel - 127.5) / 127.5``), mirrored when ``flip`` (as the random
+    flip does)."""
 
     def __init__(self, rec_dir: PathLike) -> None:
         from ...data.dataset import FaceDataset
         _rec_paths(rec_dir)
         self.dataset = FaceDataset(rec_dir, random_flip=False, return_meta=False, mean=TRAIN_MEAN, std=TRAIN_STD)
         self.path = str(self.dataset.rec_path)
-        self.keys = [int(k) for k in self.dataset.keys]
-        self._pos = {k: i for i, k in enumerate(self.keys)}
+        self.keys = np.asarray(self.dataset.keys, dtype=np.int64).reshape(-1)  # no Python list / dict of all keys
+        self._sorted = bool(np.all(np.diff(self.keys) > 0))
+        self._pos: Optional[Dict[int, int]] = None  # key -> position, only for unsorted keys, on first use
+
+    def _position(self, key: int) -> int:
+        if self._sorted:
+            i = int(np.searchsorted(self.keys, key))
+            if i < len(self.keys) and self.keys[i] == key:
+                return i
+            raise KeyError(key)
+        if self._pos is None:
+            self._pos = {int(k): i for i, k in enumerate(self.keys)}
+        return self._pos[int(key)]
 
     def image(self, key: int, flip: bool = False) -> torch.Tensor:
-        image = self.dataset[self._pos[int(key)]][0]
+        image = self.dataset[self._position(key)][0]
         return torch.flip(image, dims=[-1]) if flip else image
 
     def label(self, key: int) -> int:
-        return self.dataset.label_of(self._pos[int(key)])
+        return self.dataset.label_of(self._position(key))
