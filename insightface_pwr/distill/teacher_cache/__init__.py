@@ -8,7 +8,10 @@ Files (``OUT`` is the path given to ``insightface-pwr cache-teacher --out``):
   output (not normalised), rounded to float16 (relative precision 2**-11);
 * ``OUT.json``: the metadata, rewritten atomically after every chunk (it is the progress record too):
   the teacher file's sha256, the RecordIO fingerprint (below), the record keys (as ``[start, stop)`` ranges),
-  image size, normalisation, flips, the chunking, ``chunks_done`` and ``complete``.
+  image size, normalisation, flips, the chunking, ``chunks_done``, ``complete`` and ``chunk_sha256`` (the sha256 of
+  each committed chunk's rows as written in ``OUT``; re-checked when training opens the cache, ``TeacherCache``'s
+  ``verify``);
+* ``OUT.lock``: present while a build runs; its exclusive ``flock`` refuses a second writer (``lock.py``).
 
 Preprocessing is the training transform's: decode the record's image to RGB, mirror it for the flipped column,
 ``(pixel - 127.5) / 127.5`` as NCHW float32 (what arcface_torch feeds the student, and the teacher sees unchanged).

@@ -40,5 +40,9 @@ class KeyIndex:
             return np.full(keys.shape, -1, np.int64)
         return np.where(found, self.first_row[j] + keys - self.starts[j], -1)
 
-    def contains(self, keys: np.ndarray) -> np.ndarray:
-        return self.rows(keys) >= 0
+    def contains(self, keys: np.ndarray, block: int = 1 << 20) -> np.ndarray:
+        keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+        out = np.empty(keys.shape, dtype=bool)
+        for lo in range(0, keys.size, block):  # in blocks: bounded temporaries for millions of keys
+            out[lo:lo + block] = self.rows(keys[lo:lo + block]) >= 0
+        return out

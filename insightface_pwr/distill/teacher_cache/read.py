@@ -27,10 +27,11 @@ class TeacherCache:
     ``verify="full"`` (default) re-hashes every chunk at open and refuses a cache whose bytes differ from the
     checksums its builder committed (rows zeroed or altered), naming the chunk and its rows. Cost: one sequential
     read + sha256 of the whole array, O(size), on ``min(8, cpu_count)`` threads: MS1M with both flips of a 512-d
-    teacher is 5.8 M x 2 x 512 x 2 B = 12 GB, about 8 s of sha256 on one core (~1.5 GB/s; see benchmarks/RESULTS.md)
-    spread over the threads, plus reading 12 GB (seconds from page cache / NVMe, minutes from a slow disk), per
-    opening process. ``verify="none"`` skips it (checks only the array's shape and dtype): for the other ranks of a
-    node once one has verified, or for caches of format /1 (no checksums).
+    teacher is 5.8 M x 2 x 512 x 2 B = 12 GB: 10-22 s of sha256 on one core at the 0.55-1.2 GB/s measured here
+    (``benchmarks/cache_index.py``; CPUs with SHA extensions hash ~2 GB/s), divided among the threads, plus reading
+    12 GB (seconds from page cache / NVMe, minutes from a slow disk), in every process that opens it.
+    ``verify="none"`` skips it (checks only the array's shape and dtype): for the other ranks of a node once one
+    has verified, or for caches of format /1 (no checksums).
 
     Picklable without its memory map (a DataLoader worker, spawn or fork, reopens it on first use and checks it is
     still the same file: inode, size, mtime)."""
