@@ -32,7 +32,7 @@ from __future__ import annotations
 from .build import build_cache
 from .fingerprint import image_records, recordio_fingerprint, sha256_file
 from .format import CACHE_FORMAT, FLIP_MODES, TRAIN_MEAN, TRAIN_STD, CacheError  # noqa: F401  (FLIP_MODES: public before the split)
-from .read import CachedTeacher, TeacherCache, open_cached_teacher
+from .read import AttachEmbeddings, CachedTeacher, TeacherCache, open_cached_teacher
 
 __all__ = ["CACHE_FORMAT", "CacheError", "TeacherCache", "CachedTeacher", "build_cache", "sha256_file",
-           "recordio_fingerprint", "image_records", "TRAIN_MEAN", "TRAIN_STD", "open_cached_teacher"]
+           "recordio_fingerprint", "image_records", "TRAIN_MEAN", "TRAIN_STD", "open_cached_teacher", "AttachEmbeddings"]
