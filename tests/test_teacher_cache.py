@@ -194,7 +194,7 @@ def test_cached_teacher_takes_the_published_batch_only():
     class Fake:
         embedding_size = 3
 
-        def lookup(self, keys, flips):
+        def lookup(self, keys, flips, pin_memory=False):
             return torch.stack([keys.float(), flips.float(), torch.zeros(len(keys))], 1)
 
     teacher = CachedTeacher(Fake(), channel)
@@ -348,7 +348,7 @@ def test_upstream_opt_in_loader_publishes_keys_and_flips(kit, monkeypatch):
     model = live(teacher)
     seen, n_flipped = [], 0
     for img, labels in loader:  # exactly how train_v2 unpacks a batch
-        keys, flips = BATCH_KEYS.take(img)
+        keys, flips, _ = BATCH_KEYS.take(img)
         expected = torch.stack([reference_input(images[k - 1], f) for k, f in zip(keys.tolist(), flips.tolist())])
         assert torch.allclose(img, expected, atol=1e-6)
         assert labels.tolist() == [(k - 1) % 3 for k in keys.tolist()]

@@ -5,8 +5,13 @@ record indices a teacher-embedding cache needs. So the loaders that know them (t
 ``data_backend = "insightface_pwr"`` loader) *publish* them right before yielding a batch, together with the very
 image tensor they yield, and the cached teacher *takes* them at step time::
 
-    BATCH_KEYS.publish(img, keys, flips)   # loader, just before `yield img, labels`
-    keys, flips = BATCH_KEYS.take(img)     # hooks.step -> CachedTeacher(img)
+    BATCH_KEYS.publish(img, keys, flips)        # loader, just before `yield img, labels`
+    keys, flips, emb = BATCH_KEYS.take(img)     # hooks.step -> CachedTeacher(img)
+
+A loader that already looked the teacher embeddings up (in its DataLoader workers:
+:class:`~insightface_pwr.distill.teacher_cache.AttachEmbeddings`) publishes them too,
+``publish(img, keys, flips, embeddings=emb)``, and the cached teacher uses them instead of looking up on the
+training thread; ``take`` returns ``None`` for ``emb`` otherwise.
 
 ``take`` checks that ``img`` IS the published tensor (object identity), so a batch that did not come through a
 publishing loader (upstream's MXNet or DALI loader, a prefetching wrapper that runs ahead, a copy made between the
@@ -34,31 +39,37 @@ class BatchKeys:
     """Holds the last published ``(images, keys, flips)`` of this process."""
 
     def __init__(self) -> None:
-        self._entry: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
+        self._entry: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = None
 
-    def publish(self, images: torch.Tensor, keys: torch.Tensor, flips: torch.Tensor) -> None:
-        """Record that ``images`` (N x ...) hold the records ``keys`` (N int64), mirrored where ``flips`` (N bool)."""
+    def publish(self, images: torch.Tensor, keys: torch.Tensor, flips: torch.Tensor,
+                embeddings: Optional[torch.Tensor] = None) -> None:
+        """Record that ``images`` (N x ...) hold the records ``keys`` (N int64), mirrored where ``flips`` (N bool),
+        and, when given, that ``embeddings`` (N x D, as the loader made them: kept as is, pinned memory included)
+        are their cached teacher embeddings."""
         keys = torch.as_tensor(keys).reshape(-1).to(torch.int64)
         flips = torch.as_tensor(flips).reshape(-1).to(torch.bool)
         if not (images.shape[0] == keys.numel() == flips.numel()):
             raise BatchKeysError(f"a batch of {images.shape[0]} images was published with {keys.numel()} keys and "
                                  f"{flips.numel()} flip flags")
-        self._entry = (images, keys.cpu(), flips.cpu())
+        if embeddings is not None and (embeddings.dim() != 2 or embeddings.shape[0] != images.shape[0]):
+            raise BatchKeysError(f"a batch of {images.shape[0]} images was published with embeddings of shape "
+                                 f"{tuple(embeddings.shape)} (expected {images.shape[0]} x D)")
+        self._entry = (images, keys.cpu(), flips.cpu(), embeddings)
 
-    def take(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(keys, flips)`` of ``images``, which must be the tensor last published."""
+    def take(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """``(keys, flips, embeddings or None)`` of ``images``, which must be the tensor last published."""
         if self._entry is None:
             raise BatchKeysError(
                 "no record keys were published for this batch: a teacher-embedding cache "
                 "(config.distill.teacher.cache) needs a loader that publishes them: the CPU host, or arcface_torch "
                 "with config.data_backend = 'insightface_pwr' (upstream's MXNet/DALI loaders cannot)")
-        published, keys, flips = self._entry
+        published, keys, flips, embeddings = self._entry
         if published is not images:
             raise BatchKeysError(
                 f"the step's images (shape {tuple(images.shape)}) are not the batch the loader last published "
                 f"(shape {tuple(published.shape)}): the training loop must pass the yielded tensor itself to "
                 f"hooks.step, with no prefetching wrapper between the loader and the step")
-        return keys, flips
+        return keys, flips, embeddings
 
     def clear(self) -> None:
         self._entry = None
