@@ -223,7 +223,7 @@ def test_cli_writes_the_cache(kit, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ the hooks path
-def _hooks(tmp_path, teacher, cache=None):
+def _hooks(tmp_path, teacher, cache=None, backend="insightface_pwr"):
     from insightface_pwr.integration.arcface_torch import build_hooks
     from insightface_pwr.models.backbones import get_model
     from insightface_pwr.host.partial_fc import MarginSoftmax, PartialFC
@@ -239,11 +239,20 @@ def _hooks(tmp_path, teacher, cache=None):
         torch.save({"state_dict_softmax_fc": {"weight": torch.randn(3, 8, generator=torch.Generator().manual_seed(5))}},
                    tmp_path / "classifier" / "checkpoint_gpu_0.pt")
     cfg = edict(rec=str(tmp_path / "rec"), embedding_size=8, num_classes=3, num_image=20, output=str(tmp_path / "o"),
-                frequent=1, margin_list=(1.0, 0.5, 0.0),
+                frequent=1, margin_list=(1.0, 0.5, 0.0), data_backend=backend,  # a key-publishing loader
                 distill=edict(teacher=t, heads=[edict(name="rkd_d", weight=1.0), edict(name="feature", weight=2.0),
                                                 edict(name="hkd", weight=1.0)]))
     return build_hooks(cfg, backbone=backbone, partial_fc=pfc, optimizer=opt, rank=0, world_size=1, local_rank=0,
                        model_factory=get_model), backbone, pfc
+
+
+def test_a_cache_without_a_key_publishing_loader_is_refused_before_training(kit):
+    from insightface_pwr.distill.recipe import RecipeError
+    tmp_path, images, teacher = kit
+    make(tmp_path, teacher)
+    _hooks(tmp_path, teacher, cache=tmp_path / "cache.npy")  # with data_backend = "insightface_pwr": accepted
+    with pytest.raises(RecipeError, match="data_backend = 'insightface_pwr'"):  # upstream's MXNet/DALI loader
+        _hooks(tmp_path, teacher, cache=tmp_path / "cache.npy", backend=None)
 
 
 def test_hooks_with_a_cache_match_the_live_teacher(kit):

@@ -2,7 +2,7 @@
 
 Chen, Wang, Zhang, "DarkRank: Accelerating Deep Metric Learning via Cross Sample Similarities Transfer",
 AAAI 2018; used as a baseline (DarkRank, weight 1) in Nikitin et al., "Pairwise Ranking Distillation for Deep Face
-Recognition", GraphiCon 2020. Spec: ``shared/spec/HEADS.md`` (``darkrank``).
+Recognition", GraphiCon 2020. The definition below is complete.
 
 Scores are SIMILARITIES made from distances: sc_ij = -alpha * d_ij ** beta (``relation`` distance of the
 L2-normalised rows, MXNet normalisation x / sqrt(|x|^2 + 1e-10); ``convention="rkd"``: raw rows, euclidean only).

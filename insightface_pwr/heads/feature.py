@@ -2,8 +2,7 @@
 
 The "feature" baseline of embedding distillation (e.g. Romero et al., "FitNets: Hints for Thin Deep Nets",
 ICLR 2015 for the L2 form; Shi et al., "ProxylessKD", 2020 and Huang et al., "Evaluation-oriented Knowledge
-Distillation for Deep Face Recognition", CVPR 2022 discuss it for face recognition). Spec:
-``shared/spec/HEADS.md`` (``feature``). Needs D_s = D_t (no projection; ``same_dim``).
+Distillation for Deep Face Recognition", CVPR 2022 discuss it for face recognition). Needs D_s = D_t (no projection; ``same_dim``).
 
 - ``kind="cosine"`` (default): MEAN over the batch of (1 - cos(s_i, t_i)), a cosine DISTANCE in [0, 2].
 - ``kind="l2"``: MEAN over the batch of |s_i - t_i|^2 (SUM over dimensions) of the L2-normalised rows, in [0, 4]

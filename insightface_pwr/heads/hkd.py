@@ -2,16 +2,17 @@
 
 Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", NIPS 2014 Deep Learning Workshop; used with
 CosFace (T = 4, weight 0.3) in Nikitin et al., "Pairwise Ranking Distillation for Deep Face Recognition",
-GraphiCon 2020. Spec: ``shared/spec/HEADS.md`` (``hkd``); reference: mnikitin/KD-PWR ``utils/loss/hkd.py``.
+GraphiCon 2020; reference code: mnikitin/KD-PWR ``utils/loss/hkd.py``.
 
 loss = MEAN over the batch of the SUM over classes of p_t (log p_t - log p_s), with p = softmax(logits / T):
 the KL divergence KL(p_t || p_s) per sample, in nats. The PWR authors do not multiply by T^2; ``t2_scale=True``
 does (Hinton's gradient-scale correction). Inputs: N x C logits of the student's and the teacher's classifiers over
 the SAME classes (the PWR authors use the margin logits).
 
-Half-precision logits (float16 / bfloat16) are computed in float32. This head is a plain local computation over the C columns it is given. With partial FC (classes sharded over
-ranks) the softmax and the class sum must be global: compute global log-softmaxes and reuse
-:func:`kl_from_log_probs` (per-sample KL given log-probabilities) on the local shard, then all-reduce the sum.
+Half-precision logits (float16 / bfloat16) are computed in float32. This head is a plain local computation over
+the C columns it is given. With partial FC (classes sharded over ranks) the softmax and the class sum must be
+global: the training hooks put it in :class:`insightface_pwr.distill.gather.ClassSharded`, which computes global
+log-softmaxes and reuses :func:`kl_from_log_probs` on each rank's shard.
 
 Recipe use (the paper's "+ HKD" rows: CosFace 0.7 + HKD 0.3, T = 4)::
 

@@ -1,8 +1,8 @@
 """RKD-A: relational knowledge distillation, angle-wise.
 
 Park, Kim, Lu, Cho, "Relational Knowledge Distillation", CVPR 2019 (eq. 6-7); used as a baseline (RKD-A, weight
-200) in Nikitin et al., "Pairwise Ranking Distillation for Deep Face Recognition", GraphiCon 2020. Spec:
-``shared/spec/HEADS.md`` (``rkd_a``).
+200) in Nikitin et al., "Pairwise Ranking Distillation for Deep Face Recognition", GraphiCon 2020. The
+definition below is complete (the tests check it against a slow loop and against both reference codes).
 
 For every triple (i, j, k) of the batch, A_ijk = e_ij . e_ik (a COSINE of the angle at x_i, a similarity in
 [-1, 1]) with the unit difference vectors e_ij = (x_j - x_i) / |x_j - x_i| (0 when x_j = x_i, in particular when

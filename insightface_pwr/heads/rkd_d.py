@@ -1,8 +1,8 @@
 """RKD-D: relational knowledge distillation, distance-wise.
 
 Park, Kim, Lu, Cho, "Relational Knowledge Distillation", CVPR 2019 (eq. 3-5); used as a baseline (RKD-D, weight
-100) in Nikitin et al., "Pairwise Ranking Distillation for Deep Face Recognition", GraphiCon 2020. Spec:
-``shared/spec/HEADS.md`` (``rkd_d``).
+100) in Nikitin et al., "Pairwise Ranking Distillation for Deep Face Recognition", GraphiCon 2020. The
+definition below is complete (the tests check it against a slow loop and against both reference codes).
 
 Relations are DISTANCES (``relations.py``). Two conventions:
 

@@ -1,7 +1,7 @@
 """RKD-DA: RKD distance-wise plus twice angle-wise, RKD's own weighting.
 
 Park, Kim, Lu, Cho, "Relational Knowledge Distillation", CVPR 2019 (RKD-DA, lambda_D = 1, lambda_A = 2).
-Spec: ``shared/spec/HEADS.md`` (``rkd_da``): loss = rkd_d + 2 * rkd_a, each exactly as its own head
+loss = rkd_d + 2 * rkd_a, each exactly as its own head
 (``rkd_d.py``, ``rkd_a.py``) with the shared ``huber_delta`` and ``convention``; ``relation`` and
 ``mean_normalize`` apply to the distance part only. The recipe weight multiplies the sum.
 

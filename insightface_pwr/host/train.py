@@ -93,6 +93,8 @@ def run_host(cfg: Any, rank: int, world_size: int) -> int:
     _init_logging(rank, output)
 
     dataset = build_dataset(cfg)
+    if cfg.get("data_backend") is None:  # the host's loader is the package's data layer (it publishes record keys)
+        cfg.data_backend = "insightface_pwr"
     backbone = get_model(cfg.network, dropout=0.0, fp16=False, num_features=cfg.embedding_size)
     with warnings.catch_warnings():  # upstream's broadcast_buffers=False (rank-local BN statistics), deprecated
         warnings.simplefilter("ignore", FutureWarning)

@@ -122,6 +122,10 @@ def build_hooks(cfg: Any, backbone: nn.Module, partial_fc: nn.Module, optimizer:
     if spec["embedding_size"] is None:  # a state_dict teacher is built at the student's size unless told otherwise
         spec["embedding_size"] = cfg.embedding_size
     if d.teacher.cache is not None:  # look embeddings up by record key (insightface_pwr.distill.teacher_cache)
+        if cfg.get("data_backend") != "insightface_pwr":
+            raise RecipeError("config.distill.teacher.cache needs a loader that tells which records a batch holds: "
+                              "set config.data_backend = 'insightface_pwr' (upstream's MXNet and DALI loaders "
+                              "cannot), or train on the CPU host")
         from ...distill.teacher_cache import open_cached_teacher
         teacher = open_cached_teacher(d.teacher, cfg.get("rec"))
     else:

@@ -44,19 +44,39 @@ def data_layer(cfg: Any) -> Tuple[Callable[..., Any], Callable[..., Any]]:
 
 
 class _DeviceLoader(torch.utils.data.DataLoader):
-    """A DataLoader whose batches arrive on ``device`` (upstream's DataLoaderX also moves them to the GPU)."""
+    """A DataLoader whose batches arrive on ``device``, prefetched like upstream's ``DataLoaderX``: on CUDA the next
+    batch is copied on a side stream (pinned memory, ``non_blocking``) while the current one trains, and the main
+    stream waits for that copy only when the batch is handed over. Batches ``(image, label, key, flipped[, emb])``
+    publish their record keys (and the teacher embeddings the workers looked up in a teacher cache) on
+    ``BATCH_KEYS`` right before they are yielded, with the very tensor that is yielded."""
 
     def __init__(self, device: torch.device, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.device = device
 
+    def _to_device(self, batch: Any, stream: Any) -> list:
+        if stream is None:
+            return [t.to(self.device, non_blocking=True) for t in batch[:2]] + list(batch[2:])
+        with torch.cuda.stream(stream):
+            return [t.to(self.device, non_blocking=True) for t in batch[:2]] + list(batch[2:])
+
     def __iter__(self):
         from ...distill.batch_keys import BATCH_KEYS
-        for batch in super().__iter__():
-            moved = [t.to(self.device, non_blocking=True) for t in batch[:2]]
-            if len(batch) == 4:  # (image, label, key, flipped): publish the keys for a teacher cache (batch_keys)
-                BATCH_KEYS.publish(moved[0], batch[2], batch[3])
-            yield moved
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        it = super().__iter__()
+        nxt = next(it, None)
+        nxt = None if nxt is None else self._to_device(nxt, stream)
+        while nxt is not None:
+            if stream is not None:
+                torch.cuda.current_stream(self.device).wait_stream(stream)
+                for t in nxt[:2]:
+                    t.record_stream(torch.cuda.current_stream(self.device))
+            batch = nxt
+            following = next(it, None)
+            nxt = None if following is None else self._to_device(following, stream)
+            if len(batch) >= 4:  # (image, label, key, flipped[, embeddings]): for a teacher cache (batch_keys)
+                BATCH_KEYS.publish(batch[0], batch[2], batch[3], embeddings=batch[4] if len(batch) == 5 else None)
+            yield batch[:2]
 
 
 def _face_loader(cfg: Any, root_dir: str, local_rank: int, batch_size: int, seed: Optional[int],
@@ -78,8 +98,20 @@ def _face_loader(cfg: Any, root_dir: str, local_rank: int, batch_size: int, seed
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     init_fn = None if seed is None else partial(worker_init_fn, num_workers=num_workers, rank=rank, seed=seed)
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    collate = None
+    cache = _cache_path(cfg)
+    if cache is not None:  # the workers look the teacher embeddings up and carry them with the batch
+        from ...distill.teacher_cache import AttachEmbeddings, TeacherCache
+        collate = AttachEmbeddings(TeacherCache(cache, verify="none"))  # build_hooks verifies it (once)
     return _DeviceLoader(device, dataset=dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                         pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=init_fn)
+                         pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=init_fn,
+                         collate_fn=collate)
+
+
+def _cache_path(cfg: Any) -> Optional[str]:
+    distill = cfg.get("distill")
+    teacher = distill.get("teacher") if distill is not None else None
+    return None if teacher is None else teacher.get("cache")
 
 
 class _BinVerification:
