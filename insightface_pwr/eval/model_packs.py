@@ -3,7 +3,7 @@
 A pack is a folder of ONNX files (detection, landmarks, attributes, recognition). As ``insightface.model_zoo``
 does, a pack name is looked up in the model root ``$INSIGHTFACE_HOME/models/<name>`` (default
 ``~/.insightface/models/<name>``), and the recognition model is the ONNX file whose single input is
-``N x 3 x S x S`` with ``S >= 112`` and ``S % 16 == 0`` and whose output is an ``N x D`` embedding (InsightFace's
+``N x 3 x S x S`` with ``S >= 112``, ``S % 16 == 0`` and ``S != 192`` and whose output is an ``N x D`` embedding (InsightFace's
 router: 192 px inputs are landmark models, 96 px attribute models, several outputs detection models). Nothing is
 downloaded: a pack that is not on disk is an error naming where it was looked for.
 """
@@ -41,7 +41,7 @@ def _is_recognition(path: Path) -> bool:
     if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4 or len(outputs[0].shape) != 2:
         return False
     _, c, h, w = inputs[0].shape
-    return c == 3 and isinstance(h, int) and h == w and h >= 112 and h % 16 == 0
+    return c == 3 and isinstance(h, int) and h == w and h >= 112 and h % 16 == 0 and h != 192  # 192: landmarks
 
 
 def recognition_model(pack: Path) -> str:
