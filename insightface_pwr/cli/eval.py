@@ -8,7 +8,7 @@ import sys
 
 KNOWN_SETS = ("lfw", "cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vgg2_fp")  # = eval.evaluate.KNOWN_SETS
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "add_model_arguments", "load_model", "make_store"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="verification sets: a .bin path, or a name (" + ", ".join(KNOWN_SETS) + ", ...) meaning "
                              "DATA_DIR/NAME.bin; all are checked before the first is evaluated")
     parser.add_argument("--data-dir", default=None, help="folder of the named .bin sets (e.g. the training rec folder)")
+    add_model_arguments(parser)
+    parser.add_argument("--folds", type=int, default=10)
+    parser.add_argument("--limit-pairs", type=int, default=None, help="use only the first N pairs of each .bin")
+    parser.add_argument("--json", action="store_true", help="print a JSON list, one object per model and set")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of how a model is loaded and run (shared by eval, megaface, ijb and report)."""
     parser.add_argument("--input-mean", type=float, default=None,
                         help="input = (pixel - mean) / std; default: read from an ONNX graph (InsightFace's rule: "
                              "0/1 if the graph normalises itself, else 127.5/127.5), 127.5 for other formats")
@@ -28,15 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-features", type=int, default=512, help="embedding size of --network (default 512)")
     parser.add_argument("--arcface-root", default=None, help="arcface_torch directory (for --network)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per model call (x2 with their mirrors)")
-    parser.add_argument("--folds", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=112)
-    parser.add_argument("--limit-pairs", type=int, default=None, help="use only the first N pairs of each .bin")
     parser.add_argument("--device", default="cpu", help="torch device (cuda[:N] also selects onnxruntime's CUDA "
                                                         "provider; default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of the model (default: torch's)")
     parser.add_argument("--decode-threads", type=int, default=None,
                         help="threads decoding the next batches while the model runs (default: cores/2, 1..4)")
-    parser.add_argument("--json", action="store_true", help="print a JSON list, one object per model and set")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -54,10 +59,21 @@ def load_model(spec: str, args: argparse.Namespace):
     return load_embedding_model(spec, args.input_mean, args.input_std, args.device, args.threads)
 
 
+def make_store(model, args: argparse.Namespace):
+    """The embedding store (each distinct image once, decoding overlapped) of ``model`` with ``args``' options."""
+    from ..eval.embedding_store import EmbeddingStore
+    return EmbeddingStore(model, args.image_size, args.batch_size, args.decode_threads, not args.no_progress)
+
+
+def timing_line(spec: str, model, store) -> str:
+    return (f"{spec}: mean {model.input_mean:g}, std {model.input_std:g}; {store.embedded} distinct images "
+            f"(+ mirrors) in {store.wall_seconds:.1f} s wall; model alone {store.model_seconds:.1f} s "
+            f"(wall / model {store.wall_seconds / max(store.model_seconds, 1e-9):.2f})")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..eval.embedding_store import EmbeddingStore
     from ..eval.evaluate import format_matrix, format_table, evaluate_set, load_sets
 
     if args.threads:
@@ -69,14 +85,12 @@ def run(args: argparse.Namespace) -> int:
     results, out_json = {}, []
     for spec in args.models:
         model = load_model(spec, args)
-        store = EmbeddingStore(model, args.image_size, args.batch_size, args.decode_threads, not args.no_progress)
+        store = make_store(model, args)
         results[spec] = {}
         for name, vbin in zip(names, sets):
             results[spec][name] = r = evaluate_set(store, vbin, args.folds)
             out_json.append({"model": spec, **r.as_dict()})
-        print(f"{spec}: mean {model.input_mean:g}, std {model.input_std:g}; {store.embedded} distinct images "
-              f"(+ mirrors) of {sum(2 * s.pairs for s in sets)} in {store.wall_seconds:.1f} s wall; model alone "
-              f"{store.model_seconds:.1f} s (wall / model {store.wall_seconds / max(store.model_seconds, 1e-9):.2f})",
+        print(timing_line(spec, model, store) + f" [{sum(2 * s.pairs for s in sets)} images in the sets]",
               file=sys.stderr)
         for row in out_json[-len(sets):]:
             row["timing"] = {"wall_s": store.wall_seconds, "model_s": store.model_seconds,
