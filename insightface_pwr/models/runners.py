@@ -25,7 +25,7 @@ from torch import nn
 
 from ..infra.errors import UserError
 
-__all__ = ["RunnerError", "OnnxRunner", "TorchRunner", "onnx_input_normalisation"]
+__all__ = ["RunnerError", "OnnxRunner", "TorchRunner", "Renormalised", "onnx_input_normalisation"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -114,6 +114,24 @@ class TorchRunner:
             torch.cuda.synchronize(x.device)
         self.seconds += time.perf_counter() - start
         return out
+
+
+class Renormalised:
+    """``inner`` fed ``(pixel - input_mean) / input_std`` when given images normalised as
+    ``(pixel - from_mean) / from_std`` (arcface_torch's training images: 127.5 / 127.5)."""
+
+    def __init__(self, inner, input_mean: float, input_std: float, from_mean: float = 127.5,
+                 from_std: float = 127.5) -> None:
+        if not input_std > 0 or not from_std > 0:
+            raise RunnerError(f"input_std must be > 0, got {input_std} (from {from_std})")
+        self.inner, self.scale = inner, from_std / input_std
+        self.shift = (from_mean - input_mean) / input_std
+        self.kind = getattr(inner, "kind", "teacher")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale == 1.0 and self.shift == 0.0:
+            return self.inner(x)
+        return self.inner(x * self.scale + self.shift)
 
 
 def onnx_input_normalisation(path: PathLike) -> Tuple[float, float, str]:
