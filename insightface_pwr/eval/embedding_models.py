@@ -83,7 +83,8 @@ class TorchEmbeddingModel(EmbeddingModel):
                  device: Union[str, torch.device] = "cpu", fp16: bool = False):
         super().__init__(input_mean, input_std)
         self.device = torch.device(device)
-        self.runner = TorchRunner(module.to(self.device), fp16=fp16, timed=True)
+        self.runner = TorchRunner(module.to(self.device), fp16=fp16, timed=True,
+                                  optimize=self.device.type == "cpu")
         self.module = self.runner.module
 
 

@@ -91,8 +91,17 @@ class TorchRunner:
     """A frozen torch module (built from a state_dict, or TorchScript); ``seconds`` accumulates its run time
     (on CUDA only with ``timed=True``, which synchronises after each call)."""
 
-    def __init__(self, module: nn.Module, fp16: bool = False, timed: bool = False) -> None:
-        self.module = module.eval()
+    def __init__(self, module: nn.Module, fp16: bool = False, timed: bool = False, optimize: bool = False) -> None:
+        """``optimize``: a TorchScript module is frozen and passed through ``torch.jit.optimize_for_inference``
+        (on CPU about 2x faster for MobileFaceNet, on par with onnxruntime; same outputs to ~1e-6); it then has
+        no parameters. Left as is if that fails."""
+        module = module.eval()
+        if optimize and isinstance(module, torch.jit.ScriptModule):
+            try:
+                module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
+            except Exception:  # noqa: BLE001  (an unfreezable module runs unoptimised)
+                pass
+        self.module = module
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.fp16, self.timed = bool(fp16), bool(timed)
