@@ -90,6 +90,20 @@ def test_megaface_against_brute_force(tmp_path, model, capsys):
     for f in fprs[:3]:
         assert r["tpr_at_fpr"][f"{f:.0e}"] == pytest.approx(_brute_tpr(pos, neg, f))
     assert 0 < r["rank"]["10"] and r["rank"]["1"] <= r["rank"]["2"] <= r["rank"]["10"]
+    # the same faces as RecordIO folders (insightface-pwr build-rec) give the same figures
+    from insightface_pwr.data.build import build_recordio
+    flat = tmp_path / "flat" / "all"
+    flat.mkdir(parents=True)
+    for p in (root / "distractors").rglob("*.png"):
+        (flat / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    rec = tmp_path / "mf_rec"
+    build_recordio(root / "probe", rec / "probe", progress=False)
+    build_recordio(tmp_path / "flat", rec / "distractors", progress=False)
+    assert main(["megaface", str(rec), "--model", path, "--rank", "1", "2", "10", "--fpr", *map(str, fprs)]
+                + COMMON) == 0
+    [r_rec] = json.loads(capsys.readouterr().out)
+    assert r_rec["rank"] == r["rank"] and r_rec["tpr_at_fpr"] == r["tpr_at_fpr"]
+    assert (r_rec["probes"], r_rec["distractors"], r_rec["identities"]) == (12, 30, 4)
     (root / "distractors").rename(root / "gone")
     with pytest.raises(MegaFaceError, match="distractors'?: not found"):
         from insightface_pwr.eval.megaface import evaluate_megaface
