@@ -107,3 +107,19 @@ def test_real_teacher_onnx_equals_torchscript():
     ea, eb = a(x), b(x)
     assert ea.shape == (2, 128)
     assert torch.allclose(ea, eb, atol=1e-3 * float(eb.abs().max()))
+
+
+def test_renormalised_teacher_sees_its_own_convention():
+    """cache-teacher's --input-mean/--input-std: training images (pixel - 127.5) / 127.5 reach the teacher as
+    (pixel - mean) / std."""
+    from insightface_pwr.models.runners import Renormalised
+    seen = []
+    teacher = Renormalised(lambda x: seen.append(x) or x.flatten(1), 127.5, 128.0)
+    pixels = torch.randint(0, 256, (2, 3, 4, 4)).float()
+    teacher((pixels - 127.5) / 127.5)
+    assert torch.allclose(seen[0], (pixels - 127.5) / 128.0, atol=1e-6)
+    raw = Renormalised(lambda x: x, 0.0, 1.0)  # a graph that normalises itself gets raw pixels
+    assert torch.allclose(raw((pixels - 127.5) / 127.5), pixels, atol=1e-4)
+    same = Renormalised(lambda x: x, 127.5, 127.5)
+    x = torch.randn(1, 3, 2, 2)
+    assert same(x) is x

@@ -25,6 +25,9 @@ SUBCOMMANDS = {
     "train": ("train", "train a recipe on the CPU host (gloo processes; mirrors train_v2.py)"),
     "patch": ("patch", "patch arcface_torch for distillation (--check, --revert)"),
     "eval": ("eval", "verification accuracy of an embedding model on InsightFace .bin files"),
+    "megaface": ("megaface", "MegaFace-style rank-1/rank-10 and TPR@FPR on a probe/distractor layout of aligned faces"),
+    "ijb": ("ijb", "IJB-B/IJB-C 1:1 template verification (TPR at FPR 1e-6..1e-1) on aligned crops"),
+    "report": ("report", "evaluate trained recipe folders and write the Table-1 layout (markdown, JSON, ROC PNG)"),
     "build-rec": ("build_rec", "build an InsightFace RecordIO set from an image folder"),
     "cache-teacher": ("cache_teacher", "cache a frozen teacher's embeddings of a RecordIO set (float16)"),
     "demo": ("demo", "the paper's comparison on synthetic faces, CPU only (minutes): teacher, baseline, PWR-Exp, "

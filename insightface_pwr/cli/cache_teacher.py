@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedding-size", type=int, default=None, help="num_features of a state_dict teacher")
     parser.add_argument("--format", default="auto", choices=("auto", "state_dict", "torchscript", "onnx"),
                         help="teacher file format (default: detected)")
+    parser.add_argument("--input-mean", type=float, default=None,
+                        help="the teacher's input normalisation (pixel - mean) / std, as `insightface-pwr eval`: "
+                             "default read from an ONNX graph (InsightFace's rule: 0/1 if the graph normalises "
+                             "itself, else 127.5/127.5), 127.5 for other formats; the cached images are converted "
+                             "from the training convention (127.5/127.5)")
+    parser.add_argument("--input-std", type=float, default=None, help="see --input-mean")
     parser.add_argument("--rec", required=True, help="RecordIO folder with train.rec and train.idx (config.rec)")
     parser.add_argument("--out", required=True, help="cache array to write (.npy); metadata goes to OUT.json")
     parser.add_argument("--flip", choices=("both", "none"), default="both",
@@ -51,18 +57,25 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print(f"error: --device {args.device}: CUDA is not available", file=sys.stderr)
         return 2
-    path = Path(args.teacher)
-    if not path.is_file():
-        print(f"error: --teacher {args.teacher!r}: file not found", file=sys.stderr)
-        return 2
+    from ..eval.model_packs import resolve_model
+    from ..models.runners import Renormalised, onnx_input_normalisation
+    path = Path(resolve_model(args.teacher))  # a file, or an InsightFace pack (folder or name)
     fmt = detect_format(path) if args.format == "auto" else args.format
+    mean, std = args.input_mean, args.input_std
+    if mean is None or std is None:
+        detected = onnx_input_normalisation(path)[:2] if fmt == "onnx" else (127.5, 127.5)
+        mean = detected[0] if mean is None else mean
+        std = detected[1] if std is None else std
     factory = None
     if fmt == "state_dict":
         from ..integration.arcface_torch.upstream import model_factory
         factory = model_factory()
     teacher = load_teacher({"weights": str(path), "format": fmt, "network": args.network,
                             "embedding_size": args.embedding_size, "fp16": False}, factory, device)
+    teacher = Renormalised(teacher, mean, std)
     info = {"path": str(path), "sha256": sha256_file(path), "format": fmt, "network": args.network}
+    if (mean, std) != (127.5, 127.5):
+        info.update(input_mean=mean, input_std=std)
     t0 = time.monotonic()
     meta = build_cache(teacher, info, args.rec, args.out, flip=args.flip, batch_size=args.batch_size,
                        chunk_batches=args.chunk_batches, device=device, progress=not args.no_progress,

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..infra.errors import UserError
+from ..models.runners import OnnxRunner, RunnerError, TorchRunner
 from .checkpoint import CheckpointError, safe_load
 
 __all__ = ["Teacher", "ModuleTeacher", "OnnxTeacher", "load_teacher", "detect_format", "load_weights_strict",
@@ -42,56 +43,34 @@ class Teacher:
 
 
 class ModuleTeacher(Teacher):
-    """A torch module (built from a state_dict, or TorchScript), frozen."""
+    """A torch module (built from a state_dict, or TorchScript), frozen; run by
+    :class:`insightface_pwr.models.runners.TorchRunner`."""
 
     def __init__(self, module: nn.Module, kind: str, fp16: bool = False) -> None:
-        self.module = module.eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self.kind, self.fp16 = kind, fp16
+        self.runner = TorchRunner(module, fp16)
+        self.module, self.kind, self.fp16 = self.runner.module, kind, fp16
 
-    @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if self.fp16:
-            with torch.autocast(device_type="cuda", dtype=torch.float16):
-                out = self.module(images)
-        else:
-            out = self.module(images)
-        return out.float()
+        return self.runner(images)
 
 
 class OnnxTeacher(Teacher):
-    """An ONNX model run by onnxruntime (first input, output ``embedding`` or else the first output)."""
+    """An ONNX model run by :class:`insightface_pwr.models.runners.OnnxRunner` (first input, output ``embedding``
+    or else the first output; CUDA provider on the images' CUDA device when onnxruntime has it)."""
 
     kind = "onnx"
 
-    def __init__(self, path: Path, threads: Optional[int] = None) -> None:
+    def __init__(self, path: Path, threads: Optional[int] = None, device: Optional[torch.device] = None) -> None:
         """``threads``: onnxruntime's intra-op threads (None: its default). Spin-waiting is off: between teacher
         calls the threads would otherwise keep spinning and take CPU from the training step."""
         try:
-            import onnxruntime as ort
-        except ImportError as e:  # pragma: no cover  (onnxruntime is in the test and onnx extras)
-            raise TeacherError(f"teacher {str(path)!r} is an ONNX file: install onnxruntime "
-                               f"(pip install insightface-pwr[onnx])") from e
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                     if p in ort.get_available_providers()]
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads is not None:
-            options.intra_op_num_threads, options.inter_op_num_threads = int(threads), 1
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as e:  # noqa: BLE001  (onnxruntime raises its own exception types)
-            raise TeacherError(f"cannot load ONNX teacher {str(path)!r}: {type(e).__name__}: {e}") from e
-        self.input_name = self.session.get_inputs()[0].name
-        outputs = [o.name for o in self.session.get_outputs()]
-        self.output_name = "embedding" if "embedding" in outputs else outputs[0]
+            self.runner = OnnxRunner(path, threads, device or "cpu")
+        except RunnerError as e:
+            raise TeacherError(f"ONNX teacher: {e}") from e
+        self.input_name, self.output_name = self.runner.input_name, self.runner.output_name
 
-    @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.detach().float().cpu().contiguous().numpy()
-        (out,) = self.session.run([self.output_name], {self.input_name: x})
-        return torch.from_numpy(out).float().to(images.device)
+        return self.runner(images)
 
 
 def detect_format(path: Path) -> str:
@@ -148,7 +127,7 @@ def load_teacher(spec: Mapping[str, Any], model_factory: Optional[Callable[..., 
         raise TeacherError(f"config.distill.teacher.fp16 needs a torch teacher on CUDA (format {fmt!r}, "
                            f"device {device}); set fp16=False")
     if fmt == "onnx":
-        return OnnxTeacher(path)
+        return OnnxTeacher(path, device=device)
     if fmt == "torchscript":
         try:
             module = torch.jit.load(str(path), map_location=device)

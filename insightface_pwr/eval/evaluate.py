@@ -13,15 +13,18 @@ import importlib.util
 import math
 import os
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .embedding_models import EmbeddingModel, TorchEmbeddingModel, embed_images
-from ..data.verification_bin import decode_bin_images, load_bin
+from ..data.verification_bin import VerificationBin, load_bin
+from ..infra.errors import UserError
+from .embedding_models import EmbeddingModel, TorchEmbeddingModel
+from .embedding_store import EmbeddingStore
 from .verification_metrics import VerificationResult, evaluate_verification
 
-__all__ = ["evaluate_bin", "load_checkpoint_model", "format_table"]
+__all__ = ["evaluate_bin", "evaluate_set", "load_sets", "resolve_set", "load_checkpoint_model", "format_table",
+           "format_matrix", "KNOWN_SETS", "SetError"]
 
 
 def load_checkpoint_model(path: str, network: str, num_features: int = 512, arcface_root: Optional[str] = None,
@@ -60,17 +63,54 @@ def _arcface_get_model(root: str):
     return sys.modules[name].get_model
 
 
+KNOWN_SETS = ("lfw", "cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vgg2_fp")
+
+
+class SetError(UserError, ValueError):
+    """A verification set that is neither a known name under the data folder nor a file."""
+
+
+def resolve_set(spec: str, data_dir: Optional[str] = None) -> str:
+    """The ``.bin`` path of ``spec``: a path to a file, or a name (``lfw``, ``cfp_fp``, ... or any other stem)
+    meaning ``<data_dir>/<name>.bin``."""
+    if os.path.isfile(spec):
+        return spec
+    looks_like_name = os.sep not in spec and not spec.endswith(".bin")
+    if looks_like_name and data_dir is not None and os.path.isfile(os.path.join(data_dir, spec + ".bin")):
+        return os.path.join(data_dir, spec + ".bin")
+    if looks_like_name:
+        where = (f"{os.path.join(data_dir, spec + '.bin')!r} not found" if data_dir is not None
+                 else "a name needs --data-dir")
+        known = " (InsightFace's sets: " + ", ".join(KNOWN_SETS) + ")"
+        raise SetError(f"verification set {spec!r}: {where}; give a .bin path or a name under --data-dir{known}")
+    raise SetError(f"verification set {spec!r}: file not found")
+
+
+def load_sets(specs: Sequence[str], data_dir: Optional[str] = None, limit_pairs: Optional[int] = None
+              ) -> List[VerificationBin]:
+    """Resolve and load every set before any is evaluated (a typo in the last one fails at once)."""
+    paths = [resolve_set(s, data_dir) for s in specs]
+    sets = []
+    for path in paths:
+        vbin = load_bin(path)
+        if limit_pairs is not None:
+            vbin.images, vbin.issame = vbin.images[:2 * limit_pairs], vbin.issame[:limit_pairs]
+        sets.append(vbin)
+    return sets
+
+
+def evaluate_set(store: EmbeddingStore, vbin: VerificationBin, folds: int = 10) -> VerificationResult:
+    """Metrics of one loaded set, its embeddings taken from (and added to) ``store``."""
+    plain, flipped = store.embed(vbin.images, vbin.path, vbin.name)
+    return evaluate_verification(vbin.name, plain, vbin.issame, flipped=flipped, folds=folds)
+
+
 def evaluate_bin(model: EmbeddingModel, path: str, batch_size: int = 64, folds: int = 10, image_size: int = 112,
                  limit_pairs: Optional[int] = None, progress: bool = True) -> VerificationResult:
-    """Embed every image of a ``.bin`` and its mirror image, then compute the verification metrics."""
-    vbin = load_bin(path)
-    if limit_pairs is not None:
-        vbin.images, vbin.issame = vbin.images[:2 * limit_pairs], vbin.issame[:limit_pairs]
-    name = vbin.name
-    plain = embed_images(model, decode_bin_images(vbin, image_size), batch_size, progress, f"{name}")
-    flipped = embed_images(model, decode_bin_images(vbin, image_size, flip=True), batch_size, progress,
-                           f"{name} (flip)")
-    return evaluate_verification(name, plain, vbin.issame, flipped=flipped, folds=folds)
+    """Embed every image of a ``.bin`` and its mirror image (each distinct image once), then compute the
+    verification metrics."""
+    [vbin] = load_sets([str(path)], None, limit_pairs)
+    return evaluate_set(EmbeddingStore(model, image_size, batch_size, progress=progress), vbin, folds)
 
 
 def _fmt(x: Optional[float], pct: bool = True) -> str:
@@ -87,4 +127,13 @@ def format_table(results: List[VerificationResult]) -> str:
              *[_fmt(r.tpr_at_fpr.get(f)) for f in fprs], _fmt(r.auc, pct=False)] for r in results]
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def format_matrix(models: Sequence[str], sets: Sequence[str], acc: Dict[str, Dict[str, VerificationResult]]) -> str:
+    """Models x sets: 10-fold accuracy of flip-summed embeddings (%)."""
+    head = ["model", *sets]
+    rows = [[m, *[_fmt(acc[m][s].accuracy_flip) for s in sets]] for m in models]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])

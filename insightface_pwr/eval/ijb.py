@@ -1,0 +1,151 @@
+"""IJB-B / IJB-C 1:1 template verification, reading the layout upstream's ``eval_ijbc.py`` reads.
+
+Layout of ``ROOT`` (``NAME`` = ``ijbb`` or ``ijbc``, lower case as upstream):
+
+- ``ROOT/meta/NAME_face_tid_mid.txt``: one line per face, ``image_name template_id media_id``;
+- ``ROOT/meta/NAME_template_pair_label.txt``: one line per comparison, ``template_id_1 template_id_2 label``;
+- ``ROOT/meta/NAME_name_5pts_score.txt`` (optional): ``image_name x1 y1 ... x5 y5 faceness``, one line per face in
+  the order of ``face_tid_mid``; only the last column (the detector's faceness score) is used here;
+- the face images under ``ROOT/loose_crop`` (or ``images``): **already aligned** ``S x S`` crops. Upstream aligns
+  the loose crops with the five landmarks at run time (OpenCV); this implementation does not, so align the crops
+  first (e.g. with insightface's ``face_align.norm_crop``) into a folder of the same names.
+
+Scoring as upstream (TestMode N1 D1 F1): a face's feature is ``e(image) + e(mirrored image)`` (raw, its norm kept),
+times its faceness score when the score file is there; features of one media (video or still) in a template are
+averaged, the template feature is the sum of its media features, L2-normalised; a pair's score is the cosine of
+its templates. TPR at FPR 1e-6 ... 1e-1 is the largest TPR with FPR <= the target (upstream's table takes the ROC
+point whose FPR is *nearest* the target, which may exceed it); FPRs below 1 / negatives are not reported.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..infra.errors import UserError
+from .embedding_store import EmbeddingStore
+from .verification_metrics import roc_auc, tpr_at_fpr
+
+__all__ = ["IJBError", "read_ijb_meta", "template_features", "pair_scores", "evaluate_ijb", "IJBResult",
+           "IJB_FPRS"]
+
+IJB_FPRS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+
+
+class IJBError(UserError, ValueError):
+    """A malformed or missing IJB meta file (the message names the file and line)."""
+
+
+def _table(path: Path, columns: int, kinds: Sequence[type]) -> List[Tuple]:
+    if not path.is_file():
+        raise IJBError(f"{str(path)!r}: IJB meta file not found")
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < columns:
+                raise IJBError(f"{str(path)!r}, line {n}: expected {columns} columns, got {len(parts)}: {line.strip()!r}")
+            try:
+                rows.append(tuple(k(v) for k, v in zip(kinds, parts[:columns])))
+            except ValueError:
+                raise IJBError(f"{str(path)!r}, line {n}: expected {' '.join(k.__name__ for k in kinds)}, got "
+                               f"{line.strip()!r}") from None
+    if not rows:
+        raise IJBError(f"{str(path)!r}: empty")
+    return rows
+
+
+def read_ijb_meta(root: Path, name: str) -> Dict[str, np.ndarray]:
+    """``names, templates, medias, faceness (or None), t1, t2, label`` from ``root/meta``."""
+    meta = root / "meta"
+    faces = _table(meta / f"{name}_face_tid_mid.txt", 3, (str, int, int))
+    pairs = _table(meta / f"{name}_template_pair_label.txt", 3, (int, int, int))
+    out = {"names": np.array([r[0] for r in faces]), "templates": np.array([r[1] for r in faces]),
+           "medias": np.array([r[2] for r in faces]), "t1": np.array([r[0] for r in pairs]),
+           "t2": np.array([r[1] for r in pairs]), "label": np.array([r[2] for r in pairs]), "faceness": None}
+    score_file = meta / f"{name}_name_5pts_score.txt"
+    if score_file.is_file():
+        lines = [ln.split() for ln in score_file.read_text().splitlines() if ln.strip()]
+        if len(lines) != len(faces) or any(a[0] != b[0] for a, b in zip(lines, faces)):
+            raise IJBError(f"{str(score_file)!r}: its image names must be those of {name}_face_tid_mid.txt, in order "
+                           f"({len(lines)} lines vs {len(faces)})")
+        out["faceness"] = np.array([float(a[-1]) for a in lines])
+    unknown = set(out["t1"].tolist() + out["t2"].tolist()) - set(out["templates"].tolist())
+    if unknown:
+        raise IJBError(f"{str(meta / (name + '_template_pair_label.txt'))!r}: template ids without faces: "
+                       f"{sorted(unknown)[:10]}")
+    if not set(np.unique(out["label"]).tolist()) <= {0, 1}:
+        raise IJBError(f"{name}_template_pair_label.txt: labels must be 0 or 1, got {np.unique(out['label'])}")
+    return out
+
+
+def template_features(feats: np.ndarray, templates: np.ndarray, medias: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``(unique template ids, L2-normalised template features)``: media means summed per template."""
+    uniq, inverse = np.unique(templates, return_inverse=True)
+    out = np.zeros((len(uniq), feats.shape[1]))
+    # media key = (template, media): mean over the faces of one media of one template, then sum over medias
+    keys = np.stack([inverse, medias], 1)
+    _, media_of, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    media_of = media_of.ravel()
+    media_sum = np.zeros((len(counts), feats.shape[1]))
+    np.add.at(media_sum, media_of, feats)
+    media_template = np.zeros(len(counts), dtype=np.int64)
+    media_template[media_of] = inverse
+    np.add.at(out, media_template, media_sum / counts[:, None])
+    norm = np.linalg.norm(out, axis=1, keepdims=True)
+    return uniq, out / np.maximum(norm, 1e-12)
+
+
+def pair_scores(uniq: np.ndarray, tfeats: np.ndarray, t1: np.ndarray, t2: np.ndarray) -> np.ndarray:
+    pos = {t: i for i, t in enumerate(uniq.tolist())}
+    a = np.array([pos[t] for t in t1.tolist()])
+    b = np.array([pos[t] for t in t2.tolist()])
+    return np.sum(tfeats[a] * tfeats[b], axis=1)
+
+
+@dataclass
+class IJBResult:
+    name: str
+    faces: int
+    templates: int
+    pairs: int
+    tpr_at_fpr: Dict[str, float] = field(default_factory=dict)
+    auc: float = float("nan")
+    faceness: bool = False
+
+    def as_dict(self) -> Dict[str, object]:
+        return dict(self.__dict__)
+
+
+def evaluate_ijb(store: EmbeddingStore, root: str, name: str = "ijbc", images: Optional[str] = None,
+                 fprs: Sequence[float] = IJB_FPRS, use_faceness: bool = True) -> IJBResult:
+    base = Path(os.fspath(root))
+    name = name.lower()
+    meta = read_ijb_meta(base, name)
+    folder = Path(images) if images else (base / "loose_crop" if (base / "loose_crop").is_dir() else base / "images")
+    blobs = []
+    for n in meta["names"].tolist():
+        path = folder / n
+        if not path.is_file():
+            raise IJBError(f"{str(path)!r}: face image of {name}_face_tid_mid.txt not found (aligned crops expected "
+                           f"under {str(folder)!r})")
+        blobs.append(path.read_bytes())
+    plain, flip = store.embed(blobs, str(folder), name)
+    feats = plain.astype(np.float64) + flip
+    weighted = use_faceness and meta["faceness"] is not None
+    if weighted:
+        feats = feats * meta["faceness"][:, None]
+    uniq, tfeats = template_features(feats, meta["templates"], meta["medias"])
+    scores = pair_scores(uniq, tfeats, meta["t1"], meta["t2"])
+    same = meta["label"].astype(bool)
+    dist = 2 - 2 * scores  # squared euclidean of unit vectors: same order as -cosine
+    result = IJBResult(name=name, faces=len(blobs), templates=len(uniq), pairs=len(scores), faceness=weighted)
+    if same.any() and not same.all():
+        result.tpr_at_fpr = tpr_at_fpr(dist, same, fprs)
+        result.auc = roc_auc(dist, same)
+    return result
