@@ -52,8 +52,11 @@ def load_model(spec: str, args: argparse.Namespace):
     if args.network:
         mean = 127.5 if args.input_mean is None else args.input_mean
         std = 127.5 if args.input_std is None else args.input_std
-        model = load_checkpoint_model(spec, args.network, args.num_features, args.arcface_root, mean, std,
-                                      args.device)
+        from ..integration.arcface_torch.upstream import model_factory
+        # upstream's get_model (--arcface-root, or arcface_torch on sys.path), else the package's own backbones
+        # (a model trained on the CPU host: tiny_cnn, tiny_mbf, ...)
+        model = load_checkpoint_model(spec, args.network, model_factory(args.arcface_root), args.num_features,
+                                      mean, std, args.device)
         model.name = spec
         return model
     return load_embedding_model(spec, args.input_mean, args.input_std, args.device, args.threads)

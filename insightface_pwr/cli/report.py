@@ -40,18 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _torch_model(path: Path, network: str, embedding_size: int, image_size_note: str = ""):
-    import torch
-
-    from ..distill.teachers import extract_backbone_state, load_weights_strict
     from ..eval.embedding_models import TorchEmbeddingModel
-    from ..integration.arcface_torch.build import _upstream_get_model
-    from ..models.backbones import get_model as host_get_model
-    factory = _upstream_get_model() or host_get_model
-    state = extract_backbone_state(torch.load(path, map_location="cpu", weights_only=True), path, "model")
-    module = factory(network, dropout=0.0, fp16=False, num_features=embedding_size)
-    if module is None:
-        raise ReportError(f"{str(path)!r}: unknown network {network!r}")
-    load_weights_strict(module, state, f"{path} ({network})")
+    from ..integration.arcface_torch.upstream import model_factory
+    from ..models.weights import load_backbone
+    module = load_backbone(path, network, model_factory(), "model", fp16=False, num_features=embedding_size)
     return TorchEmbeddingModel(module, 127.5, 127.5)
 
 

@@ -187,12 +187,9 @@ def train_run(recipe: Path, total_steps: int, desc: str, progress: bool, nproc: 
 def _load_model(run_dir: Path, network: str):
     from ..eval.embedding_models import TorchEmbeddingModel
     from ..models.backbones import get_model
-    from ..distill.teachers import extract_backbone_state, load_weights_strict
+    from ..models.weights import load_backbone
     from . import backbones  # noqa: F401  (demo_resnet)
-    path = run_dir / "model.pt"
-    state = extract_backbone_state(torch.load(path, map_location="cpu", weights_only=True), path, "model")
-    module = get_model(network, dropout=0.0, fp16=False, num_features=EMBEDDING_SIZE)
-    load_weights_strict(module, state, f"{path} ({network})")
+    module = load_backbone(run_dir / "model.pt", network, get_model, "model", fp16=False, num_features=EMBEDDING_SIZE)
     return TorchEmbeddingModel(module, 127.5, 127.5)
 
 

@@ -15,23 +15,18 @@ rename (:mod:`insightface_pwr.infra.faults`).
 """
 from __future__ import annotations
 
-import inspect
 import os
 from pathlib import Path
 from typing import Any, List, Union
 
 import torch
 
-from ..infra.errors import UserError
+from ..models.weights import CheckpointError, safe_load  # noqa: F401  (re-exported)
 from ..infra.atomic import AtomicFile, fsync_dir
 
 __all__ = ["atomic_save", "save_rotating", "load_candidates", "safe_load", "previous_path", "CheckpointError"]
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint file is missing, unreadable or does not hold what was expected."""
 
 
 def atomic_save(obj: Any, path: PathLike) -> None:
@@ -59,20 +54,6 @@ def save_rotating(obj: Any, path: PathLike) -> None:
         os.replace(path, previous_path(path))
     os.replace(tmp, path)
     fsync_dir(path.parent)
-
-
-def safe_load(path: PathLike, what: str = "checkpoint", *, mmap: bool = False) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors that name ``what`` and the file;
-    ``mmap``: map the tensors instead of reading them (where torch supports it), for slicing big shards."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} file not found: {str(path)!r}")
-    kwargs = {"mmap": True} if mmap and "mmap" in inspect.signature(torch.load).parameters else {}  # torch >= 2.1
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, **kwargs)
-    except Exception as e:  # noqa: BLE001  (torch raises many kinds; all mean "cannot read this file")
-        raise CheckpointError(f"cannot read {what} {str(path)!r} with torch.load(weights_only=True): "
-                              f"{type(e).__name__}: {e}") from e
 
 
 def load_candidates(path: PathLike, what: str = "checkpoint") -> List[Any]:

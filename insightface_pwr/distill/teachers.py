@@ -21,15 +21,15 @@ from typing import Any, Callable, Dict, Mapping, Optional
 import torch
 from torch import nn
 
-from ..infra.errors import UserError
 from ..models.runners import OnnxRunner, RunnerError, TorchRunner
-from .checkpoint import CheckpointError, safe_load
+from ..models.weights import (CheckpointError, WeightsError, extract_backbone_state,  # noqa: F401
+                              load_backbone, load_weights_strict)
 
 __all__ = ["Teacher", "ModuleTeacher", "OnnxTeacher", "load_teacher", "detect_format", "load_weights_strict",
            "TeacherError", "extract_backbone_state"]
 
 
-class TeacherError(UserError, ValueError):
+class TeacherError(WeightsError):
     """The teacher (or student_init) file is missing or does not fit the network."""
 
 
@@ -84,33 +84,6 @@ def detect_format(path: Path) -> str:
     return "state_dict"
 
 
-def extract_backbone_state(obj: Any, path: Path, what: str) -> Dict[str, torch.Tensor]:
-    """The backbone state_dict in ``obj``: a plain state_dict, or an arcface_torch ``checkpoint_gpu_*.pt``
-    (``state_dict_backbone``); a ``module.`` prefix (DDP) is removed."""
-    if isinstance(obj, Mapping) and "state_dict_backbone" in obj:
-        obj = obj["state_dict_backbone"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise TeacherError(f"{what} {str(path)!r} is not a state_dict (a dict of tensors) nor an arcface_torch "
-                           f"checkpoint with 'state_dict_backbone'")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
-
-
-def load_weights_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
-    """Load ``state`` into ``module``; any missing, unexpected or wrongly shaped key is a TeacherError that
-    lists them all (names and shapes)."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        def show(xs: list) -> str:
-            return ", ".join(xs[:20]) + (f", ... ({len(xs)} in all)" if len(xs) > 20 else "") if xs else "none"
-        raise TeacherError(f"{what} does not fit the network (architecture mismatch): missing keys: "
-                           f"{show(missing)}; unexpected keys: {show(unexpected)}; shape mismatches: {show(shapes)}")
-    module.load_state_dict(state, strict=True)
-
-
 def load_teacher(spec: Mapping[str, Any], model_factory: Optional[Callable[..., nn.Module]],
                  device: torch.device) -> Teacher:
     """Build the frozen teacher described by ``config.distill.teacher`` (validated by the recipe loader).
@@ -140,18 +113,15 @@ def load_teacher(spec: Mapping[str, Any], model_factory: Optional[Callable[..., 
                            f"(the arcface_torch backbone name, e.g. 'r50')")
     if model_factory is None:
         raise TeacherError("a state_dict teacher needs a model factory (upstream get_model); none was given")
-    try:
-        state = extract_backbone_state(safe_load(path, "teacher weights"), path, "teacher weights")
-    except CheckpointError as e:
-        raise TeacherError(str(e)) from e
-    kwargs: Dict[str, Any] = {"dropout": 0.0, "fp16": False}
+    # fp16 reaches the factory too: upstream's iresnet/mobilefacenet run ``autocast(self.fp16)`` inside, which
+    # with fp16=False would switch the caller's autocast off again (the trunk would run in float32)
+    kwargs: Dict[str, Any] = {"fp16": fp16}
     if spec.get("embedding_size") is not None:
         kwargs["num_features"] = spec["embedding_size"]
     try:
-        module = model_factory(network, **kwargs)
-    except Exception as e:  # noqa: BLE001
-        raise TeacherError(f"config.distill.teacher.network: cannot build {network!r}: {type(e).__name__}: {e}") from e
-    if module is None:
-        raise TeacherError(f"config.distill.teacher.network: unknown network {network!r}")
-    load_weights_strict(module, state, f"teacher weights {str(path)!r} for network {network!r}")
+        module = load_backbone(path, network, model_factory, "teacher weights", **kwargs)
+    except (WeightsError, CheckpointError) as e:
+        raise TeacherError(str(e).replace("teacher weights: cannot build network", "config.distill.teacher.network: "
+                                          "cannot build").replace("teacher weights: unknown network",
+                                                                  "config.distill.teacher.network: unknown network")) from e
     return ModuleTeacher(module.to(device), "state_dict", fp16)

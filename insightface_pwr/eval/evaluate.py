@@ -9,16 +9,14 @@ checkpoint (``model.pt`` or ``checkpoint_gpu_0.pt``) with ``--network NAME`` (it
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
-import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import torch
 
 from ..data.verification_bin import VerificationBin, load_bin
 from ..infra.errors import UserError
+from ..models.weights import load_backbone
 from .embedding_models import EmbeddingModel, TorchEmbeddingModel
 from .embedding_store import EmbeddingStore
 from .verification_metrics import VerificationResult, evaluate_verification
@@ -27,40 +25,13 @@ __all__ = ["evaluate_bin", "evaluate_set", "load_sets", "resolve_set", "load_che
            "format_matrix", "KNOWN_SETS", "SetError"]
 
 
-def load_checkpoint_model(path: str, network: str, num_features: int = 512, arcface_root: Optional[str] = None,
+def load_checkpoint_model(path: str, network: str, factory: Callable[..., Any], num_features: int = 512,
                           input_mean: float = 127.5, input_std: float = 127.5, device: str = "cpu"
                           ) -> EmbeddingModel:
-    """An arcface_torch backbone from ``backbones.get_model(network)`` with the weights of a checkpoint."""
-    get_model = _arcface_get_model(arcface_root or os.getcwd())
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict_backbone" in state:
-        state = state["state_dict_backbone"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state_dict (or a checkpoint with 'state_dict_backbone'), got "
-                         f"{type(state).__name__}")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    backbone = get_model(network, dropout=0.0, fp16=False, num_features=num_features)
-    backbone.load_state_dict(state, strict=True)
+    """A backbone built by ``factory`` (upstream's ``get_model`` or the package's backbones, see
+    :func:`insightface_pwr.integration.arcface_torch.upstream.model_factory`) with the weights of a checkpoint."""
+    backbone = load_backbone(path, network, factory, "model", fp16=False, num_features=num_features)
     return TorchEmbeddingModel(backbone, input_mean, input_std, device)
-
-
-def _arcface_get_model(root: str):
-    """``get_model`` of ``<root>/backbones`` (arcface_torch's package), imported under a private name."""
-    init = os.path.join(os.path.abspath(root), "backbones", "__init__.py")
-    if not os.path.isfile(init):
-        raise FileNotFoundError(f"--network needs arcface_torch's backbones package: {init} not found (run inside "
-                                f"recognition/arcface_torch or pass --arcface-root)")
-    name = f"_insightface_pwr_backbones_{abs(hash(init))}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[os.path.dirname(init)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return sys.modules[name].get_model
 
 
 KNOWN_SETS = ("lfw", "cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vgg2_fp")

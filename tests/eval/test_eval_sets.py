@@ -7,7 +7,6 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from insightface_pwr.cli import main

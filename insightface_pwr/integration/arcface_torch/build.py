@@ -29,7 +29,6 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ...distill.checkpoint import safe_load
 from ...distill.hooks import DistillHooks, HeadTerm
 from ...distill.lr_schedules import PolynomialWarmupLR, StepEpochLR
 from ...distill.recipe import (
@@ -40,12 +39,8 @@ from ...distill.recipe import (
 )
 from ...distill.gather import average_gradients, distribute
 from ...distill.sharding import shard_range
-from ...distill.teachers import (
-    TeacherError,
-    extract_backbone_state,
-    load_teacher,
-    load_weights_strict,
-)
+from ...distill.teachers import TeacherError, load_teacher
+from ...models.weights import CheckpointError, WeightsError, extract_backbone_state, load_weights_strict, safe_load
 from ...heads.registry import create_head, get_head_spec
 from .classifier import ClassifierError, PartialFCLogits, load_classifier_rows
 from .upstream import upstream_get_model
@@ -142,8 +137,12 @@ def build_hooks(cfg: Any, backbone: nn.Module, partial_fc: nn.Module, optimizer:
         path = Path(d.student_init)
         if not path.is_file():
             raise TeacherError(f"config.distill.student_init: file not found: {str(path)!r}")
-        state = extract_backbone_state(safe_load(path, "student_init"), path, "config.distill.student_init")
-        load_weights_strict(_unwrap(backbone), state, f"config.distill.student_init {str(path)!r}")
+        try:
+            state = extract_backbone_state(safe_load(path, "config.distill.student_init"), path,
+                                           "config.distill.student_init")
+            load_weights_strict(_unwrap(backbone), state, f"config.distill.student_init {str(path)!r}")
+        except (WeightsError, CheckpointError) as e:
+            raise TeacherError(str(e)) from e
 
     terms: List[HeadTerm] = []
     for i, hd in enumerate(d.heads):
