@@ -74,6 +74,23 @@ def timing_line(spec: str, model, store) -> str:
             f"(wall / model {store.wall_seconds / max(store.model_seconds, 1e-9):.2f})")
 
 
+def per_model(args: argparse.Namespace, evaluate) -> list:
+    """``{"model": spec, **evaluate(store).as_dict()}`` for each ``--model`` (the models' protocol loop of
+    ``megaface`` and ``ijb``), the timing line of each on stderr."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for spec in args.models:
+        model = load_model(spec, args)
+        store = make_store(model, args)
+        r = evaluate(store)
+        print(timing_line(spec, model, store), file=sys.stderr)
+        rows.append({"model": spec, **r.as_dict()})
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from .eval import add_model_arguments, load_model, make_store, timing_line
+from .eval import add_model_arguments, per_model
 
 __all__ = ["add_arguments", "run"]
 
@@ -25,19 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..eval.ijb import IJB_FPRS, evaluate_ijb
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rows = []
-    for spec in args.models:
-        model = load_model(spec, args)
-        store = make_store(model, args)
-        r = evaluate_ijb(store, args.root, args.target, args.images, use_faceness=not args.no_faceness)
-        print(timing_line(spec, model, store), file=sys.stderr)
-        rows.append({"model": spec, **r.as_dict()})
+    rows = per_model(args, lambda store: evaluate_ijb(store, args.root, args.target, args.images, use_faceness=not args.no_faceness))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from .eval import add_model_arguments, load_model, make_store, timing_line
+from .eval import add_model_arguments, per_model
 
 __all__ = ["add_arguments", "run"]
 
@@ -26,19 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..eval.megaface import evaluate_megaface
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rows = []
-    for spec in args.models:
-        model = load_model(spec, args)
-        store = make_store(model, args)
-        r = evaluate_megaface(store, args.root, args.rank, args.fpr, args.max_distractors)
-        print(timing_line(spec, model, store), file=sys.stderr)
-        rows.append({"model": spec, **r.as_dict()})
+    rows = per_model(args, lambda store: evaluate_megaface(store, args.root, args.rank, args.fpr, args.max_distractors))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
