@@ -134,7 +134,8 @@ class EmbeddingHead(_Head):
             check_labels(labels, student.shape[0])
         return self.compute_loss(student, teacher)
 
-    def compute_loss(self, student: torch.Tensor, teacher: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+    def compute_loss(self, student: torch.Tensor, teacher: torch.Tensor,  # pragma: no cover
+                     *args: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 

@@ -15,7 +15,8 @@ from typing import Any, Iterable
 
 import torch
 
-__all__ = ["MX_L2_EPS", "at_least_float32", "l2_normalize_mx", "huber", "check_choice", "check_positive", "check_int"]
+__all__ = ["MX_L2_EPS", "at_least_float32", "l2_normalize_mx", "huber", "check_choice", "check_positive",
+           "check_nonnegative", "check_int"]
 
 MX_L2_EPS = 1e-10  # MXNet L2Normalization's eps, added to the sum of squares under the square root
 
@@ -47,6 +48,13 @@ def check_positive(head: str, name: str, value: Any) -> float:
     """ValueError unless ``value`` is a finite real number > 0; returns it as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < float(value) < float("inf")):
         raise ValueError(f"{head}: {name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_nonnegative(head: str, name: str, value: Any) -> float:
+    """ValueError unless ``value`` is a finite real number >= 0; returns it as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= float(value) < float("inf")):
+        raise ValueError(f"{head}: {name} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 

@@ -32,13 +32,12 @@ Recipe use (beside the margin loss; the weights are placeholders until the paper
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
 from .registry import register_head
 from .base import EmbeddingHead
-from .common import at_least_float32, check_int, l2_normalize_mx
+from .common import at_least_float32, check_int, check_nonnegative, l2_normalize_mx
 
 __all__ = ["CoupleFaceProvisionalLoss", "coupleface_mined_pairs"]
 
@@ -61,12 +60,6 @@ def coupleface_mined_pairs(t_sim: torch.Tensor, labels: torch.Tensor, num_negati
     return torch.triu(mined, diagonal=1)
 
 
-def _check_weight(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= float(value) < math.inf):
-        raise ValueError(f"coupleface_provisional: {name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
 @register_head("coupleface_provisional")
 class CoupleFaceProvisionalLoss(EmbeddingHead):
     """CoupleFace, provisional (abstract only): feature L2 + squared error of teacher-mined pair similarities."""
@@ -79,8 +72,8 @@ class CoupleFaceProvisionalLoss(EmbeddingHead):
     def __init__(self, num_negatives: int = 10, lambda_fcd: float = 1.0, lambda_rad: float = 1.0) -> None:
         super().__init__()
         self.num_negatives = check_int("coupleface_provisional", "num_negatives", num_negatives, 0)
-        self.lambda_fcd = _check_weight("lambda_fcd", lambda_fcd)
-        self.lambda_rad = _check_weight("lambda_rad", lambda_rad)
+        self.lambda_fcd = check_nonnegative("coupleface_provisional", "lambda_fcd", lambda_fcd)
+        self.lambda_rad = check_nonnegative("coupleface_provisional", "lambda_rad", lambda_rad)
         self._param_names = ("num_negatives", "lambda_fcd", "lambda_rad")
 
     def compute_loss(self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

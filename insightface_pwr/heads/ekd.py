@@ -51,7 +51,6 @@ Recipe use (loss = ArcFace + EKD, the TFace recipe with one GPU)::
 """
 from __future__ import annotations
 
-import math
 from typing import Tuple
 
 import torch
@@ -59,7 +58,7 @@ import torch.nn.functional as F
 
 from .registry import register_head
 from .base import EmbeddingHead, debug_checks_enabled, zero_loss
-from .common import at_least_float32, check_int, check_positive
+from .common import at_least_float32, check_int, check_nonnegative, check_positive
 from .relations import upper_indices
 
 __all__ = ["EKDLoss", "ekd_thresholds", "soft_rank_count", "DEFAULT_ANCHORS"]
@@ -89,12 +88,6 @@ def _check_anchors(anchors) -> Tuple[int, ...]:
     return tuple(int(a) for a in anchors)
 
 
-def _check_weight(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= float(value) < math.inf):
-        raise ValueError(f"ekd: {name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
 @register_head("ekd")
 class EKDLoss(EmbeddingHead):
     """EKD: match the student's and the teacher's soft rank counts of pair similarities against moving thresholds."""
@@ -113,8 +106,8 @@ class EKDLoss(EmbeddingHead):
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 < float(momentum) <= 1:
             raise ValueError(f"ekd: momentum must be a number in (0, 1], got {momentum!r}")
         self.momentum = float(momentum)
-        self.w_pos = _check_weight("w_pos", w_pos)
-        self.w_neg = _check_weight("w_neg", w_neg)
+        self.w_pos = check_nonnegative("ekd", "w_pos", w_pos)
+        self.w_neg = check_nonnegative("ekd", "w_neg", w_neg)
         if not isinstance(nan_on_empty, bool):
             raise ValueError(f"ekd: nan_on_empty must be True or False, got {nan_on_empty!r}")
         self.nan_on_empty = nan_on_empty
