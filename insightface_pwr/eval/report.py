@@ -4,7 +4,7 @@ Rows are recipes; a recipe trained with several seeds (work folders named ``<rec
 ``pwr_exp_seed0``, ``pwr_exp_seed1``) is one row with the mean and the spread (population std, and min..max) of
 each metric over its seeds. A recipe's paper row comes from :data:`RECIPE_ROWS` (the recipes in ``recipes/``
 and the demo's runs). Cells are 10-fold accuracies of flip-summed embeddings, in percent. The ROC curves of every
-model (first seed of each row) on each set go into one PNG when matplotlib is installed.
+model (first seed of each row) on each set go into one PNG.
 """
 from __future__ import annotations
 
@@ -134,52 +134,61 @@ def format_markdown(rows: Sequence[Dict], sets: Sequence[str], title: str, notes
     return "\n".join(lines) + "\n"
 
 
-def roc_png(curves: Dict[str, Dict[str, Tuple[List[float], List[float]]]], sets: Sequence[str]) -> Optional[bytes]:
-    """One figure with a panel per set and a ROC curve per model (log FPR); None without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4.5), squeeze=False)
-    for ax, s in zip(axes[0], sets):
-        for label, per_set in curves.items():
-            if s in per_set:
-                fpr, tpr = per_set[s]
-                ax.plot(np.maximum(fpr, 1e-6), tpr, label=label)
-        ax.set_xscale("log")
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
-        ax.set_title(s)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+def roc_png(curves: Dict[str, Dict[str, Tuple[List[float], List[float]]]], sets: Sequence[str]) -> bytes:
+    """One figure with a panel per set and a ROC curve per model (log FPR from 1e-4 to 1): drawn with Pillow (a
+    dependency of the package), so every report has its plot."""
+    from PIL import Image, ImageDraw, ImageFont
+    colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+              (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+    pw, ph, left, top, bottom = 420, 320, 55, 30, 45
+    legend = 14 * len(curves) + 10
+    img = Image.new("RGB", (pw * max(len(sets), 1), ph + legend), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    lo = -4.0  # log10 of the smallest FPR shown
+    for k, name in enumerate(sets):
+        x0 = k * pw
+        px = lambda f: x0 + left + (max(np.log10(max(f, 1e-12)), lo) - lo) / -lo * (pw - left - 15)  # noqa: E731
+        py = lambda t: top + (1 - t) * (ph - top - bottom)  # noqa: E731
+        d.text((x0 + left, 8), name, fill="black", font=font)
+        for e in range(int(lo), 1):  # grid and axis labels
+            d.line([(px(10.0 ** e), top), (px(10.0 ** e), py(0))], fill=(225, 225, 225))
+            d.text((px(10.0 ** e) - 12, py(0) + 4), f"1e{e}", fill="black", font=font)
+        for t in (0.0, 0.25, 0.5, 0.75, 1.0):
+            d.line([(px(10.0 ** lo), py(t)), (px(1.0), py(t))], fill=(225, 225, 225))
+            d.text((x0 + 8, py(t) - 6), f"{t:.2f}", fill="black", font=font)
+        d.text((x0 + left + 80, ph - 18), "false positive rate (log)", fill="black", font=font)
+        for j, per_set in enumerate(curves.values()):
+            if name in per_set:
+                fpr, tpr = per_set[name]
+                points = [(px(f), py(t)) for f, t in zip(fpr, tpr) if f >= 10.0 ** lo]
+                if len(points) > 1:
+                    d.line(points, fill=colors[j % len(colors)], width=2)
+    for j, label in enumerate(curves):
+        y = ph + 5 + 14 * j
+        d.rectangle([10, y + 2, 22, y + 10], fill=colors[j % len(colors)])
+        d.text((28, y), label, fill="black", font=font)
     buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
+    img.save(buf, format="PNG")
     return buf.getvalue()
 
 
 def write_report(out: Path, entries: Sequence[Dict], sets: Sequence[str], title: str,
                  notes: Sequence[str] = ()) -> Dict[str, str]:
-    """``OUT.md``, ``OUT.json`` and ``OUT.png`` (ROC curves, when matplotlib is there), each written atomically."""
+    """``OUT.md``, ``OUT.json`` and ``OUT.png`` (ROC curves), each written atomically."""
     rows = aggregate(entries, sets)
     curves = {}
     for e in entries:
         label = e.get("label", e["name"]) + ("" if split_seed(e["name"])[1] is None else f" ({e['name']})")
         curves[label] = e.get("roc", {})
     png = roc_png(curves, sets)
-    notes = list(notes) + ([] if png is not None else ["ROC curves: matplotlib is not installed, no PNG written "
-                                                      "(pip install matplotlib)."])
     paths = {"markdown": str(out.with_suffix(".md")), "json": str(out.with_suffix(".json"))}
     atomic_write_text(paths["markdown"], format_markdown(rows, sets, title, notes))
     atomic_write_text(paths["json"], json.dumps({"title": title, "sets": list(sets), "rows": rows,
                                                  "runs": [{k: v for k, v in e.items() if k != "roc"} for e in entries],
-                                                 "notes": notes}, indent=2, default=_json_default))
-    if png is not None:
-        paths["png"] = str(out.with_suffix(".png"))
-        atomic_write_bytes(paths["png"], png)
+                                                 "notes": list(notes)}, indent=2, default=_json_default))
+    paths["png"] = str(out.with_suffix(".png"))
+    atomic_write_bytes(paths["png"], png)
     return paths
 
 
