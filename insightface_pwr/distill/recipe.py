@@ -38,6 +38,7 @@ The learning-rate schedule, for any recipe (with or without ``distill``), steppe
     config.lr_schedule = None                  # None: arcface_torch's polynomial decay (warmup_epoch, then to 0)
     config.lr_schedule = edict(kind="step", every_epochs=2, factor=0.1, warmup_epochs=0)  # lr x 0.1 every 2 epochs
     config.lr_schedule = edict(kind="poly", power=1.0)                                    # upstream's, any power
+    config.lr_schedule = edict(kind="multistep", milestones=[10, 18, 22], factor=0.1)     # lr x 0.1 at these epochs
 
 Classifier-replacing methods (each is the training loss; HEADS_FR.md):
 
@@ -115,7 +116,8 @@ METHODS = ("proxylesskd",)  # config.distill.method (None: none)
 CLASSIFIER_HEADS = ("adadistill",)  # heads that replace partial FC's margin softmax (its weight is their state)
 TEACHER_FORMATS = ("auto", "state_dict", "torchscript", "onnx")
 LR_SCHEDULES = {"step": {"kind": (str,), "every_epochs": _INT, "factor": _NUM, "warmup_epochs": _INT},
-                "poly": {"kind": (str,), "power": _NUM}}
+                "poly": {"kind": (str,), "power": _NUM},
+                "multistep": {"kind": (str,), "milestones": (list, tuple), "factor": _NUM}}
 
 
 def _type_names(types: tuple) -> str:
@@ -334,13 +336,21 @@ def validate_lr_schedule(s: Any, key: str = "config.lr_schedule") -> edict:
     if kind not in LR_SCHEDULES:
         raise RecipeError(f"{key}.kind must be one of {tuple(LR_SCHEDULES)}, got {kind!r}")
     _check_known(key, s, list(LR_SCHEDULES[kind]))
-    out = edict({"kind": "step", "every_epochs": 2, "factor": 0.1, "warmup_epochs": 0} if kind == "step"
-                else {"kind": "poly", "power": 1.0})
+    out = edict({"step": {"kind": "step", "every_epochs": 2, "factor": 0.1, "warmup_epochs": 0},
+                 "poly": {"kind": "poly", "power": 1.0},
+                 "multistep": {"kind": "multistep", "milestones": None, "factor": 0.1}}[kind])
     out.update(edict(copy.deepcopy(dict(s))))
     for k, types in LR_SCHEDULES[kind].items():
         _check_type(f"{key}.{k}", out[k], types)
     if kind == "step" and (out.every_epochs <= 0 or not 0 < out.factor <= 1 or out.warmup_epochs < 0):
         raise RecipeError(f"{key}: need every_epochs > 0, 0 < factor <= 1, warmup_epochs >= 0, got {dict(out)}")
+    if kind == "multistep":
+        ms = out.milestones
+        if (not ms or not all(isinstance(e, int) and not isinstance(e, bool) and e > 0 for e in ms)
+                or list(ms) != sorted(set(ms)) or not 0 < out.factor <= 1):
+            raise RecipeError(f"{key}: need milestones = increasing epochs (ints > 0) and 0 < factor <= 1, got "
+                              f"{dict(out)}")
+        out.milestones = list(ms)
     return out
 
 

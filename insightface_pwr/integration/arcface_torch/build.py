@@ -87,13 +87,17 @@ def _make_lr_scheduler_factory(cfg: Any, optimizer: torch.optim.Optimizer,
     if sched is None:
         return None
     if rank == 0:
-        what = (f"lr x {sched.factor:g} every {sched.every_epochs} epoch(s)"
-                + (f" after {sched.warmup_epochs} warmup epoch(s)" if sched.warmup_epochs else "")
-                if sched.kind == "step" else f"polynomial decay, power {sched.power:g}")
+        what = {"step": lambda: (f"lr x {sched.factor:g} every {sched.every_epochs} epoch(s)"
+                                 + (f" after {sched.warmup_epochs} warmup epoch(s)" if sched.warmup_epochs else "")),
+                "multistep": lambda: f"lr x {sched.factor:g} at epochs {list(sched.milestones)}",
+                "poly": lambda: f"polynomial decay, power {sched.power:g}"}[sched.kind]()
         logger.info("lr schedule: %s (replaces arcface_torch's)", what)
 
     def make(_upstream: Any) -> Any:
         steps_per_epoch = cfg.num_image // cfg.total_batch_size
+        if sched.kind == "multistep":  # stepped per iteration, like every schedule here
+            return torch.optim.lr_scheduler.MultiStepLR(optimizer, [e * steps_per_epoch for e in sched.milestones],
+                                                        gamma=sched.factor)
         if sched.kind == "step":
             return StepEpochLR(optimizer, steps_per_epoch, sched.every_epochs, sched.factor,
                                sched.warmup_epochs * steps_per_epoch)
