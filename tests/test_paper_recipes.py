@@ -51,7 +51,7 @@ def check_paper_setup(cfg, network):
 
 def test_folder_holds_exactly_the_papers_recipes():
     public = {p.name for p in RECIPES.glob("*.py") if not p.name.startswith("_")}
-    assert public == set(ROWS) | {"teacher_r50.py", "student_r18.py"}
+    assert public == set(ROWS) | {"teacher_r50.py", "student_r18.py"} | set(FR_RECIPES)
 
 
 @pytest.mark.parametrize("name, network", [("student_r18.py", "r18"), ("teacher_r50.py", "r50")])
@@ -108,3 +108,63 @@ def test_lr_schedule_values_over_13_epochs(name):
     expected = [0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5, 1e-6, 1e-6, 1e-7]
     assert per_epoch == pytest.approx(expected, rel=1e-9)
     assert lrs == pytest.approx([lr for lr in expected for _ in range(3)], rel=1e-9)  # constant in each epoch
+
+
+# The face-recognition distillation methods (shared/spec/HEADS_FR.md): file -> (margin_list, per-GPU batch,
+# epochs, lr milestones, classification weight, [(head, weight, gather, params that must hold)])
+FR_RECIPES = {
+    # TFace's EKD: ArcFace m 0.4; lr x 0.1 at 10, 18, 22 of 26; EKD weight = the GPUs replicated (8)
+    "ekd.py": ((1.0, 0.4, 0.0), 64, 26, [10, 18, 22], 1.0,
+               [("ekd", 8.0, "global", {"topk": 2000, "t": 0.01, "momentum": 0.01, "w_pos": 0.02, "w_neg": 0.01,
+                                        "anchors": [10, 100, 1000, 10000, 100000, 1000000]})]),
+    # AdaArcDistill: m 0.45, s 64, alpha'; 4 x 128; x 0.1 at 8, 14, 20, 25 of 26; the head is the loss
+    "adadistill.py": ((1.0, 0.45, 0.0), 128, 26, [8, 14, 20, 25], 0.0,
+                      [("adadistill", 1.0, "local", {"margin_type": "arcface", "m": 0.45, "s": 64.0,
+                                                     "adaptive_weighted_alpha": True})]),
+    # ProxylessKD: the teacher's ArcFace (m 0.5) over its frozen classifier, no head (choices: AdaDistill's setup)
+    "proxylesskd.py": ((1.0, 0.5, 0.0), 128, 26, [8, 14, 20, 25], 1.0, []),
+    "coupleface.py": ((1.0, 0.5, 0.0), 128, 26, [10, 18, 22], 1.0, [("coupleface_provisional", 1.0, "local", {})]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FR_RECIPES))
+def test_face_distillation_recipe(name):
+    from insightface_pwr.cli import main
+    cfg = load_recipe(RECIPES / name)
+    margins, batch, epochs, milestones, cls_weight, heads = FR_RECIPES[name]
+    assert cfg.network == "mbf" and cfg.embedding_size == 512 and tuple(cfg.margin_list) == margins
+    assert cfg.num_classes == 85742 and cfg.num_image == 5822653 and cfg.sample_rate == 1.0   # MS1MV2
+    assert cfg.batch_size == batch and cfg.num_epoch == epochs and cfg.warmup_epoch == 0
+    assert cfg.optimizer == "sgd" and cfg.lr == 0.1 and cfg.momentum == 0.9 and cfg.weight_decay == 5e-4
+    assert (cfg.lr_schedule.kind, cfg.lr_schedule.milestones, cfg.lr_schedule.factor) == ("multistep", milestones, 0.1)
+    d = cfg.distill
+    assert (d.teacher.network, d.teacher.embedding_size) == ("r50", 512)
+    assert d.classification_weight == cls_weight
+    assert [(h.name, h.weight, h.gather) for h in d.heads] == [(n, w, g) for n, w, g, _ in heads]
+    for h, (_, _, _, params) in zip(d.heads, heads):
+        for k, v in params.items():
+            assert h.full_params[k] == v, (name, h.name, k)
+    assert (d.method == "proxylesskd") == (name == "proxylesskd.py") == d.inherit_classifier
+    assert (d.teacher.classifier is not None) == (name == "proxylesskd.py")
+    assert main(["check", str(RECIPES / name)]) == 0
+
+
+def test_multistep_lr_schedule_through_the_hooks():
+    """ekd.py's schedule: 0.1, 0.01, 1e-3, 1e-4 switching at epochs 10, 18, 22 (2 steps per epoch here)."""
+    import torch
+    from insightface_pwr.integration.arcface_torch import build_hooks
+    from insightface_pwr.distill.lr_schedules import PolynomialWarmupLR
+    cfg = load_recipe(RECIPES / "ekd.py")
+    cfg.pop("distill", None)
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    hooks = build_hooks(cfg, backbone=model, partial_fc=model, optimizer=opt, rank=0, world_size=8, local_rank=0)
+    cfg.num_image, cfg.total_batch_size = 2 * 64 * 8, 64 * 8
+    sched = hooks.lr_scheduler(PolynomialWarmupLR(opt, 0, 26 * 2))
+    lrs = []
+    for _ in range(26 * 2):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [0.1] * 10 + [0.01] * 8 + [1e-3] * 4 + [1e-4] * 4
+    assert lrs == pytest.approx([lr for lr in expected for _ in range(2)], rel=1e-9)

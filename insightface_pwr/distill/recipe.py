@@ -28,7 +28,9 @@ The ``distill`` section (defaults in brackets)::
         student_init=None,                     # backbone weights to start the student from (model.pt)
         classification_weight=1.0,             # weight of partial FC's margin softmax loss (0: heads alone)
         heads=[edict(name="pwr", weight=100.0, params=edict())],
-        inherit_classifier=False,              # ProxylessKD: partial FC starts from the teacher's classifier, frozen
+        method=None,                           # "proxylesskd": partial FC starts from the teacher's classifier,
+                                               # frozen (the student learns through it; no KD term needed)
+        inherit_classifier=False,              # the older name of method="proxylesskd" (an alias)
         lr_schedule=None)                      # the older place of config.lr_schedule (an alias; not both)
 
 The learning-rate schedule, for any recipe (with or without ``distill``), stepped per iteration like upstream's::
@@ -36,6 +38,16 @@ The learning-rate schedule, for any recipe (with or without ``distill``), steppe
     config.lr_schedule = None                  # None: arcface_torch's polynomial decay (warmup_epoch, then to 0)
     config.lr_schedule = edict(kind="step", every_epochs=2, factor=0.1, warmup_epochs=0)  # lr x 0.1 every 2 epochs
     config.lr_schedule = edict(kind="poly", power=1.0)                                    # upstream's, any power
+    config.lr_schedule = edict(kind="multistep", milestones=[10, 18, 22], factor=0.1)     # lr x 0.1 at these epochs
+
+Classifier-replacing methods (each is the training loss; HEADS_FR.md):
+
+- ``method="proxylesskd"`` (alias ``inherit_classifier=True``): partial FC's weight is the teacher's classifier
+  (``teacher.classifier``, re-sliced to this run's shards), frozen; the loss is partial FC's margin softmax
+  (``margin_list``, weighted by ``classification_weight``), plus any heads.
+- the head ``adadistill``: partial FC's weight becomes AdaDistill's class centres, updated from the teacher's
+  embeddings of the global batch and out of the optimizer; the head is the loss, so ``classification_weight``
+  must be 0, and it cannot be combined with ``method="proxylesskd"`` or with a logits head (``hkd``).
 
 ``config.distill.lr_schedule`` is accepted as an alias of ``config.lr_schedule``; setting both is an error.
 :func:`lr_schedule_of` gives the one that applies.
@@ -93,15 +105,19 @@ _ORDINARY_TYPES: Dict[str, tuple] = {
 TEACHER_DEFAULTS: Dict[str, Any] = {"weights": None, "network": None, "embedding_size": None, "classifier": None,
                                     "format": "auto", "fp16": False, "input_size": (112, 112), "cache": None}
 DISTILL_DEFAULTS: Dict[str, Any] = {"teacher": None, "student_init": None, "classification_weight": 1.0,
-                                    "heads": None, "inherit_classifier": False, "lr_schedule": None}
+                                    "heads": None, "method": None, "inherit_classifier": False,
+                                    "lr_schedule": None}
 _TEACHER_TYPES = {"weights": (str,), "network": _STR_NONE, "embedding_size": (int, type(None)),
                   "classifier": (str, list, tuple, type(None)), "format": (str,), "fp16": (bool,),
                   "input_size": (list, tuple), "cache": _STR_NONE}
 _DISTILL_TYPES = {"teacher": (dict,), "student_init": _STR_NONE, "classification_weight": _NUM,
-                  "heads": (list, tuple), "inherit_classifier": (bool,), "lr_schedule": (dict, type(None))}
+                  "heads": (list, tuple), "method": _STR_NONE, "inherit_classifier": (bool,), "lr_schedule": (dict, type(None))}
+METHODS = ("proxylesskd",)  # config.distill.method (None: none)
+CLASSIFIER_HEADS = ("adadistill",)  # heads that replace partial FC's margin softmax (its weight is their state)
 TEACHER_FORMATS = ("auto", "state_dict", "torchscript", "onnx")
 LR_SCHEDULES = {"step": {"kind": (str,), "every_epochs": _INT, "factor": _NUM, "warmup_epochs": _INT},
-                "poly": {"kind": (str,), "power": _NUM}}
+                "poly": {"kind": (str,), "power": _NUM},
+                "multistep": {"kind": (str,), "milestones": (list, tuple), "factor": _NUM}}
 
 
 def _type_names(types: tuple) -> str:
@@ -218,6 +234,7 @@ def validate_distill(distill: Any) -> DistillSpec:
         raise RecipeError("config.distill: classification_weight is 0 and there are no heads: nothing to train")
     if d.lr_schedule is not None:
         d.lr_schedule = validate_lr_schedule(d.lr_schedule, "config.distill.lr_schedule")
+    _validate_method(d)
     needs_classifier = [h.name for h in d.heads if _consumes(h.name) == "logits"]
     if d.inherit_classifier:
         needs_classifier.append("inherit_classifier")
@@ -226,7 +243,33 @@ def validate_distill(distill: Any) -> DistillSpec:
                           f"the folder (or list) of the teacher's checkpoint_gpu_*.pt shards")
     return DistillSpec(teacher=TeacherSpec(**d.teacher), heads=list(d.heads), student_init=d.student_init,
                        classification_weight=float(d.classification_weight), inherit_classifier=d.inherit_classifier,
-                       lr_schedule=d.lr_schedule)
+                       lr_schedule=d.lr_schedule, method=d.method)
+
+
+def _validate_method(d: edict) -> None:
+    """``method`` and its alias ``inherit_classifier`` made consistent; the classifier-replacing heads' rules."""
+    if d.method is not None and d.method not in METHODS:
+        raise RecipeError(f"config.distill.method must be None or one of {METHODS}, got {d.method!r}")
+    if d.method == "proxylesskd":
+        d.inherit_classifier = True
+    elif d.inherit_classifier:
+        d.method = "proxylesskd"
+    replacing = [i for i, h in enumerate(d.heads) if h.name in CLASSIFIER_HEADS]
+    if not replacing:
+        return
+    where = f"config.distill.heads[{replacing[0]}] ({d.heads[replacing[0]].name!r})"
+    if len(replacing) > 1:
+        raise RecipeError(f"config.distill.heads{replacing}: only one head can replace partial FC's margin softmax")
+    if d.classification_weight != 0:
+        raise RecipeError(f"{where} replaces partial FC's margin softmax (it is the loss, over partial FC's class "
+                          f"centres): set config.distill.classification_weight = 0, got {d.classification_weight!r}")
+    if d.method is not None:
+        raise RecipeError(f"{where} keeps its own class centres in partial FC's weight: it cannot be combined with "
+                          f"config.distill.method={d.method!r} (inherit_classifier), which freezes the teacher's there")
+    logits = [h.name for h in d.heads if _consumes(h.name) == "logits"]
+    if logits:
+        raise RecipeError(f"{where} replaces partial FC's margin softmax, so there are no classifier logits for "
+                          f"the logits head(s) {logits}")
 
 
 def _consumes(name: str) -> str:
@@ -293,13 +336,21 @@ def validate_lr_schedule(s: Any, key: str = "config.lr_schedule") -> edict:
     if kind not in LR_SCHEDULES:
         raise RecipeError(f"{key}.kind must be one of {tuple(LR_SCHEDULES)}, got {kind!r}")
     _check_known(key, s, list(LR_SCHEDULES[kind]))
-    out = edict({"kind": "step", "every_epochs": 2, "factor": 0.1, "warmup_epochs": 0} if kind == "step"
-                else {"kind": "poly", "power": 1.0})
+    out = edict({"step": {"kind": "step", "every_epochs": 2, "factor": 0.1, "warmup_epochs": 0},
+                 "poly": {"kind": "poly", "power": 1.0},
+                 "multistep": {"kind": "multistep", "milestones": None, "factor": 0.1}}[kind])
     out.update(edict(copy.deepcopy(dict(s))))
     for k, types in LR_SCHEDULES[kind].items():
         _check_type(f"{key}.{k}", out[k], types)
     if kind == "step" and (out.every_epochs <= 0 or not 0 < out.factor <= 1 or out.warmup_epochs < 0):
         raise RecipeError(f"{key}: need every_epochs > 0, 0 < factor <= 1, warmup_epochs >= 0, got {dict(out)}")
+    if kind == "multistep":
+        ms = out.milestones
+        if (not ms or not all(isinstance(e, int) and not isinstance(e, bool) and e > 0 for e in ms)
+                or list(ms) != sorted(set(ms)) or not 0 < out.factor <= 1):
+            raise RecipeError(f"{key}: need milestones = increasing epochs (ints > 0) and 0 < factor <= 1, got "
+                              f"{dict(out)}")
+        out.milestones = list(ms)
     return out
 
 
@@ -334,9 +385,12 @@ def combined_loss_formula(cfg: Dict[str, Any]) -> str:
     d = validate_distill(cfg["distill"])  # already a DistillSpec after load_recipe: not validated again
     terms: List[Tuple[float, str]] = []
     if d.classification_weight != 0:
-        terms.append((d.classification_weight, _margin_name(cfg.get("margin_list"))))
+        over = " over the teacher's frozen classifier (ProxylessKD)" if d.method == "proxylesskd" else ""
+        terms.append((d.classification_weight, _margin_name(cfg.get("margin_list")) + over))
     for h in d.heads:
         params = ", ".join(f"{k}={v}" for k, v in h.params.items())
         where = ", over the global batch" if h.gather == "global" else ""
+        if h.name in CLASSIFIER_HEADS:
+            where = ", centres in partial FC's shards, global batch"
         terms.append((h.weight, f"{h.name}({params}{where})"))
     return "L = " + " + ".join(f"{w:g} * {name}" for w, name in terms)

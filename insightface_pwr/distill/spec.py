@@ -57,6 +57,7 @@ class DistillSpec:
     classification_weight: float = 1.0
     inherit_classifier: bool = False
     lr_schedule: Optional[edict] = None
+    method: Optional[str] = None  # "proxylesskd" (then inherit_classifier is True too) or None
 
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self, key, default)
@@ -72,4 +73,4 @@ class DistillSpec:
                  if isinstance(h, HeadTermSpec) else h for h in self.heads]
         return edict(teacher=teacher, heads=heads, student_init=self.student_init,
                      classification_weight=self.classification_weight, inherit_classifier=self.inherit_classifier,
-                     lr_schedule=self.lr_schedule)
+                     lr_schedule=self.lr_schedule, method=self.method)

@@ -44,7 +44,7 @@ Recipe use (AdaArcDistill: it replaces the margin loss, so it carries the whole 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -73,19 +73,28 @@ def adadistill_alpha(s_norm: torch.Tensor, t_norm: torch.Tensor, centres_rows: t
 
 @torch.no_grad()
 def adadistill_update(centres: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor,
-                      t_norm: torch.Tensor) -> torch.Tensor:
+                      t_norm: torch.Tensor, owned: Optional[torch.Tensor] = None) -> torch.Tensor:
     """In place: centres[y_i] <- alpha_i centres[y_i] + (1 - alpha_i) t_i, all from the centres before the call;
-    for a repeated label the last sample in batch order wins (deterministic, no host sync). Returns ``centres``."""
+    for a repeated label the last sample in batch order wins (deterministic, no host sync). Returns ``centres``.
+
+    ``owned`` (N booleans, optional; a class shard's form): only the rows where it is True update, and ``labels``
+    must be valid row indices everywhere (rows not owned may point at any row, e.g. 0; they write that row's
+    winning value, or its current value when no owned sample has that class, so they change nothing)."""
     n = labels.shape[0]
     pos = torch.arange(n, device=labels.device)
+    if owned is not None:
+        pos = torch.where(owned, pos, torch.full_like(pos, -1))
     last = torch.full((centres.shape[0],), -1, dtype=torch.int64, device=labels.device)
     last = last.scatter_reduce(0, labels, pos, reduce="amax", include_self=True)
-    winner = last.gather(0, labels)  # for every sample, the batch position of its label's last sample
-    rows = centres.index_select(0, labels).to(t_norm.dtype)
+    winner = last.gather(0, labels)  # for every sample, the batch position of its label's last (owned) sample
+    rows = centres.index_select(0, labels)
     a = alpha.to(t_norm.dtype).unsqueeze(1)
-    new = a * rows + (1.0 - a) * t_norm
+    new = (a * rows.to(t_norm.dtype) + (1.0 - a) * t_norm).to(centres.dtype)
+    if owned is not None:  # a row with no owned sample of its class keeps its value (position n: the row itself)
+        new = torch.cat([new, rows], 0)
+        winner = torch.where(winner < 0, torch.arange(n, 2 * n, device=labels.device), winner)
     new = new.index_select(0, winner)  # duplicates all carry the winner's row: the write order no longer matters
-    centres.index_put_((labels,), new.to(centres.dtype))
+    centres.index_put_((labels,), new)
     return centres
 
 

@@ -13,7 +13,8 @@ Our own code, written from upstream's documented behaviour so the hooks can be d
   the margin to the target logits and the scale s; the attribute is plain, like upstream, so hooks can wrap it;
 - :class:`DistCrossEntropyFunction`: softmax over the GLOBAL class dimension (all_reduce MAX of the row maxima,
   SUM of the exponentials and of the target probabilities), computed in place in its input as upstream does,
-  loss = mean over the global batch of -log p_target; backward (p - onehot) / N_global for this rank's logits.
+  loss = mean over the global batch of -log p_target; backward (p - onehot) / N_global for this rank's logits;
+  partial FC holds it as ``dist_cross_entropy`` (a :class:`DistCrossEntropy` module), as upstream does.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from torch import nn
 from ..distill.sharding import shard_range
 from ..distill.collectives import all_gather_no_grad, all_gather_with_grad, world_info
 
-__all__ = ["MarginSoftmax", "PartialFC", "DistCrossEntropyFunction"]
+__all__ = ["MarginSoftmax", "PartialFC", "DistCrossEntropy", "DistCrossEntropyFunction"]
 
 
 class MarginSoftmax(nn.Module):
@@ -89,6 +90,14 @@ class DistCrossEntropyFunction(torch.autograd.Function):
         return g * (grad / p.shape[0]), None
 
 
+class DistCrossEntropy(nn.Module):
+    """Upstream's ``DistCrossEntropy`` module (partial FC's ``dist_cross_entropy`` attribute):
+    ``forward(logits, labels)`` applies :class:`DistCrossEntropyFunction` (in place on ``logits``)."""
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return DistCrossEntropyFunction.apply(logits, labels)
+
+
 class PartialFC(nn.Module):
     """Model-parallel margin-softmax classifier (PartialFC_V2 semantics, CPU). ``forward(emb, labels) -> loss``."""
 
@@ -100,6 +109,7 @@ class PartialFC(nn.Module):
         self.num_sample = int(self.sample_rate * self.num_local)
         self.weight = nn.Parameter(torch.normal(0, 0.01, (self.num_local, embedding_size)))
         self.margin_softmax = margin_loss
+        self.dist_cross_entropy = DistCrossEntropy()  # as upstream (no parameters: the state_dict is unchanged)
         self.weight_index = torch.arange(self.num_local)
 
     def sample(self, labels: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -125,5 +135,5 @@ class PartialFC(nn.Module):
         weight = self.sample(labels, positive) if self.sample_rate < 1 else self.weight
         logits = F.linear(F.normalize(embeddings), F.normalize(weight)).clamp(-1, 1)
         logits = self.margin_softmax(logits, labels)
-        return DistCrossEntropyFunction.apply(logits, labels)
+        return self.dist_cross_entropy(logits, labels)
 

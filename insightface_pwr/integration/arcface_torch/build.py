@@ -19,6 +19,11 @@ What it knows of upstream (commit 0159b24d):
 - ``checkpoint_gpu_{rank}.pt`` = {epoch, global_step, state_dict_backbone, state_dict_softmax_fc
   ({"weight": C_r x D}), state_optimizer, state_lr_scheduler}; ``model.pt`` = the backbone's state_dict;
 - the optimizer has the backbone group first and partial FC's group LAST: head parameters go in between.
+
+Classifier-replacing methods: ``distill.method="proxylesskd"`` (alias ``inherit_classifier``) copies the
+teacher's classifier rows into partial FC's weight and freezes it; the head ``adadistill`` makes partial FC's
+weight its class centres (``centres.py``: updated under no_grad from the global batch, out of the optimizer,
+saved and resumed with upstream's checkpoint) and computes the loss in place of partial FC's forward.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ from ...distill.sharding import shard_range
 from ...distill.teachers import TeacherError, load_teacher
 from ...models.weights import CheckpointError, WeightsError, extract_backbone_state, load_weights_strict, safe_load
 from ...heads.registry import create_head, get_head_spec
+from .centres import install_adadistill
 from .classifier import ClassifierError, PartialFCLogits, load_classifier_rows
 from .upstream import upstream_get_model
 
@@ -81,18 +87,30 @@ def _make_lr_scheduler_factory(cfg: Any, optimizer: torch.optim.Optimizer,
     if sched is None:
         return None
     if rank == 0:
-        what = (f"lr x {sched.factor:g} every {sched.every_epochs} epoch(s)"
-                + (f" after {sched.warmup_epochs} warmup epoch(s)" if sched.warmup_epochs else "")
-                if sched.kind == "step" else f"polynomial decay, power {sched.power:g}")
+        what = {"step": lambda: (f"lr x {sched.factor:g} every {sched.every_epochs} epoch(s)"
+                                 + (f" after {sched.warmup_epochs} warmup epoch(s)" if sched.warmup_epochs else "")),
+                "multistep": lambda: f"lr x {sched.factor:g} at epochs {list(sched.milestones)}",
+                "poly": lambda: f"polynomial decay, power {sched.power:g}"}[sched.kind]()
         logger.info("lr schedule: %s (replaces arcface_torch's)", what)
 
     def make(_upstream: Any) -> Any:
         steps_per_epoch = cfg.num_image // cfg.total_batch_size
+        if sched.kind == "multistep":  # stepped per iteration, like every schedule here
+            return torch.optim.lr_scheduler.MultiStepLR(optimizer, [e * steps_per_epoch for e in sched.milestones],
+                                                        gamma=sched.factor)
         if sched.kind == "step":
             return StepEpochLR(optimizer, steps_per_epoch, sched.every_epochs, sched.factor,
                                sched.warmup_epochs * steps_per_epoch)
         return PolynomialWarmupLR(optimizer, cfg.warmup_step, cfg.total_step, sched.power)
     return make
+
+
+def _check_shards(cfg: Any, partial_fc: nn.Module, world_size: int, rank: int) -> Tuple[int, int]:
+    start, count = shard_range(cfg.num_classes, world_size, rank)
+    if (start, count) != (partial_fc.class_start, partial_fc.num_local):
+        raise ClassifierError(f"partial FC holds classes [{partial_fc.class_start}, +{partial_fc.num_local}) "
+                              f"on rank {rank}, expected [{start}, +{count})")
+    return start, count
 
 
 def build_hooks(cfg: Any, backbone: nn.Module, partial_fc: nn.Module, optimizer: torch.optim.Optimizer,
@@ -145,12 +163,22 @@ def build_hooks(cfg: Any, backbone: nn.Module, partial_fc: nn.Module, optimizer:
             raise TeacherError(str(e)) from e
 
     terms: List[HeadTerm] = []
+    bypass = None  # AdaDistill: partial FC's forward replaced (undone by hooks.end)
     for i, hd in enumerate(d.heads):
         spec = get_head_spec(hd.name)
         if spec.consumes == "embeddings" and getattr(spec.cls, "same_dim", False) and student_dim != teacher_dim:
             raise RecipeError(f"config.distill.heads[{i}] ({hd.name!r}) needs equal embedding sizes, but the student "
                               f"has config.embedding_size={student_dim} and the teacher {teacher_dim}; use a "
                               f"relational head (pwr, rkd_d, rkd_a, darkrank) or a teacher of the same size")
+        if hd.name == "adadistill":  # the loss itself, over partial FC's class shards (centres.py)
+            _check_shards(cfg, partial_fc, world_size, rank)
+            try:
+                module, bypass = install_adadistill(partial_fc, dict(hd.params), cfg.num_classes, student_dim,
+                                                    f"config.distill.heads[{i}]")
+            except ValueError as e:
+                raise RecipeError(str(e)) from e
+            terms.append(HeadTerm(hd.name, hd.weight, "embeddings", module, module, uses_labels=True))
+            continue
         head = create_head(hd.name, **hd.params).to(device)
         try:
             module = distribute(head, spec.consumes, hd.gather, world_size)
@@ -162,10 +190,7 @@ def build_hooks(cfg: Any, backbone: nn.Module, partial_fc: nn.Module, optimizer:
     logits = None
     needs_logits = any(t.consumes == "logits" for t in terms)
     if needs_logits or d.inherit_classifier:
-        start, count = shard_range(cfg.num_classes, world_size, rank)
-        if (start, count) != (partial_fc.class_start, partial_fc.num_local):
-            raise ClassifierError(f"partial FC holds classes [{partial_fc.class_start}, +{partial_fc.num_local}) "
-                                  f"on rank {rank}, expected [{start}, +{count})")
+        start, count = _check_shards(cfg, partial_fc, world_size, rank)
         rows = load_classifier_rows(d.teacher.classifier, cfg.num_classes, start, count).to(device)
         if rows.shape[1] != teacher_dim:
             raise ClassifierError(f"the teacher classifier is {rows.shape[1]}-d but the teacher gives "
@@ -183,7 +208,7 @@ def build_hooks(cfg: Any, backbone: nn.Module, partial_fc: nn.Module, optimizer:
     hooks = DistillHooks(teacher=teacher, terms=terms, classification_weight=d.classification_weight, rank=rank,
                          world_size=world_size, output=cfg.output, resume=bool(cfg.get("resume", False)),
                          frequent=cfg.frequent, formula=combined_loss_formula(cfg), input_size=d.teacher.input_size,
-                         logits=logits, make_lr_scheduler=make_lr_scheduler)
+                         logits=logits if logits is not None else bypass, make_lr_scheduler=make_lr_scheduler)
     head_params = hooks.parameters()
     if head_params:
         _insert_before_last_group(optimizer, head_params)
