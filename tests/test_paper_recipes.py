@@ -20,7 +20,9 @@ DARK = ("darkrank", 1.0, {"alpha": 3.0, "beta": 3.0, "list_length": 4, "soft": F
 
 
 def pwr(inversion, margin, weight=100.0, **more):
-    return ("pwr", weight, {"inversion": inversion, **({} if margin is None else {"margin": margin}), **more})
+    # cosine: the paper's section 3.1, footnote 3 (slightly better than euclidean for PWR)
+    return ("pwr", weight, {"inversion": inversion, "relation": "cosine",
+                            **({} if margin is None else {"margin": margin}), **more})
 
 
 ROWS = {
