@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import sys
 import warnings
@@ -254,6 +255,25 @@ def _run_host(cfg: Any, rank: int, world_size: int, output: Path, identity: dict
     return global_step
 
 
+def absolute_paths(cfg: Any) -> Any:
+    """``cfg`` with its relative file paths (data, output, teacher files, student_init) made absolute, so that every
+    message names the file the run actually used."""
+    def absolute(p: Any) -> Any:
+        return os.path.abspath(p) if isinstance(p, (str, os.PathLike)) else p
+
+    if cfg.get("rec") not in (None, "synthetic"):
+        cfg.rec = absolute(cfg.rec)
+    cfg.output = absolute(cfg.output)
+    d = cfg.get("distill")
+    if d is not None and hasattr(d, "teacher") and hasattr(d.teacher, "weights"):
+        t = d.teacher
+        t.weights, t.cache = absolute(t.weights), absolute(t.cache)
+        t.classifier = [absolute(c) for c in t.classifier] if isinstance(t.classifier, (list, tuple)) \
+            else absolute(t.classifier)
+        d.student_init = absolute(d.student_init)
+    return cfg
+
+
 def train_process(rank: int, world_size: int, recipe: str, init_method: str,
                   overrides: Optional[dict] = None) -> None:
     """Entry point of one host process: init gloo, load the recipe (plus ``overrides``), train, clean up."""
@@ -262,6 +282,6 @@ def train_process(rank: int, world_size: int, recipe: str, init_method: str,
     try:
         cfg = load_recipe(recipe)
         cfg.update(overrides or {})
-        run_host(cfg, rank, world_size)
+        run_host(absolute_paths(cfg), rank, world_size)
     finally:
         dist.destroy_process_group()
