@@ -17,7 +17,8 @@ before anything is written (:func:`~insightface_pwr.distill.checkpoint.lock_outp
 on every rank). Each checkpoint also holds the process count, the run's identity (resume refuses another run's
 checkpoint, naming the keys that differ) and the RNG states (torch, numpy, Python), so that a resumed run, with or
 without distillation, continues exactly as the uninterrupted one. Host-only config keys: ``image_size`` (H, W),
-``save_every_steps`` (0: per epoch only), ``host_threads`` (torch threads per process, default 1).
+``save_every_steps`` (0: per epoch only), ``host_threads`` (torch threads per process, default 1),
+``max_steps_per_epoch`` (0: the whole data set; else each epoch stops after that many steps: a smoke run).
 """
 from __future__ import annotations
 
@@ -62,6 +63,17 @@ def _end_logging() -> None:
                 h.close()
 
 
+class _TerminalHandler(logging.StreamHandler):
+    """A log line on a terminal first clears the line it starts on (a progress bar drawn there with ``\r``), so
+    that the two never mix on one line; the bar is drawn again below it on its next update."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        isatty = getattr(self.stream, "isatty", None)
+        if isatty is not None and isatty():
+            self.stream.write("\r\x1b[2K")
+        super().emit(record)
+
+
 def _init_logging(rank: int, output: Path) -> None:
     _end_logging()
     root = logging.getLogger()
@@ -70,7 +82,7 @@ def _init_logging(rank: int, output: Path) -> None:
         return
     root.setLevel(logging.INFO)
     fmt = logging.Formatter("Training: %(asctime)s-%(message)s")
-    for h in (logging.StreamHandler(sys.stdout), logging.FileHandler(output / "training.log")):
+    for h in (_TerminalHandler(sys.stdout), logging.FileHandler(output / "training.log")):
         h.setFormatter(fmt)
         h._insightface_pwr_host = True  # type: ignore[attr-defined]
         root.addHandler(h)
@@ -151,6 +163,11 @@ def run_host(cfg: Any, rank: int, world_size: int) -> int:
 def _run_host(cfg: Any, rank: int, world_size: int, output: Path, identity: dict) -> int:
     output.mkdir(parents=True, exist_ok=True)
     _init_logging(rank, output)
+    if rank == 0 and cfg.get("val_targets"):
+        logger.warning("config.val_targets = %r: the CPU host does not run upstream's verification callback, so "
+                       "these sets are not evaluated during training; evaluate %s afterwards with insightface-pwr "
+                       "eval --network %s --model %s --bin ...", list(cfg.val_targets), output / "model.pt",
+                       cfg.network, output / "model.pt")
 
     dataset = build_dataset(cfg)
     if cfg.get("data_backend") is None:  # the host's loader is the package's data layer (it publishes record keys)
@@ -206,6 +223,8 @@ def _run_host(cfg: Any, rank: int, world_size: int, output: Path, identity: dict
                        "state_lr_scheduler": lr_scheduler.state_dict()}, output / f"checkpoint_gpu_{rank}.pt")
 
     spe = steps_per_epoch(len(dataset), world_size, cfg.batch_size)
+    if int(cfg.get("max_steps_per_epoch", 0)) > 0:  # host key: a smoke run on a big data set
+        spe = min(spe, int(cfg.max_steps_per_epoch))
     save_every = int(cfg.get("save_every_steps", 0))
     loss_log = open(output / "host_losses.jsonl", "a") if rank == 0 else None
     loss_sum, loss_n = 0.0, 0
@@ -213,7 +232,7 @@ def _run_host(cfg: Any, rank: int, world_size: int, output: Path, identity: dict
         for epoch in range(start_epoch, cfg.num_epoch):
             skip = max(0, global_step - epoch * spe)
             for img, local_labels in epoch_batches(dataset, epoch, cfg.seed, rank, world_size, cfg.batch_size,
-                                                   skip):
+                                                   skip, limit=spe):
                 global_step += 1
                 local_embeddings = backbone(img)
                 loss = module_partial_fc(local_embeddings, local_labels)
