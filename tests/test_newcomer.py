@@ -82,3 +82,17 @@ def test_check_prints_only_the_lr_schedule_key_in_force(tmp_path, capsys):
         assert main(["check", str(recipe)]) == 0
         out = capsys.readouterr().out
         assert shown in out and hidden not in out, out
+
+
+def test_readme_train_section_names_upstream_needs_the_cpu_wheel_and_the_cpu_host():
+    import os
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Train with arcface_torch", 1)[1].split("\n### ", 1)[0]
+    shared = Path(os.environ.get("INSIGHTFACE_PWR_SHARED", ROOT / ".." / "shared"))
+    req = shared / "upstream" / "arcface_torch" / "requirement.txt"
+    needs = [ln.strip() for ln in req.read_text().splitlines() if ln.strip()] if req.is_file() else ["tensorboard"]
+    for name in needs:
+        assert name in section, name
+    assert "pip install tensorboard" in section
+    assert "--index-url https://download.pytorch.org/whl/cpu" in section
+    assert "NCCL" in section and "insightface-pwr train" in section
