@@ -21,8 +21,9 @@ loop resumed from, and refuses a state written by another run (``run_identity``:
 whoever builds the hooks, :func:`~insightface_pwr.distill.checkpoint.run_identity`; else the hooks' own: formula,
 weights and heads), naming the keys that differ.
 
-One training per output folder: rank 0's hooks lock ``<output>`` when they are built (unless this process holds
-the lock already, as the CPU host does), and ``end`` drops that lock; a second training on the folder is refused.
+One training per output folder: rank 0's hooks with a teacher lock ``<output>`` when they are built (unless this
+process holds the lock already, as the CPU host does), and ``end`` drops that lock; a second training on the folder
+is refused.
 
 With ``teacher=None`` (a recipe with ``lr_schedule`` and no ``distill`` section) the hooks only replace the lr
 scheduler: ``step`` returns the loss unchanged, and ``log``, ``save`` and ``resume`` do nothing.
@@ -100,7 +101,8 @@ class DistillHooks:
         if teacher is None and (terms or logits is not None):
             raise ValueError("DistillHooks: heads and logits need a teacher")
         self.run_identity: Optional[Dict[str, Any]] = None  # the recipe's (run_identity(cfg)), when the builder sets it
-        self._owns_lock = rank == 0 and not locked_here(self.output)
+        # the lock guards the files the hooks write: none without a teacher (an lr_schedule-only recipe)
+        self._owns_lock = rank == 0 and teacher is not None and not locked_here(self.output)
         if self._owns_lock:
             lock_output(self.output)
         if rank == 0 and teacher is not None:
