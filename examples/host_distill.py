@@ -18,5 +18,5 @@ config.distill = edict(
                   classifier="work_dirs/host_teacher", input_size=(32, 32)),
     classification_weight=0.7,
     heads=[edict(name="pwr", weight=100.0, params=edict(inversion="exp", margin="teacher_diff")),
-           edict(name="hkd", weight=0.3, params=edict(temperature=4.0))],
-    lr_schedule=edict(kind="step", every_epochs=1, factor=0.1))   # lr / 10 every epoch
+           edict(name="hkd", weight=0.3, params=edict(temperature=4.0))])
+config.lr_schedule = edict(kind="step", every_epochs=1, factor=0.1)   # lr / 10 every epoch

@@ -171,7 +171,8 @@ def test_fixture_check_apply_refuse_twice_revert(fixture_tree, capsys):
     capsys.readouterr()
     assert _cli(root, patch_dir) == 1
     assert "already patched" in capsys.readouterr().err
-    assert _cli(root, patch_dir, "--check") == 1
+    assert _cli(root, patch_dir, "--check") == 0  # on a patched folder: says so, status 0
+    assert "is patched, matches" in capsys.readouterr().out
     assert _tree_hashes(root) == after
 
     assert _cli(root, patch_dir, "--check", "--revert") == 0
@@ -216,8 +217,11 @@ def test_fixture_change_outside_hunks_new_file_present_and_patched_then_edited(f
     target.write_bytes(pristine)
 
     (root / "train.py").write_text("print('mine')\n")
-    assert _cli(root, patch_dir) == 1
-    assert "train.py exists but is not the file" in capsys.readouterr().err
+    for flags in ((), ("--revert",)):
+        assert _cli(root, patch_dir, *flags) == 1
+        err = capsys.readouterr().err
+        assert "train.py exists but is not the file" in err and f"remove {root / 'train.py'}" in err, err
+        assert "git checkout" not in err  # upstream has no train.py to check out
     (root / "train.py").unlink()
 
     assert _cli(root, patch_dir) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from ..data.build import build_recordio
 
@@ -18,6 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    counts = build_recordio(args.root, args.out, progress=not args.no_progress)
+    counts = build_recordio(os.path.abspath(args.root), os.path.abspath(args.out), progress=not args.no_progress)
     print(json.dumps(counts))
     return 0

@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import Any, Dict, List
 
+from ..infra.errors import UserError
 from ..distill.recipe import RecipeError, _margin_name, combined_loss_formula, load_recipe
 
 __all__ = ["add_arguments", "run", "effective_lines", "loss_formula"]
@@ -47,8 +48,9 @@ def effective_lines(cfg: Dict[str, Any]) -> List[str]:
                    "classification_weight": d.classification_weight, "inherit_classifier": d.inherit_classifier,
                    "heads": [{"name": h.name, "weight": h.weight, "params": h.full_params, "gather": h.gather}
                              for h in d.heads]}
-        if d.lr_schedule is not None:  # the alias is shown only where it is the schedule in force
+        if d.lr_schedule is not None:  # only the key of the schedule in force is shown (the alias, here)
             distill["lr_schedule"] = d.lr_schedule
+            shown.pop("lr_schedule", None)
         shown["distill"] = distill
     out: List[str] = []
     for k in sorted(shown):
@@ -64,6 +66,8 @@ def loss_formula(cfg: Dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.gpus is not None and args.gpus < 1:
+        raise UserError(f"--gpus must be >= 1, got {args.gpus}")
     try:
         cfg = load_recipe(args.recipe)
     except RecipeError as e:
@@ -75,9 +79,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"# {args.recipe}: valid (arcface_torch defaults + the recipe; files are not opened)")
     print("\n".join(effective_lines(cfg)))
     if args.gpus is not None:
-        if args.gpus < 1:
-            print(f"error: --gpus must be >= 1, got {args.gpus}", file=sys.stderr)
-            return 2
         total = cfg.batch_size * args.gpus
         steps = cfg.num_image // total
         print(f"# {args.gpus} processes: global batch {cfg.batch_size} x {args.gpus} = {total}; "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 KNOWN_SETS = ("lfw", "cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vgg2_fp")  # = eval.evaluate.KNOWN_SETS
@@ -98,13 +99,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    sets = load_sets(args.bins, args.data_dir, args.limit_pairs)  # every set checked before the first model runs
+    # a path (not a set's name) is resolved, so that an error names the absolute path
+    bins = [os.path.abspath(b) if b.endswith(".bin") or os.sep in b else b for b in args.bins]
+    sets = load_sets(bins, args.data_dir, args.limit_pairs)  # every set checked before the first model runs
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
         names = [s.path for s in sets]
     results, out_json = {}, []
     for spec in args.models:
-        model = load_model(spec, args)
+        missing_file = not os.path.exists(spec) and os.path.splitext(spec)[1] in (".onnx", ".pt", ".pth", ".jit")
+        model = load_model(os.path.abspath(spec) if missing_file else spec, args)
         store = make_store(model, args)
         results[spec] = {}
         for name, vbin in zip(names, sets):

@@ -5,6 +5,7 @@ import argparse
 import json
 
 from ..heads.registry import get_head_spec, list_heads
+from ..infra.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,7 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    specs = [get_head_spec(n) for n in list_heads(args.filter)]
+    names = list_heads(args.filter)
+    if not names:
+        raise UserError(f"no registered head matches {args.filter!r}; the registered heads: "
+                        f"{', '.join(list_heads(''))}")
+    specs = [get_head_spec(n) for n in names]
     if args.json:
         print(json.dumps([{"name": s.name, "consumes": s.consumes, "paper": s.paper, "summary": s.summary,
                            "params": {k: repr(v) for k, v in s.defaults().items()}} for s in specs], indent=2))

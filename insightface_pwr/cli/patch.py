@@ -40,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
                         + ")" for f in patch_set.files)
     try:
         if args.check:
+            if not args.revert and patching.is_patched(target, patch_set):
+                print(f"ok: {target} is patched, matches insightface-pwr's patches of {patching.PINNED}: {listing}")
+                return 0
             patching.plan(target, patch_set, revert=args.revert)
             state = "patched; --revert would restore" if args.revert else "the pristine pinned upstream; the " \
                 "patches apply to"

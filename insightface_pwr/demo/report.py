@@ -9,11 +9,11 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Tuple, Dict, List, Optional, Sequence
 
 from ..infra.atomic import atomic_write_bytes
 
-__all__ = ["table_rows", "format_table", "write_reports", "plot_png"]
+__all__ = ["table_rows", "format_table", "write_reports", "plot_png", "bar_values", "CHANCE"]
 
 HEAD = ["model", "accuracy %", "TPR@FPR=1e-2 %", "AUC", "rank-1 %", "train s"]
 
@@ -43,34 +43,72 @@ def format_table(rows: Sequence[Dict], markdown: bool = False) -> str:
     return "\n".join([fmt(HEAD), fmt(["-" * w for w in widths])] + [fmt(c) for c in cells])
 
 
+CHANCE = 0.5  # verification accuracy of a guess (the .bin's pairs are half same, half different)
+
+
+def _metric_values(r: Dict) -> List[Optional[float]]:
+    acc = r["verification"][0]["accuracy_flip"] if r.get("verification") else None
+    return [acc, r.get("rank1")]
+
+
+def bar_values(r: Dict) -> List[Optional[Tuple[float, float]]]:
+    """(value, spread) per metric (accuracy, rank-1) of a row: with ``r["seeds"]`` (the row of each seed, several),
+    the mean over the seeds and their sample standard deviation; else the row's value and 0."""
+    seeds = r.get("seeds") or []
+    if len(seeds) < 2:
+        return [None if v is None else (float(v), 0.0) for v in _metric_values(r)]
+    out: List[Optional[Tuple[float, float]]] = []
+    for vs in zip(*(_metric_values(s) for s in seeds)):
+        vals = [float(v) for v in vs if v is not None]
+        if not vals:
+            out.append(None)
+            continue
+        mean = sum(vals) / len(vals)
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+        out.append((mean, std))
+    return out
+
+
 def plot_png(rows: Sequence[Dict], title: str) -> bytes:
-    """A bar chart (verification accuracy and rank-1 per model) as PNG bytes, drawn with Pillow."""
+    """A bar chart (verification accuracy and rank-1 per model) as PNG bytes, drawn with Pillow: where a row has
+    several seeds (``row["seeds"]``), the bar is their mean with an error bar of +-1 standard deviation; a dashed
+    line marks chance (50% verification accuracy)."""
     from PIL import Image, ImageDraw, ImageFont
-    metrics = [("accuracy", lambda r: r["verification"][0]["accuracy_flip"] if r.get("verification") else None,
-                (66, 114, 196)),
-               ("rank-1", lambda r: r.get("rank1"), (237, 125, 49))]
-    values = [[m(r) for _, m, _ in metrics] for r in rows]
-    present = [v for vs in values for v in vs if v is not None]
-    lo = max(0.0, math.floor((min(present, default=0.0) - 0.05) * 20) / 20)
+    colors = [(66, 114, 196), (237, 125, 49)]
+    metrics = [("accuracy", colors[0]), ("rank-1", colors[1])]
+    values = [bar_values(r) for r in rows]
+    present = [v[0] - v[1] for vs in values for v in vs if v is not None] + [CHANCE]
+    lo = max(0.0, math.floor((min(present) - 0.05) * 20) / 20)
     w, h, left, bottom, top = 120 + 150 * len(rows), 420, 60, 110, 50
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     d.text((left, 15), title, fill="black", font=font)
-    y = lambda v: top + (1 - (v - lo) / (1 - lo)) * (h - top - bottom)  # noqa: E731
+    y = lambda v: top + (1 - (min(v, 1.0) - lo) / (1 - lo)) * (h - top - bottom)  # noqa: E731
     for k in range(6):  # grid
         v = lo + k * (1 - lo) / 5
         d.line([(left, y(v)), (w - 20, y(v))], fill=(220, 220, 220))
         d.text((5, y(v) - 6), f"{100 * v:.1f}%", fill="black", font=font)
     for i, (r, vs) in enumerate(zip(rows, values)):
         x0 = left + 20 + 150 * i
-        for j, (v, (_, _, color)) in enumerate(zip(vs, metrics)):
+        for j, (v, (_, color)) in enumerate(zip(vs, metrics)):
             if v is not None:
-                d.rectangle([x0 + 50 * j, y(v), x0 + 50 * j + 44, y(lo)], fill=color)
-                d.text((x0 + 50 * j, y(v) - 14), f"{100 * v:.1f}", fill="black", font=font)
+                mean, std = v
+                d.rectangle([x0 + 50 * j, y(mean), x0 + 50 * j + 44, y(lo)], fill=color)
+                label = f"{100 * mean:.1f}" + (f"±{100 * std:.1f}" if std else "")
+                if std:  # the seeds' spread
+                    xc = x0 + 50 * j + 22
+                    d.line([(xc, y(mean + std)), (xc, y(mean - std))], fill="black", width=2)
+                    for e in (mean + std, mean - std):
+                        d.line([(xc - 6, y(e)), (xc + 6, y(e))], fill="black", width=2)
+                d.text((x0 + 50 * j, y(mean + std) - 14), label, fill="black", font=font)
         for k, part in enumerate(_wrap(r["label"], 22)):
             d.text((x0, h - bottom + 8 + 13 * k), part, fill="black", font=font)
-    for j, (name, _, color) in enumerate(metrics):
+    yc = y(CHANCE)
+    for x in range(left, w - 20, 12):  # chance, dashed
+        d.line([(x, yc), (min(x + 7, w - 20), yc)], fill=(200, 0, 0), width=1)
+    d.text((w - 110, yc - 14), "chance (50%)", fill=(200, 0, 0), font=font)
+    for j, (name, color) in enumerate(metrics):
         d.rectangle([w - 200 + 95 * j, 15, w - 190 + 95 * j, 25], fill=color)
         d.text((w - 185 + 95 * j, 13), name, fill="black", font=font)
     buf = io.BytesIO()

@@ -44,6 +44,8 @@ def run_demo(out: Path, size: str = "full", data: Optional[str] = None, bins: Op
     say(f"[2/4] recipes in {recipes} (the paper's recipes at demo scale; `insightface-pwr check` them)")
     epochs = {"teacher": scale.teacher_epochs, "student": scale.student_epochs}
     spe = steps_per_epoch(info.num_image, nproc, scale.batch_size // nproc)
+    if scale.max_steps_per_epoch:
+        spe = min(spe, scale.max_steps_per_epoch)
     rows = []
     say(f"[3/4] training through the CPU host (insightface-pwr train --nproc {nproc})")
     for name, label, _network in RUNS:
@@ -52,7 +54,8 @@ def run_demo(out: Path, size: str = "full", data: Optional[str] = None, bins: Op
                      "train_s": train_run(recipes / f"{name}.py", total, f"{name:>10}", progress, nproc)})
     say("[4/4] evaluating on unseen identities")
     for row, (name, _label, network) in zip(rows, RUNS):
-        row.update(evaluate_run(out / "runs" / name, network, info, progress))
+        row.update(evaluate_run(out / "runs" / name, network, info, progress,
+                                scale.eval_pairs if data else None))
     total_s = time.perf_counter() - start
     meta = {"title": f"insightface-pwr demo ({'synthetic faces' if not data else Path(data).name}, {size})",
             "size": size, "scale": scale.__dict__, "data": info.__dict__, "seed": seed, "threads": threads,

@@ -12,19 +12,42 @@
 Fault injection for the kill tests (never set in normal use): ``INSIGHTFACE_PWR_FAULT=kill_in_save:N`` makes the
 N-th atomic write of a process SIGKILL the process after the temporary file is written and synced, before the
 rename (:mod:`insightface_pwr.infra.faults`).
+
+One training per output folder: :func:`lock_output` takes an exclusive, non-blocking ``flock`` on
+``<output>/.insightface_pwr.lock`` (the file holds the holder's pid, for the message; the kernel drops the lock when
+the holder exits, SIGKILL included, so a stale file never blocks anyone; the file is left in place). A second
+training on the same folder is refused at once, naming the folder and the holder's pid. The lock is re-entrant
+within a process (the CPU host takes it, then the distillation hooks it builds take it again).
+
+Run identity: :func:`run_identity` is the effective config of a recipe, flattened to ``key -> repr(value)`` lines,
+and its sha256, leaving out :data:`IDENTITY_EXCLUDED` (keys that may change on resume: ``resume`` itself, where the
+output goes, logging and loader settings, wandb, the host's thread count and save frequency, ``val_targets``, and the
+step counts the training loop derives). Everything else (data, network, margins, optimizer, lr, batch size,
+epochs, seed, the distill section) is the run: a checkpoint records its identity and resume refuses one of
+another run, naming the keys that differ (:func:`check_identity`).
+
+RNG states: :func:`rng_state` / :func:`set_rng_state` cover torch's CPU generator, CUDA's (when initialised),
+numpy's and Python's ``random``, as tensors and plain values (``weights_only`` loading reads them).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
+import random
 from pathlib import Path
-from typing import Any, List, Union
+from typing import Any, Dict, List, Optional, Union
 
+import numpy as np
 import torch
 
 from ..models.weights import CheckpointError, safe_load  # noqa: F401  (re-exported)
 from ..infra.atomic import AtomicFile, fsync_dir
 
-__all__ = ["atomic_save", "save_rotating", "load_candidates", "safe_load", "previous_path", "CheckpointError"]
+__all__ = ["atomic_save", "save_rotating", "load_candidates", "safe_load", "previous_path", "CheckpointError",
+           "OutputInUseError", "LOCK_NAME", "lock_output", "unlock_output", "locked_here", "check_output_free", "IDENTITY_EXCLUDED",
+           "run_identity", "check_identity", "rng_state", "set_rng_state"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -63,3 +86,156 @@ def load_candidates(path: PathLike, what: str = "checkpoint") -> List[Any]:
         if p.is_file():
             out.append(safe_load(p, what))
     return out
+
+
+# ------------------------------------------------------------------------------------------- one run per folder
+LOCK_NAME = ".insightface_pwr.lock"
+_HELD: Dict[str, List[int]] = {}  # resolved folder -> [fd, count, pid]
+
+
+class OutputInUseError(CheckpointError):
+    """Another training holds the output folder's lock."""
+
+
+def _holder(fd: int) -> str:
+    try:
+        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        pid = ""
+    return f"pid {pid}" if pid.isdigit() else "pid unknown"
+
+
+def _try_lock(folder: Path) -> int:
+    """An fd of the folder's lock file, locked (exclusive, non-blocking), or OutputInUseError."""
+    import fcntl  # POSIX only
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise OutputInUseError(f"output folder {str(folder)!r} is in use by another training ({holder}, lock "
+                               f"{str(path)!r}); wait for it to end (or stop it), or set config.output to another "
+                               f"folder") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def lock_output(folder: PathLike) -> Path:
+    """Take the exclusive lock of the output ``folder`` (created if needed) for this process; re-entrant (each call
+    needs its :func:`unlock_output`). Raises :class:`OutputInUseError` at once if another process holds it."""
+    folder = Path(folder).resolve()
+    held = _HELD.get(str(folder))
+    if held is not None and held[2] == os.getpid():
+        held[1] += 1
+        return folder
+    fd = _try_lock(folder)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    _HELD[str(folder)] = [fd, 1, os.getpid()]
+    return folder
+
+
+def unlock_output(folder: PathLike) -> None:
+    """Undo one :func:`lock_output` of this process (the lock is dropped with the last one)."""
+    key = str(Path(folder).resolve())
+    held = _HELD.get(key)
+    if held is None or held[2] != os.getpid():
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _HELD[key]
+        os.close(held[0])  # closing the (only) descriptor drops the flock
+
+
+def locked_here(folder: PathLike) -> bool:
+    """Whether this process holds the lock of ``folder``."""
+    held = _HELD.get(str(Path(folder).resolve()))
+    return held is not None and held[2] == os.getpid()
+
+
+def check_output_free(folder: PathLike) -> None:
+    """Raise :class:`OutputInUseError` if another process holds the lock of ``folder`` (takes and drops it; writes
+    nothing where the folder or its lock file does not exist yet)."""
+    folder = Path(folder).resolve()
+    if locked_here(folder) or not (folder / LOCK_NAME).is_file():
+        return
+    os.close(_try_lock(folder))
+
+
+# ------------------------------------------------------------------------------------------------ run identity
+IDENTITY_EXCLUDED = ("resume", "output", "frequent", "verbose", "num_workers", "host_threads", "save_every_steps",
+                     "save_all_states", "val_targets", "wandb_key", "wandb_entity", "wandb_project", "wandb_log_all",
+                     "wandb_resume", "using_wandb", "save_artifacts", "suffix_run_name", "data_backend",
+                     "total_batch_size", "warmup_step", "total_step")
+
+
+def _flatten(prefix: str, value: Any, out: Dict[str, str]) -> None:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, dict) and value:
+        for k in sorted(value, key=str):
+            _flatten(f"{prefix}.{k}", value[k], out)
+    elif isinstance(value, (list, tuple)) and value and any(
+            isinstance(v, dict) or dataclasses.is_dataclass(v) for v in value):
+        for i, v in enumerate(value):
+            _flatten(f"{prefix}[{i}]", v, out)
+    else:
+        out[prefix] = repr(value)
+
+
+def run_identity(cfg: Dict[str, Any], prefix: str = "config") -> Dict[str, Any]:
+    """``{"hash": sha256, "config": {"config.key": repr(value)}}`` of a loaded recipe, without
+    :data:`IDENTITY_EXCLUDED` (see the module docstring)."""
+    flat: Dict[str, str] = {}
+    for k in sorted(cfg, key=str):
+        if k not in IDENTITY_EXCLUDED:
+            _flatten(f"{prefix}.{k}", cfg[k], flat)
+    digest = hashlib.sha256(json.dumps(flat, sort_keys=True).encode("utf-8")).hexdigest()
+    return {"hash": digest, "config": flat}
+
+
+def check_identity(saved: Optional[Dict[str, Any]], current: Optional[Dict[str, Any]], path: PathLike) -> None:
+    """Raise :class:`CheckpointError` when the checkpoint ``path`` was written by another run (its identity differs
+    from ``current``), naming the keys that differ. A checkpoint without an identity (older versions) passes."""
+    if not saved or not current or saved.get("hash") == current.get("hash"):
+        return
+    old, new = saved.get("config", {}), current.get("config", {})
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    shown = "; ".join(f"{k}: saved {old.get(k, '(unset)')}, now {new.get(k, '(unset)')}" for k in keys[:6])
+    more = f" (and {len(keys) - 6} more)" if len(keys) > 6 else ""
+    raise CheckpointError(
+        f"resume: {os.path.abspath(os.fspath(path))!r} was written by another run (identity "
+        f"{str(saved.get('hash'))[:12]}, this run {str(current.get('hash'))[:12]}): {shown or 'different keys'}{more}. "
+        f"Resume with the recipe that wrote it, or set config.output to another folder (keys that may change on "
+        f"resume: {', '.join(IDENTITY_EXCLUDED[:9])})")
+
+
+# -------------------------------------------------------------------------------------------------- RNG states
+def rng_state() -> Dict[str, Any]:
+    """This process's RNG states: torch CPU, CUDA (if initialised), numpy and Python ``random``."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: Dict[str, Any] = {"torch": torch.get_rng_state(),
+                             "numpy": [str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos),
+                                       int(has_gauss), float(gauss)],
+                             "python": [int(version), torch.tensor(internal, dtype=torch.int64), gauss_next]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(int(v) for v in internal.tolist()), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

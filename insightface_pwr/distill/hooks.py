@@ -15,8 +15,15 @@ The patched arcface_torch ``train_v2.py`` (and the CPU host, ``insightface_pwr.h
 local batch (student embeddings N x D_s, teacher embeddings N x D_t); logit heads see the global batch's logits
 over this rank's classes (from ``logits.pair``). ``log`` writes the mean of each term over the last ``frequent``
 steps and over the ranks (one all_reduce every ``frequent`` steps). ``save`` writes the heads' state, the step and
-the RNG states to ``<output>/distill_gpu_{rank}.pt`` atomically, keeping the previous version; ``resume`` restores
-the version whose ``global_step`` equals the one the loop resumed from.
+the RNG states (torch, CUDA, numpy, Python) and the run's identity to ``<output>/distill_gpu_{rank}.pt``
+atomically, keeping the previous version; ``resume`` restores the version whose ``global_step`` equals the one the
+loop resumed from, and refuses a state written by another run (``run_identity``: the recipe's identity, set by
+whoever builds the hooks, :func:`~insightface_pwr.distill.checkpoint.run_identity`; else the hooks' own: formula,
+weights and heads), naming the keys that differ.
+
+One training per output folder: rank 0's hooks with a teacher lock ``<output>`` when they are built (unless this
+process holds the lock already, as the CPU host does), and ``end`` drops that lock; a second training on the folder
+is refused.
 
 With ``teacher=None`` (a recipe with ``lr_schedule`` and no ``distill`` section) the hooks only replace the lr
 scheduler: ``step`` returns the loss unchanged, and ``log``, ``save`` and ``resume`` do nothing.
@@ -32,7 +39,8 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from .checkpoint import CheckpointError, load_candidates, save_rotating
+from .checkpoint import (CheckpointError, check_identity, load_candidates, lock_output, locked_here, rng_state,
+                         run_identity, save_rotating, set_rng_state, unlock_output)
 
 __all__ = ["DistillHooks", "HeadTerm", "LogitSource", "STATE_FORMAT"]
 
@@ -92,6 +100,11 @@ class DistillHooks:
         self.last: Dict[str, float] = {}
         if teacher is None and (terms or logits is not None):
             raise ValueError("DistillHooks: heads and logits need a teacher")
+        self.run_identity: Optional[Dict[str, Any]] = None  # the recipe's (run_identity(cfg)), when the builder sets it
+        # the lock guards the files the hooks write: none without a teacher (an lr_schedule-only recipe)
+        self._owns_lock = rank == 0 and teacher is not None and not locked_here(self.output)
+        if self._owns_lock:
+            lock_output(self.output)
         if rank == 0 and teacher is not None:
             logger.info("distillation: %s", formula)
 
@@ -159,14 +172,21 @@ class DistillHooks:
     def state_path(self) -> Path:
         return self.output / f"distill_gpu_{self.rank}.pt"
 
+    @property
+    def identity(self) -> Dict[str, Any]:
+        """The run's identity: the recipe's when set (``run_identity``), else the hooks' own configuration."""
+        if self.run_identity is not None:
+            return self.run_identity
+        own: Dict[str, Any] = {"formula": self.formula, "classification_weight": self.classification_weight,
+                               "input_size": self.input_size}
+        for name, term in zip(self.names[1:], self.terms):
+            own[name] = {"weight": term.weight, "consumes": term.consumes, "head": repr(term.head)}
+        return dict(run_identity(own, "hooks"), kind="hooks")
+
     def state_dict(self, epoch: int, global_step: int) -> Dict[str, Any]:
-        state: Dict[str, Any] = {"format": STATE_FORMAT, "epoch": int(epoch), "global_step": int(global_step),
-                                 "world_size": self.world_size, "rank": self.rank,
-                                 "heads": [t.head.state_dict() for t in self.terms],
-                                 "rng_cpu": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["rng_cuda"] = torch.cuda.get_rng_state()
-        return state
+        return {"format": STATE_FORMAT, "epoch": int(epoch), "global_step": int(global_step),
+                "world_size": self.world_size, "rank": self.rank, "heads": [t.head.state_dict() for t in self.terms],
+                "rng": rng_state(), "run_identity": self.identity}
 
     def save(self, epoch: int, global_step: int) -> None:
         """Write this rank's distillation state atomically (the previous version is kept as ``.prev``)."""
@@ -189,6 +209,12 @@ class DistillHooks:
             if state.get("format") != STATE_FORMAT:
                 raise CheckpointError(f"{str(self.state_path)!r} is not a distillation state "
                                       f"(format {state.get('format')!r}, expected {STATE_FORMAT!r})")
+            saved = state.get("run_identity")
+            if saved is not None and saved.get("kind") == self.identity.get("kind"):  # a recipe's vs the hooks' own
+                check_identity(saved, self.identity, self.state_path)
+            if state["world_size"] != self.world_size:
+                raise CheckpointError(f"resume: {str(self.state_path.resolve())!r} was saved by {state['world_size']} "
+                                      f"process(es); this run has {self.world_size}: resume with that many")
         match = [s for s in candidates if s["global_step"] == global_step]
         if not match:
             raise CheckpointError(
@@ -202,9 +228,12 @@ class DistillHooks:
                                   f"{len(self.terms)}")
         for term, sd in zip(self.terms, state["heads"]):
             term.head.load_state_dict(sd)
-        torch.set_rng_state(state["rng_cpu"])
-        if "rng_cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state["rng_cuda"])
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        else:  # a state of an older version: torch's RNGs only
+            torch.set_rng_state(state["rng_cpu"])
+            if "rng_cuda" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state(state["rng_cuda"])
         if self.rank == 0:
             logger.info("resumed distillation state of epoch %d, step %d", state["epoch"], global_step)
         return start_epoch, global_step
@@ -213,3 +242,6 @@ class DistillHooks:
         """Undo what the build installed (partial FC's margin_softmax observer)."""
         if self.logits is not None:
             self.logits.close()
+        if self._owns_lock:
+            self._owns_lock = False
+            unlock_output(self.output)

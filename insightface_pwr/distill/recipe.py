@@ -144,24 +144,44 @@ def _check_known(key: str, d: Dict[str, Any], known: Sequence[str]) -> None:
             raise RecipeError(f"unknown key {key}.{k}.{hint} Known keys: {', '.join(known)}")
 
 
-def _load_config_file(path: Union[str, Path]) -> edict:
+_LOADING: List[Path] = []  # the recipe files being run, outermost first (load_base nests them)
+
+
+def resolve_recipe_path(path: Union[str, Path]) -> Path:
+    """``path``, or ``path.py`` when only that exists (``configs/ms1mv2_r50`` as upstream's get_config takes it)."""
     path = Path(path)
+    if not path.is_file() and path.suffix != ".py" and path.with_name(path.name + ".py").is_file():
+        return path.with_name(path.name + ".py")
+    return path
+
+
+def _load_config_file(path: Union[str, Path]) -> edict:
+    path = resolve_recipe_path(path)
     if not path.is_file():
-        raise RecipeError(f"recipe file not found: {str(path)!r}")
+        also = "" if path.suffix == ".py" else f" (nor {str(path.resolve()) + '.py'!r})"
+        raise RecipeError(f"recipe file not found: {str(path.resolve())!r}{also}")
+    resolved = path.resolve()
+    if resolved in _LOADING:
+        chain = " -> ".join(str(p) for p in _LOADING[_LOADING.index(resolved):] + [resolved])
+        raise RecipeError(f"load_base cycle: {chain} (a recipe cannot be built on itself)")
+    _LOADING.append(resolved)
     try:
         ns = runpy.run_path(str(path), run_name=f"insightface_pwr_recipe_{path.stem}")
     except RecipeError:
         raise
     except Exception as e:  # noqa: BLE001  (a recipe is user code: report any failure with its file)
-        raise RecipeError(f"recipe {str(path)!r} failed to run: {type(e).__name__}: {e}") from e
+        raise RecipeError(f"recipe {str(resolved)!r} failed to run: {type(e).__name__}: {e}") from e
+    finally:
+        _LOADING.pop()
     if not isinstance(ns.get("config"), dict):
-        raise RecipeError(f"recipe {str(path)!r} must define `config = edict()` (a dict), "
+        raise RecipeError(f"recipe {str(resolved)!r} must define `config = edict()` (a dict), "
                           f"got {type(ns.get('config')).__name__}")
     return edict(copy.deepcopy(dict(ns["config"])))
 
 
 def load_base(recipe_file: Union[str, Path], base: Union[str, Path]) -> edict:
-    """A deep copy of the ``config`` of the recipe ``base`` (relative to the folder of ``recipe_file``)."""
+    """A deep copy of the ``config`` of the recipe ``base`` (relative to the folder of ``recipe_file``); a chain
+    of bases that comes back to a file already being loaded is an error naming the cycle."""
     base_path = Path(base)
     if not base_path.is_absolute():
         base_path = Path(recipe_file).resolve().parent / base_path
@@ -178,7 +198,8 @@ def apply_defaults(config: Dict[str, Any], name: str = "recipe") -> edict:
 
 
 def load_recipe(path: Union[str, Path]) -> edict:
-    """Run the recipe file ``path`` and return the complete, validated config (upstream defaults filled in)."""
+    """Run the recipe file ``path`` (or ``path.py``) and return the complete, validated config (upstream defaults
+    filled in)."""
     cfg = apply_defaults(_load_config_file(path), Path(path).stem)
     validate_recipe(cfg, require_dataset=True)
     return cfg

@@ -14,7 +14,7 @@ rank r takes every W-th index from r; ``num_image // (batch_size * W)`` batches 
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Tuple
+from typing import Any, Iterator, Optional, Tuple
 
 import torch
 
@@ -40,14 +40,16 @@ def steps_per_epoch(num_items: int, world_size: int, batch_size: int) -> int:
 
 
 def epoch_batches(dataset: torch.utils.data.Dataset, epoch: int, seed: int, rank: int, world_size: int,
-                  batch_size: int, skip: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's batches of ``epoch`` (the first ``skip`` left out, for a mid-epoch resume)."""
+                  batch_size: int, skip: int = 0,
+                  limit: Optional[int] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's batches of ``epoch`` (the first ``skip`` left out, for a mid-epoch resume; at most ``limit``)."""
     n = len(dataset)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + int(epoch))).tolist()
     total = -(-n // world_size) * world_size
     perm += perm[: total - n]
     mine = perm[rank:total:world_size]
-    for b in range(skip, len(mine) // batch_size):
+    stop = len(mine) // batch_size if limit is None else min(len(mine) // batch_size, limit)
+    for b in range(skip, stop):
         items = [dataset[i] for i in mine[b * batch_size:(b + 1) * batch_size]]
         img = torch.stack([it[0] for it in items])
         labels = torch.stack([torch.as_tensor(it[1]) for it in items])

@@ -181,15 +181,23 @@ def check_target_dir(target: Path) -> None:
         raise PatchRefused(f"{target}: no train_v2.py here, so this is not recognition/arcface_torch{extra}")
 
 
+def is_patched(target: Path, patches: PatchSet) -> bool:
+    """Whether ``target`` is the pinned upstream with every patch applied, exactly."""
+    check_target_dir(target)
+    return all(s.state == PATCHED for s in target_states(target, patches))
+
+
 def plan(target: Path, patches: PatchSet, revert: bool = False) -> Dict[str, Optional[bytes]]:
     """The new content of every file (None: delete it) for apply or revert; raises PatchRefused, writes nothing."""
     check_target_dir(target)
     states = target_states(target, patches)
     modified = [s for s in states if s.state == MODIFIED]
     if modified:
+        fp = modified[0].patch
+        fix = (f"remove {target / fp.path} (upstream has no such file; insightface-pwr creates it)" if fp.is_new
+               else f"restore it from a clean checkout of that commit: git checkout -- {fp.path}")
         raise PatchRefused(f"{target} is neither the pinned upstream {PINNED} nor that upstream patched by "
-                           f"insightface-pwr: {modified[0].detail}. Start from a clean checkout of that commit "
-                           f"(git checkout -- {modified[0].patch.path}).")
+                           f"insightface-pwr: {modified[0].detail}. To start again, {fix}.")
     needed, other = (PATCHED, PRISTINE) if revert else (PRISTINE, PATCHED)
     if all(s.state == other for s in states):
         if revert:
@@ -198,8 +206,10 @@ def plan(target: Path, patches: PatchSet, revert: bool = False) -> Dict[str, Opt
                            f"(undo with: insightface-pwr patch --revert {target})")
     if any(s.state != needed for s in states):
         listing = ", ".join(f"{s.patch.path}: {s.state}" for s in states)
-        raise PatchRefused(f"{target} is partly patched ({listing}); restore these files from a clean checkout "
-                           f"of {PINNED}")
+        new_files = [s.patch.path for s in states if s.patch.is_new and s.state == PATCHED]
+        extra = f" (and remove {', '.join(new_files)}, which upstream does not have)" if new_files else ""
+        raise PatchRefused(f"{target} is partly patched ({listing}); restore the upstream files from a clean "
+                           f"checkout of {PINNED}{extra}")
     if revert:
         return {s.patch.path: s.pristine for s in states}
     return {s.patch.path: s.patched for s in states}
