@@ -18,7 +18,7 @@ def test_check_paper_recipe_prints_config_formula_and_steps(capsys):
     assert "config.distill.heads[0].params.p = 1.0" in out  # a head default filled in
     # 5,822,653 // 552 = 10,548; x 13 = 137,124 (worked by hand)
     assert any("92 x 6 = 552" in line and "10548 steps per epoch" in line and "137124 steps" in line for line in out)
-    assert out[-1] == "L = 100 * pwr(relation=euclidean, inversion=exp, margin=teacher_diff, beta=1.0)"
+    assert out[-1] == "L = 100 * pwr(relation=cosine, inversion=exp, margin=teacher_diff, beta=1.0)"
     assert not any("wandb_key" in line for line in out)
 
 

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from easydict import EasyDict as edict
-from torch import distributed as dist
 
 from insightface_pwr import create_head
 from insightface_pwr.distill.hooks import DistillHooks

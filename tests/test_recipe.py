@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from insightface_pwr.distill.recipe import RecipeError, UPSTREAM_DEFAULTS, combined_loss_formula, load_recipe
+from insightface_pwr.distill.formula import combined_loss_formula
+from insightface_pwr.distill.recipe import RecipeError, UPSTREAM_DEFAULTS, load_recipe
 
 DATASET = '''
 config.rec = "synthetic"

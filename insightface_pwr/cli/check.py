@@ -13,7 +13,8 @@ import sys
 from typing import Any, Dict, List
 
 from ..infra.errors import UserError
-from ..distill.recipe import RecipeError, _margin_name, combined_loss_formula, load_recipe
+from ..distill.formula import combined_loss_formula, margin_name
+from ..distill.recipe import RecipeError, load_recipe
 
 __all__ = ["add_arguments", "run", "effective_lines", "loss_formula"]
 
@@ -61,7 +62,7 @@ def effective_lines(cfg: Dict[str, Any]) -> List[str]:
 def loss_formula(cfg: Dict[str, Any]) -> str:
     """The combined loss; a recipe without ``distill`` trains with the margin softmax alone."""
     if cfg.get("distill") is None:
-        return f"L = 1 * {_margin_name(cfg.get('margin_list'))}"
+        return f"L = 1 * {margin_name(cfg.get('margin_list'))}"
     return combined_loss_formula(cfg)
 
 

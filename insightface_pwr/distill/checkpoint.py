@@ -22,8 +22,8 @@ within a process (the CPU host takes it, then the distillation hooks it builds t
 Run identity: :func:`run_identity` is the effective config of a recipe, flattened to ``key -> repr(value)`` lines,
 and its sha256, leaving out :data:`IDENTITY_EXCLUDED` (keys that may change on resume: ``resume`` itself, where the
 output goes, logging and loader settings, wandb, the host's thread count and save frequency, ``val_targets``, and the
-step counts the training loop derives). Everything else (data, network, margins, optimizer, lr, batch size,
-epochs, seed, the distill section) is the run: a checkpoint records its identity and resume refuses one of
+step counts the training loop derives, and ``num_epoch``: training longer is the usual reason to resume).
+Everything else (data, network, margins, optimizer, lr, batch size, seed, the distill section) is the run: a checkpoint records its identity and resume refuses one of
 another run, naming the keys that differ (:func:`check_identity`).
 
 RNG states: :func:`rng_state` / :func:`set_rng_state` cover torch's CPU generator, CUDA's (when initialised),
@@ -46,7 +46,8 @@ from ..models.weights import CheckpointError, safe_load  # noqa: F401  (re-expor
 from ..infra.atomic import AtomicFile, fsync_dir
 
 __all__ = ["atomic_save", "save_rotating", "load_candidates", "safe_load", "previous_path", "CheckpointError",
-           "OutputInUseError", "LOCK_NAME", "lock_output", "unlock_output", "locked_here", "check_output_free", "IDENTITY_EXCLUDED",
+           "OutputInUseError", "LOCK_NAME", "lock_output", "unlock_output", "locked_here", "check_output_free",
+           "IDENTITY_EXCLUDED",
            "run_identity", "check_identity", "rng_state", "set_rng_state"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -170,7 +171,8 @@ def check_output_free(folder: PathLike) -> None:
 
 # ------------------------------------------------------------------------------------------------ run identity
 IDENTITY_EXCLUDED = ("resume", "output", "frequent", "verbose", "num_workers", "host_threads", "save_every_steps",
-                     "save_all_states", "val_targets", "wandb_key", "wandb_entity", "wandb_project", "wandb_log_all",
+                     "save_all_states", "val_targets", "num_epoch", "wandb_key", "wandb_entity", "wandb_project",
+                     "wandb_log_all",
                      "wandb_resume", "using_wandb", "save_artifacts", "suffix_run_name", "data_backend",
                      "total_batch_size", "warmup_step", "total_step")
 
@@ -213,7 +215,7 @@ def check_identity(saved: Optional[Dict[str, Any]], current: Optional[Dict[str, 
         f"resume: {os.path.abspath(os.fspath(path))!r} was written by another run (identity "
         f"{str(saved.get('hash'))[:12]}, this run {str(current.get('hash'))[:12]}): {shown or 'different keys'}{more}. "
         f"Resume with the recipe that wrote it, or set config.output to another folder (keys that may change on "
-        f"resume: {', '.join(IDENTITY_EXCLUDED[:9])})")
+        f"resume: {', '.join(IDENTITY_EXCLUDED[:10])})")
 
 
 # -------------------------------------------------------------------------------------------------- RNG states

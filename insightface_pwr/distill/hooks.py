@@ -33,12 +33,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import torch
 from torch import distributed as dist
 from torch import nn
 
+from ..heads.base import check_finite
 from .checkpoint import (CheckpointError, check_identity, load_candidates, lock_output, locked_here, rng_state,
                          run_identity, save_rotating, set_rng_state, unlock_output)
 
@@ -87,11 +88,14 @@ class DistillHooks:
                  classification_weight: float, rank: int, world_size: int, output: str, resume: bool,
                  frequent: int, formula: str, input_size: Tuple[int, int],
                  logits: Optional[LogitSource] = None,
-                 make_lr_scheduler: Optional[Callable[[Any], Any]] = None) -> None:
+                 make_lr_scheduler: Optional[Callable[[Any], Any]] = None,
+                 on_end: Sequence[Callable[[], None]] = ()) -> None:
         self.teacher, self.terms, self.classification_weight = teacher, terms, float(classification_weight)
         self.rank, self.world_size, self.output = rank, world_size, Path(output)
         self.resume_enabled, self.frequent, self.formula = resume, frequent, formula
         self.input_size, self.logits, self._make_lr_scheduler = tuple(input_size), logits, make_lr_scheduler
+        self._on_end = list(on_end)  # what the build installed and end() undoes (e.g. AdaDistill's partial FC)
+        self._inputs_checked = False  # the first step's inputs are checked for NaN/inf once (one host read)
         all_names = [t.name for t in terms]  # a head used twice is logged as name_<index>
         self.names = (["classification"]
                       + [n if all_names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(all_names)] + ["total"])
@@ -127,10 +131,18 @@ class DistillHooks:
         if tuple(img.shape[-2:]) != self.input_size:
             raise ValueError(f"the images are {tuple(img.shape[-2:])} (H, W) but config.distill.teacher.input_size "
                              f"is {self.input_size}; set it to the training image size")
+        if not self.terms:  # e.g. ProxylessKD alone: the teacher lives in partial FC's weight, not called per step
+            values = [loss.detach().float(), (self.classification_weight * loss).detach().float()]
+            self._record(torch.stack(values).double())
+            return self.classification_weight * loss
         teacher_embeddings = self.teacher(img)
         if teacher_embeddings.shape[0] != local_embeddings.shape[0]:
             raise ValueError(f"teacher gave {teacher_embeddings.shape[0]} embeddings for a batch of "
                              f"{local_embeddings.shape[0]} images (shape {tuple(teacher_embeddings.shape)})")
+        if not self._inputs_checked:  # once, not every step: a later non-finite value under fp16 is GradScaler's
+            self._inputs_checked = True
+            check_finite(local_embeddings.detach(), "the student's embeddings (first step)")
+            check_finite(teacher_embeddings.detach(), "the teacher's embeddings (first step)")
         total = self.classification_weight * loss
         values = [loss.detach().float()]
         pair = None
@@ -144,10 +156,12 @@ class DistillHooks:
             total = total + term.weight * value
             values.append(value.detach().float())
         values.append(total.detach().float())
-        step_values = torch.stack(values).double()
+        self._record(torch.stack(values).double())
+        return total
+
+    def _record(self, step_values: torch.Tensor) -> None:
         self._sums = step_values if self._sums is None else self._sums + step_values
         self._count += 1
-        return total
 
     # ---------------------------------------------------------------- logging
     def log(self, global_step: int, summary_writer: Any = None) -> None:
@@ -242,6 +256,9 @@ class DistillHooks:
         """Undo what the build installed (partial FC's margin_softmax observer)."""
         if self.logits is not None:
             self.logits.close()
+        for undo in self._on_end:
+            undo()
+        self._on_end = []
         if self._owns_lock:
             self._owns_lock = False
             unlock_output(self.output)

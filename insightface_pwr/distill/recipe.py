@@ -60,14 +60,14 @@ import difflib
 import numbers
 import runpy
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from easydict import EasyDict as edict
 
 from ..infra.errors import UserError
 from .spec import DistillSpec, HeadTermSpec, TeacherSpec
 __all__ = ["UPSTREAM_DEFAULTS", "RecipeError", "DistillSpec", "TeacherSpec", "HeadTermSpec", "load_recipe", "load_base", "apply_defaults", "validate_recipe",
-           "validate_distill", "validate_lr_schedule", "lr_schedule_of", "combined_loss_formula", "DISTILL_DEFAULTS",
+           "validate_distill", "validate_lr_schedule", "lr_schedule_of", "DISTILL_DEFAULTS",
            "TEACHER_DEFAULTS"]
 
 
@@ -390,28 +390,3 @@ def lr_schedule_of(cfg: Dict[str, Any]) -> Optional[edict]:
     if alias is not None:
         return validate_lr_schedule(alias, "config.distill.lr_schedule")
     return None
-
-
-def _margin_name(margin_list: Optional[Sequence[float]]) -> str:
-    m1, m2, m3 = margin_list if margin_list is not None else UPSTREAM_DEFAULTS["margin_list"]
-    if m1 == 1.0 and m2 == 0.0 and m3 > 0:
-        return f"CosFace(m={m3:g}, s=64)"
-    if m1 == 1.0 and m3 == 0.0:
-        return f"ArcFace(m={m2:g}, s=64)"
-    return f"CombinedMargin(m1={m1:g}, m2={m2:g}, m3={m3:g}, s=64)"
-
-
-def combined_loss_formula(cfg: Dict[str, Any]) -> str:
-    """The combined loss of a recipe as one line, e.g. ``L = 100 * pwr(inversion=exp, margin=teacher_diff)``."""
-    d = validate_distill(cfg["distill"])  # already a DistillSpec after load_recipe: not validated again
-    terms: List[Tuple[float, str]] = []
-    if d.classification_weight != 0:
-        over = " over the teacher's frozen classifier (ProxylessKD)" if d.method == "proxylesskd" else ""
-        terms.append((d.classification_weight, _margin_name(cfg.get("margin_list")) + over))
-    for h in d.heads:
-        params = ", ".join(f"{k}={v}" for k, v in h.params.items())
-        where = ", over the global batch" if h.gather == "global" else ""
-        if h.name in CLASSIFIER_HEADS:
-            where = ", centres in partial FC's shards, global batch"
-        terms.append((h.weight, f"{h.name}({params}{where})"))
-    return "L = " + " + ".join(f"{w:g} * {name}" for w, name in terms)

@@ -36,12 +36,13 @@ from torch import nn
 
 from ...distill.hooks import DistillHooks, HeadTerm
 from ...distill.lr_schedules import PolynomialWarmupLR, StepEpochLR
+from ...distill.formula import combined_loss_formula
 from ...distill.recipe import (
     RecipeError,
-    combined_loss_formula,
     lr_schedule_of,
     validate_distill,
 )
+from ...distill.checkpoint import run_identity
 from ...distill.gather import average_gradients, distribute
 from ...distill.sharding import shard_range
 from ...distill.teachers import TeacherError, load_teacher
@@ -208,7 +209,9 @@ def build_hooks(cfg: Any, backbone: nn.Module, partial_fc: nn.Module, optimizer:
     hooks = DistillHooks(teacher=teacher, terms=terms, classification_weight=d.classification_weight, rank=rank,
                          world_size=world_size, output=cfg.output, resume=bool(cfg.get("resume", False)),
                          frequent=cfg.frequent, formula=combined_loss_formula(cfg), input_size=d.teacher.input_size,
-                         logits=logits if logits is not None else bypass, make_lr_scheduler=make_lr_scheduler)
+                         logits=logits, make_lr_scheduler=make_lr_scheduler,
+                         on_end=[bypass.close] if bypass is not None else [])
+    hooks.run_identity = run_identity(cfg)  # resume refuses a state written by another recipe
     head_params = hooks.parameters()
     if head_params:
         _insert_before_last_group(optimizer, head_params)
