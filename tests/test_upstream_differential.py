@@ -273,3 +273,21 @@ def test_arcface_margin_round_trip_is_the_only_difference(upstream_tree):
         assert diff <= worst, (dtype, diff)
         if dtype == torch.float32:
             assert diff > 0  # the round trip is visible in float32 (else the tolerance above would be unneeded)
+
+
+def test_build_hooks_needs_no_total_step(upstream_tree):
+    """The patched train_v2.py calls build_hooks BEFORE it sets cfg.total_step / warmup_step / total_batch_size, and
+    hooks.lr_scheduler after: the lr schedule factory must read them lazily (an edict raises on a missing key)."""
+    from insightface_pwr.integration.arcface_torch.build import build_hooks
+    src = (upstream_tree / "train_v2.py").read_text()
+    assert src.index("build_hooks(cfg") < src.index("cfg.total_step =") < src.index("distill_hooks.lr_scheduler(")
+    cfg = _recipe("unused", COSFACE, 1.0, None)
+    cfg.lr_schedule = {"kind": "poly", "power": 2.0}
+    validate_recipe(cfg)
+    assert "total_step" not in cfg
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    hooks = build_hooks(cfg, backbone=torch.nn.Linear(1, 1), partial_fc=None, optimizer=opt, rank=0, world_size=1,
+                        local_rank=0)
+    cfg.total_batch_size, cfg.warmup_step, cfg.total_step = 8, 2, 10  # as train_v2.py sets them, after
+    sched = hooks.lr_scheduler(object())
+    assert isinstance(sched, PolynomialWarmupLR) and (sched.warmup_iters, sched.total_iters) == (2, 10)

@@ -1,8 +1,11 @@
 """Recipes: arcface_torch-style config files with a strictly validated ``distill`` section and ``lr_schedule``.
 
 A recipe is a Python file that defines ``config = edict()`` exactly like an arcface_torch config. ``load_recipe``
-runs it, lays it over :data:`UPSTREAM_DEFAULTS` (the values of arcface_torch's ``configs/base.py``, written here as
-a table of facts), checks the types of the ordinary keys it knows and validates ``config.distill`` strictly: an
+runs it, lays it over the defaults of :func:`recipe_defaults` (inside arcface_torch, i.e. when the working folder
+holds ``train_v2.py`` and ``configs/base.py``: the ``config`` of THAT ``configs/base.py``, the user's local edits
+included, like upstream's ``get_config``; elsewhere :data:`UPSTREAM_DEFAULTS`, the values of the pinned
+``configs/base.py`` written here as a table of facts; ``output`` is never inherited: None means
+"work_dirs/<recipe name>", as every upstream config sets it), checks the types of the ordinary keys it knows and validates ``config.distill`` strictly: an
 unknown key or a wrong type is an error naming the key (``config.distill.heads[0].params.temprature``).
 
 Building on another recipe: ``load_base(__file__, "_base.py")`` returns a deep copy of the ``config`` of the file
@@ -54,7 +57,7 @@ from easydict import EasyDict as edict
 
 from ..infra.errors import UserError
 from .spec import DistillSpec, HeadTermSpec, TeacherSpec
-__all__ = ["UPSTREAM_DEFAULTS", "RecipeError", "DistillSpec", "TeacherSpec", "HeadTermSpec", "load_recipe", "load_base", "apply_defaults", "validate_recipe",
+__all__ = ["UPSTREAM_DEFAULTS", "recipe_defaults", "RecipeError", "DistillSpec", "TeacherSpec", "HeadTermSpec", "load_recipe", "load_base", "apply_defaults", "validate_recipe",
            "validate_distill", "validate_lr_schedule", "lr_schedule_of", "combined_loss_formula", "DISTILL_DEFAULTS",
            "TEACHER_DEFAULTS"]
 
@@ -152,11 +155,34 @@ def load_base(recipe_file: Union[str, Path], base: Union[str, Path]) -> edict:
     return _load_config_file(base_path)
 
 
-def apply_defaults(config: Dict[str, Any], name: str = "recipe") -> edict:
-    """The upstream defaults updated by ``config`` (shallow, like upstream's get_config), ``output`` filled in."""
-    cfg = edict(copy.deepcopy(UPSTREAM_DEFAULTS))
+def recipe_defaults(cwd: Union[str, Path, None] = None) -> Tuple[Dict[str, Any], str]:
+    """(the defaults a recipe is laid over, where they come from): the ``config`` of ``<cwd>/configs/base.py`` when
+    ``cwd`` (default: the working folder) is an arcface_torch folder (it holds ``train_v2.py`` too), else
+    :data:`UPSTREAM_DEFAULTS`. ``output`` is None in both (see the module docstring)."""
+    base = Path.cwd() if cwd is None else Path(cwd)
+    base_file = base / "configs" / "base.py"
+    if not (base_file.is_file() and (base / "train_v2.py").is_file()):
+        return copy.deepcopy(UPSTREAM_DEFAULTS), "insightface-pwr's copy of arcface_torch configs/base.py " \
+                                                 "(UPSTREAM_DEFAULTS; no arcface_torch in the working folder)"
+    try:
+        config = runpy.run_path(str(base_file), run_name="insightface_pwr_arcface_base").get("config")
+    except Exception as e:  # noqa: BLE001  (user code: report any failure with its file)
+        raise RecipeError(f"arcface_torch's {str(base_file)!r} failed to run: {type(e).__name__}: {e}") from e
+    if not isinstance(config, dict):
+        raise RecipeError(f"arcface_torch's {str(base_file)!r} must define `config = edict()` (a dict), "
+                          f"got {type(config).__name__}")
+    defaults = copy.deepcopy(dict(config))
+    defaults["output"] = None
+    return defaults, f"arcface_torch's {str(base_file.resolve())}"
+
+
+def apply_defaults(config: Dict[str, Any], name: str = "recipe",
+                   defaults: Optional[Dict[str, Any]] = None) -> edict:
+    """``defaults`` (None: :func:`recipe_defaults` of the working folder) updated by ``config`` (shallow, like
+    upstream's get_config), ``output`` filled in."""
+    cfg = edict(copy.deepcopy(recipe_defaults()[0] if defaults is None else defaults))
     cfg.update(edict(copy.deepcopy(dict(config))))
-    if cfg.output is None:
+    if cfg.get("output") is None:
         cfg.output = str(Path("work_dirs") / name)
     return cfg
 
