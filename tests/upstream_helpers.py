@@ -53,6 +53,23 @@ def patched_copy(upstream: Path, target: Path) -> Path:
     return target
 
 
+def load_upstream_module(arcface_dir: Path, name: str) -> Any:
+    """Import upstream's top-level module ``name`` (``partial_fc_v2``, ``losses``, ``lr_scheduler``...) from the file
+    in ``arcface_dir`` under a private name (``sys.modules`` keeps no ``losses`` of upstream's)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"_upstream_{name}", Path(arcface_dir) / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cuda_calls_stay_on_cpu() -> None:
+    """The one stand-in upstream's ``PartialFC_V2`` needs on CPU: ``Tensor.cuda()`` returns the tensor itself.
+    Process-wide and never undone: call it only in a forked worker or a subprocess."""
+    import torch
+    torch.Tensor.cuda = lambda self, *a, **k: self
+
+
 def _utils_modules() -> list:
     return [m for m in sys.modules if m == "utils" or m.startswith("utils.")]
 

@@ -77,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
             msg = f"{args.recipe}: {msg}"
         print(f"error: {msg}", file=sys.stderr)
         return 1
+    from ..distill.recipe import recipe_defaults
     print(f"# {args.recipe}: valid (arcface_torch defaults + the recipe; files are not opened)")
+    print(f"# defaults: {recipe_defaults()[1]}")
     print("\n".join(effective_lines(cfg)))
     if args.gpus is not None:
         total = cfg.batch_size * args.gpus

@@ -1,8 +1,11 @@
 """Recipes: arcface_torch-style config files with a strictly validated ``distill`` section and ``lr_schedule``.
 
 A recipe is a Python file that defines ``config = edict()`` exactly like an arcface_torch config. ``load_recipe``
-runs it, lays it over :data:`UPSTREAM_DEFAULTS` (the values of arcface_torch's ``configs/base.py``, written here as
-a table of facts), checks the types of the ordinary keys it knows and validates ``config.distill`` strictly: an
+runs it, lays it over the defaults of :func:`recipe_defaults` (inside arcface_torch, i.e. when the working folder
+holds ``train_v2.py`` and ``configs/base.py``: the ``config`` of THAT ``configs/base.py``, the user's local edits
+included, like upstream's ``get_config``; elsewhere :data:`UPSTREAM_DEFAULTS`, the values of the pinned
+``configs/base.py`` written here as a table of facts; ``output`` is never inherited: None means
+"work_dirs/<recipe name>", as every upstream config sets it), checks the types of the ordinary keys it knows and validates ``config.distill`` strictly: an
 unknown key or a wrong type is an error naming the key (``config.distill.heads[0].params.temprature``).
 
 Building on another recipe: ``load_base(__file__, "_base.py")`` returns a deep copy of the ``config`` of the file
@@ -56,23 +59,21 @@ from __future__ import annotations
 
 import copy
 import math
-import difflib
 import numbers
 import runpy
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from easydict import EasyDict as edict
 
-from ..infra.errors import UserError
+from .schema import (_INT, _NUM, _STR_NONE, LR_SCHEDULES, RecipeError, _check_known, _check_type,  # noqa: F401
+                     validate_lr_schedule)
 from .spec import DistillSpec, HeadTermSpec, TeacherSpec
-__all__ = ["UPSTREAM_DEFAULTS", "RecipeError", "DistillSpec", "TeacherSpec", "HeadTermSpec", "load_recipe", "load_base", "apply_defaults", "validate_recipe",
+
+__all__ = ["UPSTREAM_DEFAULTS", "recipe_defaults", "RecipeError", "DistillSpec", "TeacherSpec", "HeadTermSpec",
+           "load_recipe", "load_base", "apply_defaults", "validate_recipe",
            "validate_distill", "validate_lr_schedule", "lr_schedule_of", "DISTILL_DEFAULTS",
            "TEACHER_DEFAULTS"]
-
-
-class RecipeError(UserError, ValueError):
-    """A recipe is missing, malformed, or holds an unknown key or a value of the wrong type."""
 
 
 # arcface_torch configs/base.py at commit 0159b24d (facts, not code). ``output`` is "ms1mv3_arcface_r50" upstream;
@@ -89,9 +90,6 @@ UPSTREAM_DEFAULTS: Dict[str, Any] = {
 # the dataset keys every arcface_torch dataset config sets (no default upstream)
 DATASET_KEYS = ("rec", "num_classes", "num_image", "num_epoch", "warmup_epoch", "val_targets")
 
-_INT = (int,)
-_NUM = (numbers.Real,)
-_STR_NONE = (str, type(None))
 # ordinary keys whose type we check (others pass through untouched: upstream configs carry many more)
 _ORDINARY_TYPES: Dict[str, tuple] = {
     "network": (str,), "resume": (bool,), "save_all_states": (bool,), "output": _STR_NONE, "embedding_size": _INT,
@@ -115,35 +113,6 @@ _DISTILL_TYPES = {"teacher": (dict,), "student_init": _STR_NONE, "classification
 METHODS = ("proxylesskd",)  # config.distill.method (None: none)
 CLASSIFIER_HEADS = ("adadistill",)  # heads that replace partial FC's margin softmax (its weight is their state)
 TEACHER_FORMATS = ("auto", "state_dict", "torchscript", "onnx")
-LR_SCHEDULES = {"step": {"kind": (str,), "every_epochs": _INT, "factor": _NUM, "warmup_epochs": _INT},
-                "poly": {"kind": (str,), "power": _NUM},
-                "multistep": {"kind": (str,), "milestones": (list, tuple), "factor": _NUM}}
-
-
-def _type_names(types: tuple) -> str:
-    names = {int: "int", float: "float", str: "str", bool: "bool", dict: "dict (edict)", list: "list",
-             tuple: "tuple", type(None): "None", numbers.Real: "number"}
-    return " or ".join(names.get(t, t.__name__) for t in types)
-
-
-def _check_type(key: str, value: Any, types: tuple) -> None:
-    if isinstance(value, float) and not math.isfinite(value):  # nan < 0 is False: refuse non-finite numbers here
-        raise RecipeError(f"{key} must be a finite number, got {value!r}")
-    ok = isinstance(value, types)
-    if isinstance(value, bool) and bool not in types:  # True is an int in Python; never accept it as a number
-        ok = False
-    if not ok:
-        raise RecipeError(f"{key} must be {_type_names(types)}, got {value!r} ({type(value).__name__})")
-
-
-def _check_known(key: str, d: Dict[str, Any], known: Sequence[str]) -> None:
-    for k in d:
-        if k not in known:
-            close = difflib.get_close_matches(str(k), list(known), n=2, cutoff=0.5)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise RecipeError(f"unknown key {key}.{k}.{hint} Known keys: {', '.join(known)}")
-
-
 _LOADING: List[Path] = []  # the recipe files being run, outermost first (load_base nests them)
 
 
@@ -188,11 +157,34 @@ def load_base(recipe_file: Union[str, Path], base: Union[str, Path]) -> edict:
     return _load_config_file(base_path)
 
 
-def apply_defaults(config: Dict[str, Any], name: str = "recipe") -> edict:
-    """The upstream defaults updated by ``config`` (shallow, like upstream's get_config), ``output`` filled in."""
-    cfg = edict(copy.deepcopy(UPSTREAM_DEFAULTS))
+def recipe_defaults(cwd: Union[str, Path, None] = None) -> Tuple[Dict[str, Any], str]:
+    """(the defaults a recipe is laid over, where they come from): the ``config`` of ``<cwd>/configs/base.py`` when
+    ``cwd`` (default: the working folder) is an arcface_torch folder (it holds ``train_v2.py`` too), else
+    :data:`UPSTREAM_DEFAULTS`. ``output`` is None in both (see the module docstring)."""
+    base = Path.cwd() if cwd is None else Path(cwd)
+    base_file = base / "configs" / "base.py"
+    if not (base_file.is_file() and (base / "train_v2.py").is_file()):
+        return copy.deepcopy(UPSTREAM_DEFAULTS), "insightface-pwr's copy of arcface_torch configs/base.py " \
+                                                 "(UPSTREAM_DEFAULTS; no arcface_torch in the working folder)"
+    try:
+        config = runpy.run_path(str(base_file), run_name="insightface_pwr_arcface_base").get("config")
+    except Exception as e:  # noqa: BLE001  (user code: report any failure with its file)
+        raise RecipeError(f"arcface_torch's {str(base_file)!r} failed to run: {type(e).__name__}: {e}") from e
+    if not isinstance(config, dict):
+        raise RecipeError(f"arcface_torch's {str(base_file)!r} must define `config = edict()` (a dict), "
+                          f"got {type(config).__name__}")
+    defaults = copy.deepcopy(dict(config))
+    defaults["output"] = None
+    return defaults, f"arcface_torch's {str(base_file.resolve())}"
+
+
+def apply_defaults(config: Dict[str, Any], name: str = "recipe",
+                   defaults: Optional[Dict[str, Any]] = None) -> edict:
+    """``defaults`` (None: :func:`recipe_defaults` of the working folder) updated by ``config`` (shallow, like
+    upstream's get_config), ``output`` filled in."""
+    cfg = edict(copy.deepcopy(recipe_defaults()[0] if defaults is None else defaults))
     cfg.update(edict(copy.deepcopy(dict(config))))
-    if cfg.output is None:
+    if cfg.get("output") is None:
         cfg.output = str(Path("work_dirs") / name)
     return cfg
 
@@ -348,31 +340,6 @@ def _validate_head(i: int, h: Any) -> edict:
         raise RecipeError(f"{key}: {e}") from e
     return HeadTermSpec(name=h["name"], weight=float(weight), params=edict(copy.deepcopy(params)),
                         full_params=full, gather=gather)
-
-
-def validate_lr_schedule(s: Any, key: str = "config.lr_schedule") -> edict:
-    """Validate one lr schedule section (``key`` names it in errors); returns it with its defaults filled in."""
-    _check_type(key, s, (dict,))
-    kind = s.get("kind")
-    if kind not in LR_SCHEDULES:
-        raise RecipeError(f"{key}.kind must be one of {tuple(LR_SCHEDULES)}, got {kind!r}")
-    _check_known(key, s, list(LR_SCHEDULES[kind]))
-    out = edict({"step": {"kind": "step", "every_epochs": 2, "factor": 0.1, "warmup_epochs": 0},
-                 "poly": {"kind": "poly", "power": 1.0},
-                 "multistep": {"kind": "multistep", "milestones": None, "factor": 0.1}}[kind])
-    out.update(edict(copy.deepcopy(dict(s))))
-    for k, types in LR_SCHEDULES[kind].items():
-        _check_type(f"{key}.{k}", out[k], types)
-    if kind == "step" and (out.every_epochs <= 0 or not 0 < out.factor <= 1 or out.warmup_epochs < 0):
-        raise RecipeError(f"{key}: need every_epochs > 0, 0 < factor <= 1, warmup_epochs >= 0, got {dict(out)}")
-    if kind == "multistep":
-        ms = out.milestones
-        if (not ms or not all(isinstance(e, int) and not isinstance(e, bool) and e > 0 for e in ms)
-                or list(ms) != sorted(set(ms)) or not 0 < out.factor <= 1):
-            raise RecipeError(f"{key}: need milestones = increasing epochs (ints > 0) and 0 < factor <= 1, got "
-                              f"{dict(out)}")
-        out.milestones = list(ms)
-    return out
 
 
 def lr_schedule_of(cfg: Dict[str, Any]) -> Optional[edict]:

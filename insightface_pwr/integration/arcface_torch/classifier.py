@@ -123,7 +123,8 @@ class PartialFCLogits:
         weight = self.teacher_weight
         if self.partial_fc.sample_rate < 1:
             weight = weight[self.partial_fc.weight_index]
-        logits = F.linear(F.normalize(teacher_embeddings.float()), F.normalize(weight)).clamp(-1, 1)
+        dtype = torch.promote_types(teacher_embeddings.dtype, torch.float32)  # float64 runs stay float64
+        logits = F.linear(F.normalize(teacher_embeddings.to(dtype)), F.normalize(weight.to(dtype))).clamp(-1, 1)
         return self.original(logits, labels)
 
     def pair(self, teacher_embeddings: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
