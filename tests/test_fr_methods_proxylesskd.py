@@ -1,15 +1,7 @@
 """ProxylessKD by name (``config.distill.method = "proxylesskd"``, alias ``inherit_classifier=True``) and the
 recipe rules of the classifier-replacing head ``adadistill``.
 
-NOT YET HERE (see the report): a student that learns only through ProxylessKD on the demo's synthetic faces.
-The plan the text below describes was tried; at a few seconds of CPU the teacher itself did not reach a
-usable verification accuracy, so the comparison could not be made.
-
-A teacher is trained on 16 identities (CosFace, its classifier saved as checkpoint_gpu_0.pt). A student starts
-from random weights and trains only through the teacher's frozen classifier (no KD term). Verification on 10
-identities never seen in training: the student's accuracy must rise above its starting weights', and the
-student's embeddings must land in the teacher's space (pairs encoded one side by the teacher, the other by the
-student), which a control trained the same way through a RANDOM frozen classifier does not achieve."""
+That a student learns through ProxylessKD alone, into the teacher's space: tests/host/test_proxylesskd_learns.py."""
 import pytest
 from easydict import EasyDict as edict
 
