@@ -1,4 +1,5 @@
-"""IJB-B / IJB-C 1:1 template verification, reading the layout upstream's ``eval_ijbc.py`` reads.
+"""IJB-B / IJB-C 1:1 template verification, reading the layout upstream's ``eval_ijbc.py`` reads, and 1:N
+identification (:func:`evaluate_ijb_1n`: gallery and probe lists as InsightFace's IJB 1:N evaluation reads them).
 
 Layout of ``ROOT`` (``NAME`` = ``ijbb`` or ``ijbc``, lower case as upstream):
 
@@ -18,6 +19,7 @@ point whose FPR is *nearest* the target, which may exceed it); FPRs below 1 / ne
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from .embedding_store import EmbeddingStore
 from .verification_metrics import roc_auc, tpr_at_fpr
 
 __all__ = ["IJBError", "read_ijb_meta", "template_features", "pair_scores", "evaluate_ijb", "IJBResult",
-           "IJB_FPRS"]
+           "IJB_FPRS", "evaluate_ijb_1n", "identification_1n", "IJB1NResult", "IJB_RANKS", "IJB_FPIRS"]
 
 IJB_FPRS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -122,11 +124,10 @@ class IJBResult:
         return dict(self.__dict__)
 
 
-def evaluate_ijb(store: EmbeddingStore, root: str, name: str = "ijbc", images: Optional[str] = None,
-                 fprs: Sequence[float] = IJB_FPRS, use_faceness: bool = True) -> IJBResult:
-    base = Path(os.fspath(root))
-    name = name.lower()
-    meta = read_ijb_meta(base, name)
+def _face_features(store: EmbeddingStore, base: Path, name: str, images: Optional[str], meta: Dict[str, np.ndarray],
+                   use_faceness: bool, normalise: bool) -> Tuple[np.ndarray, int, bool]:
+    """Every face's flip-summed feature (L2-normalised first when ``normalise``), times its faceness score when the
+    score file is there and ``use_faceness``; with the number of faces and whether the scores were used."""
     folder = Path(images) if images else (base / "loose_crop" if (base / "loose_crop").is_dir() else base / "images")
     blobs = []
     for n in meta["names"].tolist():
@@ -137,15 +138,130 @@ def evaluate_ijb(store: EmbeddingStore, root: str, name: str = "ijbc", images: O
         blobs.append(path.read_bytes())
     plain, flip = store.embed(blobs, str(folder), name)
     feats = plain.astype(np.float64) + flip
+    if normalise:
+        feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
     weighted = use_faceness and meta["faceness"] is not None
     if weighted:
         feats = feats * meta["faceness"][:, None]
+    return feats, len(blobs), weighted
+
+
+def evaluate_ijb(store: EmbeddingStore, root: str, name: str = "ijbc", images: Optional[str] = None,
+                 fprs: Sequence[float] = IJB_FPRS, use_faceness: bool = True) -> IJBResult:
+    base = Path(os.fspath(root))
+    name = name.lower()
+    meta = read_ijb_meta(base, name)
+    feats, faces, weighted = _face_features(store, base, name, images, meta, use_faceness, normalise=False)
     uniq, tfeats = template_features(feats, meta["templates"], meta["medias"])
     scores = pair_scores(uniq, tfeats, meta["t1"], meta["t2"])
     same = meta["label"].astype(bool)
     dist = 2 - 2 * scores  # squared euclidean of unit vectors: same order as -cosine
-    result = IJBResult(name=name, faces=len(blobs), templates=len(uniq), pairs=len(scores), faceness=weighted)
+    result = IJBResult(name=name, faces=faces, templates=len(uniq), pairs=len(scores), faceness=weighted)
     if same.any() and not same.all():
         result.tpr_at_fpr = tpr_at_fpr(dist, same, fprs)
         result.auc = roc_auc(dist, same)
     return result
+
+
+# ------------------------------------------------------------------------------------------ 1:N identification
+IJB_RANKS = (1, 5, 10)
+IJB_FPIRS = (0.01, 0.1)
+
+
+def _template_subjects(path: Path) -> Dict[int, int]:
+    """``template id -> subject id`` of a 1:N list (CSV with a header; TEMPLATE_ID, SUBJECT_ID first)."""
+    if not path.is_file():
+        raise IJBError(f"{str(path)!r}: IJB 1:N list not found")
+    out: Dict[int, int] = {}
+    lines = path.read_text().splitlines()
+    for n, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        parts = line.split(",")
+        try:
+            t, subject = int(parts[0]), int(parts[1])
+        except (ValueError, IndexError):
+            raise IJBError(f"{str(path)!r}, line {n}: expected TEMPLATE_ID,SUBJECT_ID,..., "
+                           f"got {line.strip()!r}") from None
+        if out.setdefault(t, subject) != subject:
+            raise IJBError(f"{str(path)!r}, line {n}: template {t} has two subjects ({out[t]} and {subject})")
+    if not out:
+        raise IJBError(f"{str(path)!r}: no templates")
+    return out
+
+
+def identification_1n(probe: np.ndarray, probe_ids: np.ndarray, gallery: np.ndarray, gallery_ids: np.ndarray,
+                      ranks: Sequence[int] = IJB_RANKS, fpirs: Sequence[float] = IJB_FPIRS) -> Dict[str, Dict]:
+    """Closed-set rank-k (the mate among the k most similar gallery templates; ties count against it) and
+    TPIR at FPIR f as the IJB 1:N evaluation of InsightFace computes it: the threshold is the ceil(f x probes)-th
+    largest non-mate similarity over all probe/gallery pairs, TPIR the share of probes whose mate scores above it.
+    Every probe subject must have exactly one gallery template (else IJBError)."""
+    where = {int(s): i for i, s in enumerate(gallery_ids.tolist())}
+    if len(where) != len(gallery_ids):
+        raise IJBError("the 1:N gallery holds several templates of one subject")
+    missing = sorted({int(s) for s in probe_ids.tolist()} - set(where))
+    if missing:
+        raise IJBError(f"the 1:N probes name subjects without a gallery template: {missing[:10]}")
+    mate = np.array([where[int(s)] for s in probe_ids.tolist()])
+    sim = probe @ gallery.T
+    rows = np.arange(len(probe))
+    mate_sim = sim[rows, mate]
+    better = (sim >= mate_sim[:, None]).sum(1) - 1  # gallery templates at least as similar as the mate
+    nonmate = sim.copy()
+    nonmate[rows, mate] = -np.inf
+    nonmate = np.sort(nonmate.ravel())[::-1]
+    tpir = {}
+    for f in fpirs:
+        k = math.ceil(len(probe) * f)
+        if 1 <= k <= len(nonmate) and np.isfinite(nonmate[k - 1]):
+            tpir[f"{f:g}"] = float((mate_sim > nonmate[k - 1]).mean())
+    return {"rank": {str(k): float((better < k).mean()) for k in ranks}, "tpir_at_fpir": tpir}
+
+
+@dataclass
+class IJB1NResult:
+    name: str
+    faces: int
+    gallery_templates: int
+    probe_templates: int
+    rank: Dict[str, float] = field(default_factory=dict)
+    tpir_at_fpir: Dict[str, float] = field(default_factory=dict)
+    faceness: bool = False
+
+    def as_dict(self) -> Dict[str, object]:
+        return dict(self.__dict__)
+
+
+def evaluate_ijb_1n(store: EmbeddingStore, root: str, name: str = "ijbc", images: Optional[str] = None,
+                    use_faceness: bool = True) -> IJB1NResult:
+    """IJB-B/IJB-C 1:N: gallery ``meta/NAME_1N_gallery_G1.csv`` + ``G2.csv`` (IJB-B: ``S1``/``S2``), probes
+    ``meta/NAME_1N_probe_mixed.csv``; each face's flip-summed feature L2-normalised, times its faceness score (as
+    InsightFace's 1:N script), media means summed per template, normalised."""
+    base = Path(os.fspath(root))
+    name = name.lower()
+    meta_dir = base / "meta"
+    faces = _table(meta_dir / f"{name}_face_tid_mid.txt", 3, (str, int, int))
+    meta = {"names": np.array([r[0] for r in faces]), "templates": np.array([r[1] for r in faces]),
+            "medias": np.array([r[2] for r in faces]), "faceness": None}
+    score_file = meta_dir / f"{name}_name_5pts_score.txt"
+    if score_file.is_file():
+        meta["faceness"] = np.array([float(ln.split()[-1]) for ln in score_file.read_text().splitlines() if ln.strip()])
+        if len(meta["faceness"]) != len(faces):
+            raise IJBError(f"{str(score_file)!r}: {len(meta['faceness'])} lines for {len(faces)} faces")
+    halves = ("G1", "G2") if name == "ijbc" else ("S1", "S2")
+    gallery: Dict[int, int] = {}
+    for h in halves:
+        gallery.update(_template_subjects(meta_dir / f"{name}_1N_gallery_{h}.csv"))
+    probes = _template_subjects(meta_dir / f"{name}_1N_probe_mixed.csv")
+    known = set(meta["templates"].tolist())
+    unknown = sorted((set(gallery) | set(probes)) - known)
+    if unknown:
+        raise IJBError(f"{name}: 1:N templates without faces in {name}_face_tid_mid.txt: {unknown[:10]}")
+    feats, n_faces, weighted = _face_features(store, base, name, images, meta, use_faceness, normalise=True)
+    uniq, tfeats = template_features(feats, meta["templates"], meta["medias"])
+    row = {t: i for i, t in enumerate(uniq.tolist())}
+    g_t, p_t = sorted(gallery), sorted(probes)
+    metrics = identification_1n(tfeats[[row[t] for t in p_t]], np.array([probes[t] for t in p_t]),
+                                tfeats[[row[t] for t in g_t]], np.array([gallery[t] for t in g_t]))
+    return IJB1NResult(name=name, faces=n_faces, gallery_templates=len(g_t), probe_templates=len(p_t),
+                       faceness=weighted, **metrics)

@@ -160,3 +160,64 @@ def test_ijb_against_brute_force(tmp_path, model, capsys):
     with pytest.raises(IJBError, match="0.png'?: face image of ijbb_face_tid_mid.txt not found"):
         from insightface_pwr.eval.ijb import evaluate_ijb
         evaluate_ijb(None, str(root), "IJBB")
+
+
+def _write_1n(root, name, gallery_halves, probes):
+    for half, rows in gallery_halves.items():
+        (root / "meta" / f"{name}_1N_gallery_{half}.csv").write_text(
+            "TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + "".join(f"{t},{s},x.jpg\n" for t, s in rows))
+    (root / "meta" / f"{name}_1N_probe_mixed.csv").write_text(
+        "TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + "".join(f"{t},{s},x.jpg\n" for t, s in probes))
+
+
+def test_ijb_1n_against_brute_force(tmp_path, model, capsys):
+    path, w = model
+    rng = np.random.default_rng(2)
+    root = tmp_path / "ijb1n"
+    (root / "loose_crop").mkdir(parents=True)
+    bases = [rng.uniform(0, 255, (S, S, 3)) for _ in range(5)]
+    faces, arrays = [], {}
+    subject_of = {}
+    # gallery templates 10..14 (one per subject 0..4, two faces, one media each), probes 20..31 (subject t % 5)
+    for t in list(range(10, 15)) + list(range(20, 32)):
+        subject = (t - 10) if t < 15 else (t % 5)
+        subject_of[t] = subject
+        for k in range(2 if t < 15 else 1 + t % 2):
+            n = f"{t}_{k}.png"
+            arr = _img(rng, bases[subject]) if t < 26 else _img(rng, bases[(subject + 1) % 5] * 0.5 + 60)
+            Image.fromarray(arr).save(root / "loose_crop" / n)
+            arrays[n] = np.asarray(Image.open(root / "loose_crop" / n).convert("RGB"))
+            faces.append((n, t, 3 * t + k))
+    faceness = rng.uniform(0.5, 1.0, len(faces)).round(3)
+    _write_ijb(root, "ijbc", faces, [(10, 11, 0)], faceness)
+    _write_1n(root, "ijbc", {"G1": [(t, subject_of[t]) for t in (10, 11, 12)], "G2": [(t, subject_of[t]) for t in (13, 14)]},
+              [(t, subject_of[t]) for t in range(20, 32)])
+    assert main(["ijb", str(root), "--protocol", "1:N", "--model", path] + COMMON) == 0
+    [r] = json.loads(capsys.readouterr().out)
+    # reference: each face's flip-summed feature normalised, times faceness; media means summed; templates normalised
+    templates = {}
+    for (n, t, m), s in zip(faces, faceness):
+        templates.setdefault(t, {}).setdefault(m, []).append(_unit(_feat(arrays[n], w)) * s)
+    tfeat = {t: _unit(sum(sum(fs) / len(fs) for fs in media.values())) for t, media in templates.items()}
+    gallery, probes = list(range(10, 15)), list(range(20, 32))
+    ranks, mates, nonmates = {1: 0, 5: 0, 10: 0}, [], []
+    for p in probes:
+        sims = {g: float(np.dot(tfeat[p], tfeat[g])) for g in gallery}
+        mate = next(g for g in gallery if subject_of[g] == subject_of[p])
+        ahead = sum(1 for g in gallery if g != mate and sims[g] >= sims[mate])
+        for k in ranks:
+            ranks[k] += ahead < k
+        mates.append(sims[mate])
+        nonmates += [sims[g] for g in gallery if g != mate]
+    nonmates.sort(reverse=True)
+    assert r["gallery_templates"] == 5 and r["probe_templates"] == 12 and r["faceness"] is True
+    for k, hits in ranks.items():
+        assert r["rank"][str(k)] == pytest.approx(hits / len(probes))
+    assert 0 < r["rank"]["1"] < 1  # the test separates right from wrong (some probes are disguised)
+    for f in (0.01, 0.1):
+        th = nonmates[math.ceil(len(probes) * f) - 1]
+        assert r["tpir_at_fpir"][f"{f:g}"] == pytest.approx(sum(m > th for m in mates) / len(probes))
+    # a probe subject without a gallery template is a one-line error
+    _write_1n(root, "ijbc", {"G1": [(10, 0)], "G2": [(13, 3)]}, [(20, 0), (21, 1)])
+    assert main(["ijb", str(root), "--protocol", "1:N", "--model", path] + COMMON) == 1
+    assert "subjects without a gallery template: [1]" in capsys.readouterr().err
