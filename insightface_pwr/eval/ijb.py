@@ -7,9 +7,9 @@ Layout of ``ROOT`` (``NAME`` = ``ijbb`` or ``ijbc``, lower case as upstream):
 - ``ROOT/meta/NAME_template_pair_label.txt``: one line per comparison, ``template_id_1 template_id_2 label``;
 - ``ROOT/meta/NAME_name_5pts_score.txt`` (optional): ``image_name x1 y1 ... x5 y5 faceness``, one line per face in
   the order of ``face_tid_mid``; only the last column (the detector's faceness score) is used here;
-- the face images under ``ROOT/loose_crop`` (or ``images``): **already aligned** ``S x S`` crops. Upstream aligns
-  the loose crops with the five landmarks at run time (OpenCV); this implementation does not, so align the crops
-  first (e.g. with insightface's ``face_align.norm_crop``) into a folder of the same names.
+- the face images under ``ROOT/loose_crop`` (or ``images``): loose crops, aligned here with the five landmarks of
+  the score file to the arcface template as upstream does (:mod:`insightface_pwr.eval.face_align`, no OpenCV);
+  ``align=False`` (``--already-aligned``) takes them as aligned ``S x S`` crops.
 
 Scoring as upstream (TestMode N1 D1 F1): a face's feature is ``e(image) + e(mirrored image)`` (raw, its norm kept),
 times its faceness score when the score file is there; features of one media (video or still) in a template are
@@ -51,7 +51,8 @@ def _table(path: Path, columns: int, kinds: Sequence[type]) -> List[Tuple]:
             if not parts:
                 continue
             if len(parts) < columns:
-                raise IJBError(f"{str(path)!r}, line {n}: expected {columns} columns, got {len(parts)}: {line.strip()!r}")
+                raise IJBError(f"{str(path)!r}, line {n}: expected {columns} columns, got {len(parts)}: "
+                               f"{line.strip()!r}")
             try:
                 rows.append(tuple(k(v) for k, v in zip(kinds, parts[:columns])))
             except ValueError:
@@ -69,7 +70,8 @@ def read_ijb_meta(root: Path, name: str) -> Dict[str, np.ndarray]:
     pairs = _table(meta / f"{name}_template_pair_label.txt", 3, (int, int, int))
     out = {"names": np.array([r[0] for r in faces]), "templates": np.array([r[1] for r in faces]),
            "medias": np.array([r[2] for r in faces]), "t1": np.array([r[0] for r in pairs]),
-           "t2": np.array([r[1] for r in pairs]), "label": np.array([r[2] for r in pairs]), "faceness": None}
+           "t2": np.array([r[1] for r in pairs]), "label": np.array([r[2] for r in pairs]), "faceness": None,
+           "landmarks": None}
     score_file = meta / f"{name}_name_5pts_score.txt"
     if score_file.is_file():
         lines = [ln.split() for ln in score_file.read_text().splitlines() if ln.strip()]
@@ -77,6 +79,7 @@ def read_ijb_meta(root: Path, name: str) -> Dict[str, np.ndarray]:
             raise IJBError(f"{str(score_file)!r}: its image names must be those of {name}_face_tid_mid.txt, in order "
                            f"({len(lines)} lines vs {len(faces)})")
         out["faceness"] = np.array([float(a[-1]) for a in lines])
+        out["landmarks"] = _landmarks(lines, score_file)
     unknown = set(out["t1"].tolist() + out["t2"].tolist()) - set(out["templates"].tolist())
     if unknown:
         raise IJBError(f"{str(meta / (name + '_template_pair_label.txt'))!r}: template ids without faces: "
@@ -84,6 +87,16 @@ def read_ijb_meta(root: Path, name: str) -> Dict[str, np.ndarray]:
     if not set(np.unique(out["label"]).tolist()) <= {0, 1}:
         raise IJBError(f"{name}_template_pair_label.txt: labels must be 0 or 1, got {np.unique(out['label'])}")
     return out
+
+
+def _landmarks(lines: List[List[str]], path: Path) -> Optional[np.ndarray]:
+    """N x 5 x 2 landmarks of the score file's lines (``name x1 y1 ... x5 y5 score``), or None if it has none."""
+    if any(len(a) != 12 for a in lines):
+        return None
+    try:
+        return np.array([[float(v) for v in a[1:11]] for a in lines]).reshape(-1, 5, 2)
+    except ValueError:
+        raise IJBError(f"{str(path)!r}: landmarks must be numbers (name x1 y1 ... x5 y5 score)") from None
 
 
 def template_features(feats: np.ndarray, templates: np.ndarray, medias: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -125,9 +138,11 @@ class IJBResult:
 
 
 def _face_features(store: EmbeddingStore, base: Path, name: str, images: Optional[str], meta: Dict[str, np.ndarray],
-                   use_faceness: bool, normalise: bool) -> Tuple[np.ndarray, int, bool]:
+                   use_faceness: bool, normalise: bool, align: bool = True) -> Tuple[np.ndarray, int, bool]:
     """Every face's flip-summed feature (L2-normalised first when ``normalise``), times its faceness score when the
-    score file is there and ``use_faceness``; with the number of faces and whether the scores were used."""
+    score file is there and ``use_faceness``; with the number of faces and whether the scores were used. With
+    ``align`` and landmarks in the score file, each loose crop is first aligned to the arcface template
+    (:mod:`insightface_pwr.eval.face_align`, as upstream's ``eval_ijbc.py``)."""
     folder = Path(images) if images else (base / "loose_crop" if (base / "loose_crop").is_dir() else base / "images")
     blobs = []
     for n in meta["names"].tolist():
@@ -136,6 +151,10 @@ def _face_features(store: EmbeddingStore, base: Path, name: str, images: Optiona
             raise IJBError(f"{str(path)!r}: face image of {name}_face_tid_mid.txt not found (aligned crops expected "
                            f"under {str(folder)!r})")
         blobs.append(path.read_bytes())
+    if align and meta.get("landmarks") is not None:
+        from .face_align import align_face_png
+        blobs = [align_face_png(b, lmk, str(folder / n), store.image_size)
+                 for b, lmk, n in zip(blobs, meta["landmarks"], meta["names"].tolist())]
     plain, flip = store.embed(blobs, str(folder), name)
     feats = plain.astype(np.float64) + flip
     if normalise:
@@ -147,11 +166,12 @@ def _face_features(store: EmbeddingStore, base: Path, name: str, images: Optiona
 
 
 def evaluate_ijb(store: EmbeddingStore, root: str, name: str = "ijbc", images: Optional[str] = None,
-                 fprs: Sequence[float] = IJB_FPRS, use_faceness: bool = True) -> IJBResult:
+                 fprs: Sequence[float] = IJB_FPRS, use_faceness: bool = True, align: bool = True) -> IJBResult:
     base = Path(os.fspath(root))
     name = name.lower()
     meta = read_ijb_meta(base, name)
-    feats, faces, weighted = _face_features(store, base, name, images, meta, use_faceness, normalise=False)
+    feats, faces, weighted = _face_features(store, base, name, images, meta, use_faceness, normalise=False,
+                                            align=align)
     uniq, tfeats = template_features(feats, meta["templates"], meta["medias"])
     scores = pair_scores(uniq, tfeats, meta["t1"], meta["t2"])
     same = meta["label"].astype(bool)
@@ -233,7 +253,7 @@ class IJB1NResult:
 
 
 def evaluate_ijb_1n(store: EmbeddingStore, root: str, name: str = "ijbc", images: Optional[str] = None,
-                    use_faceness: bool = True) -> IJB1NResult:
+                    use_faceness: bool = True, align: bool = True) -> IJB1NResult:
     """IJB-B/IJB-C 1:N: gallery ``meta/NAME_1N_gallery_G1.csv`` + ``G2.csv`` (IJB-B: ``S1``/``S2``), probes
     ``meta/NAME_1N_probe_mixed.csv``; each face's flip-summed feature L2-normalised, times its faceness score (as
     InsightFace's 1:N script), media means summed per template, normalised."""
@@ -242,12 +262,14 @@ def evaluate_ijb_1n(store: EmbeddingStore, root: str, name: str = "ijbc", images
     meta_dir = base / "meta"
     faces = _table(meta_dir / f"{name}_face_tid_mid.txt", 3, (str, int, int))
     meta = {"names": np.array([r[0] for r in faces]), "templates": np.array([r[1] for r in faces]),
-            "medias": np.array([r[2] for r in faces]), "faceness": None}
+            "medias": np.array([r[2] for r in faces]), "faceness": None, "landmarks": None}
     score_file = meta_dir / f"{name}_name_5pts_score.txt"
     if score_file.is_file():
-        meta["faceness"] = np.array([float(ln.split()[-1]) for ln in score_file.read_text().splitlines() if ln.strip()])
-        if len(meta["faceness"]) != len(faces):
-            raise IJBError(f"{str(score_file)!r}: {len(meta['faceness'])} lines for {len(faces)} faces")
+        lines = [ln.split() for ln in score_file.read_text().splitlines() if ln.strip()]
+        if len(lines) != len(faces):
+            raise IJBError(f"{str(score_file)!r}: {len(lines)} lines for {len(faces)} faces")
+        meta["faceness"] = np.array([float(a[-1]) for a in lines])
+        meta["landmarks"] = _landmarks(lines, score_file)
     halves = ("G1", "G2") if name == "ijbc" else ("S1", "S2")
     gallery: Dict[int, int] = {}
     for h in halves:
@@ -257,7 +279,8 @@ def evaluate_ijb_1n(store: EmbeddingStore, root: str, name: str = "ijbc", images
     unknown = sorted((set(gallery) | set(probes)) - known)
     if unknown:
         raise IJBError(f"{name}: 1:N templates without faces in {name}_face_tid_mid.txt: {unknown[:10]}")
-    feats, n_faces, weighted = _face_features(store, base, name, images, meta, use_faceness, normalise=True)
+    feats, n_faces, weighted = _face_features(store, base, name, images, meta, use_faceness, normalise=True,
+                                              align=align)
     uniq, tfeats = template_features(feats, meta["templates"], meta["medias"])
     row = {t: i for i, t in enumerate(uniq.tolist())}
     g_t, p_t = sorted(gallery), sorted(probes)

@@ -137,7 +137,7 @@ def test_ijb_against_brute_force(tmp_path, model, capsys):
     pairs = [(100 + a, 100 + b, int(a % 3 == b % 3)) for a in range(8) for b in range(a + 1, 8)]
     faceness = rng.uniform(0.5, 1.0, len(faces)).round(3)
     _write_ijb(root, "ijbb", faces, pairs, faceness)
-    assert main(["ijb", str(root), "--target", "IJBB", "--model", path] + COMMON) == 0
+    assert main(["ijb", str(root), "--target", "IJBB", "--already-aligned", "--model", path] + COMMON) == 0
     [r] = json.loads(capsys.readouterr().out)
     # reference: template = sum over medias of the mean faceness-weighted flip-summed feature, then cosine
     templates = {}
@@ -192,7 +192,7 @@ def test_ijb_1n_against_brute_force(tmp_path, model, capsys):
     _write_ijb(root, "ijbc", faces, [(10, 11, 0)], faceness)
     _write_1n(root, "ijbc", {"G1": [(t, subject_of[t]) for t in (10, 11, 12)], "G2": [(t, subject_of[t]) for t in (13, 14)]},
               [(t, subject_of[t]) for t in range(20, 32)])
-    assert main(["ijb", str(root), "--protocol", "1:N", "--model", path] + COMMON) == 0
+    assert main(["ijb", str(root), "--protocol", "1:N", "--already-aligned", "--model", path] + COMMON) == 0
     [r] = json.loads(capsys.readouterr().out)
     # reference: each face's flip-summed feature normalised, times faceness; media means summed; templates normalised
     templates = {}
@@ -219,5 +219,5 @@ def test_ijb_1n_against_brute_force(tmp_path, model, capsys):
         assert r["tpir_at_fpir"][f"{f:g}"] == pytest.approx(sum(m > th for m in mates) / len(probes))
     # a probe subject without a gallery template is a one-line error
     _write_1n(root, "ijbc", {"G1": [(10, 0)], "G2": [(13, 3)]}, [(20, 0), (21, 1)])
-    assert main(["ijb", str(root), "--protocol", "1:N", "--model", path] + COMMON) == 1
+    assert main(["ijb", str(root), "--protocol", "1:N", "--already-aligned", "--model", path] + COMMON) == 1
     assert "subjects without a gallery template: [1]" in capsys.readouterr().err
