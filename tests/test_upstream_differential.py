@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import math
 import runpy
 import warnings
 from pathlib import Path
