@@ -10,27 +10,11 @@ import torch
 
 from insightface_pwr.cli import main
 
+from host_runs import tiny_recipe
+
 LFW = Path(os.environ.get("INSIGHTFACE_PWR_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")) / "data" / "lfw"
 UPSTREAM = LFW.parents[1] / "upstream" / "arcface_torch"
 needs_lfw = pytest.mark.skipif(not (LFW / "train" / "train.rec").is_file(), reason="shared LFW data not found")
-
-RECIPE = '''
-from easydict import EasyDict as edict
-config = edict()
-config.margin_list = (1.0, 0.0, 0.35)
-config.network = "tiny_cnn"
-config.embedding_size = 8
-config.rec = REC
-config.num_classes = 10
-config.num_image = 16
-config.num_epoch = 1
-config.warmup_epoch = 0
-config.val_targets = []
-config.batch_size = 4
-config.image_size = (16, 16)
-config.output = "out"
-'''
-
 
 @pytest.fixture(autouse=True)
 def in_tmp(tmp_path, monkeypatch):
@@ -38,8 +22,8 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _recipe(name="r", rec='"synthetic"', extra=""):
-    Path(f"{name}.py").write_text(RECIPE.replace("REC", rec) + extra)
+def _recipe(name="r", rec="synthetic", extra=""):
+    Path(f"{name}.py").write_text(tiny_recipe(extra, rec=rec, num_classes=10, output="out"))
     return f"{name}.py"
 
 
@@ -81,7 +65,7 @@ def test_train_missing_idx(in_tmp, capsys):
     Path("data").mkdir()
     for f in ("train.rec", "property"):
         shutil.copy(LFW / "train" / f, Path("data") / f)
-    _one_error(["train", _recipe(rec='"data"')], capsys, str(in_tmp / "data" / "train.idx"))
+    _one_error(["train", _recipe(rec="data")], capsys, str(in_tmp / "data" / "train.idx"))
 
 
 @needs_lfw
@@ -90,11 +74,11 @@ def test_train_truncated_rec(in_tmp, capsys):
     for f in ("train.idx", "property"):
         shutil.copy(LFW / "train" / f, Path("data") / f)
     Path("data/train.rec").write_bytes((LFW / "train" / "train.rec").read_bytes()[:100_000])
-    _one_error(["train", _recipe(rec='"data"')], capsys, str(in_tmp / "data" / "train.rec"), "truncated")
+    _one_error(["train", _recipe(rec="data")], capsys, str(in_tmp / "data" / "train.rec"), "truncated")
 
 
 def test_train_missing_data_folder(in_tmp, capsys):
-    _one_error(["train", _recipe(rec='"nodata"')], capsys, str(in_tmp / "nodata"), "data folder not found")
+    _one_error(["train", _recipe(rec="nodata")], capsys, str(in_tmp / "nodata"), "data folder not found")
 
 
 BAD_HEAD = "config.distill = edict(teacher=edict(weights='t.pt', network='tiny_cnn'), heads=[edict(name='nohead')])\n"
@@ -152,7 +136,7 @@ def test_recipe_without_py_suffix_is_found(in_tmp, capsys):
     """What the patched upstream get_config('recipes/pwr_exp') calls, and ``check configs/ms1mv2_r50``."""
     from insightface_pwr.distill.recipe import load_recipe
     Path("recipes").mkdir()
-    Path("recipes/pwr_exp.py").write_text(RECIPE.replace("REC", '"synthetic"'))
+    Path("recipes/pwr_exp.py").write_text(tiny_recipe(num_classes=10, output="out"))
     assert load_recipe("recipes/pwr_exp").network == "tiny_cnn"
     assert main(["check", "recipes/pwr_exp"]) == 0
     assert "config.network = 'tiny_cnn'" in capsys.readouterr().out

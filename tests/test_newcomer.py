@@ -9,31 +9,17 @@ from pathlib import Path
 from insightface_pwr.cli import main
 from insightface_pwr.distill.recipe import load_recipe
 
+from host_runs import tiny_recipe
+
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = '''
-from easydict import EasyDict as edict
-config = edict()
-config.margin_list = (1.0, 0.0, 0.35)
-config.network = "tiny_cnn"
-config.embedding_size = 8
-config.rec = "synthetic"
-config.num_classes = 8
-config.num_image = 16
-config.num_epoch = 1
-config.warmup_epoch = 0
-config.batch_size = 4
-config.image_size = (16, 16)
-'''
-
-
 def test_host_warns_once_when_val_targets_are_not_used(tmp_path, capsys):
     recipe = tmp_path / "r.py"
-    recipe.write_text(RECIPE + f"config.val_targets = ['lfw', 'cfp_fp']\nconfig.output = {str(tmp_path / 'o')!r}\n")
+    recipe.write_text(tiny_recipe(val_targets=["lfw", "cfp_fp"], output=str(tmp_path / "o")))
     assert main(["train", str(recipe)]) == 0
     log = (tmp_path / "o" / "training.log").read_text().splitlines()
     hits = [line for line in log if "val_targets" in line]
     assert len(hits) == 1 and "['lfw', 'cfp_fp']" in hits[0] and "insightface-pwr eval" in hits[0]
-    recipe.write_text(RECIPE + f"config.val_targets = []\nconfig.output = {str(tmp_path / 'p')!r}\n")
+    recipe.write_text(tiny_recipe(output=str(tmp_path / "p")))
     assert main(["train", str(recipe)]) == 0
     assert "val_targets" not in (tmp_path / "p" / "training.log").read_text()
 
@@ -78,7 +64,7 @@ def test_check_prints_only_the_lr_schedule_key_in_force(tmp_path, capsys):
                                  (distill.format("") + f"config.lr_schedule = {step}\n", "config.lr_schedule.kind = 'step'",
                                   "config.distill.lr_schedule")):
         recipe = tmp_path / "r.py"
-        recipe.write_text(RECIPE + "config.val_targets = []\n" + extra)
+        recipe.write_text(tiny_recipe(extra))
         assert main(["check", str(recipe)]) == 0
         out = capsys.readouterr().out
         assert shown in out and hidden not in out, out

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ..models.weights import CheckpointError, safe_load  # noqa: F401  (re-exported)
+from ..infra import locks
 from ..infra.atomic import AtomicFile, fsync_dir
 
 __all__ = ["atomic_save", "save_rotating", "load_candidates", "safe_load", "previous_path", "CheckpointError",
@@ -98,33 +99,14 @@ class OutputInUseError(CheckpointError):
     """Another training holds the output folder's lock."""
 
 
-def _holder(fd: int) -> str:
-    try:
-        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    except OSError:
-        pid = ""
-    return f"pid {pid}" if pid.isdigit() else "pid unknown"
-
-
 def _try_lock(folder: Path) -> int:
     """An fd of the folder's lock file, locked (exclusive, non-blocking), or OutputInUseError."""
-    import fcntl  # POSIX only
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
-    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _holder(fd)
-        os.close(fd)
-        raise OutputInUseError(f"output folder {str(folder)!r} is in use by another training ({holder}, lock "
-                               f"{str(path)!r}); wait for it to end (or stop it), or set config.output to another "
+        return locks.acquire(folder / LOCK_NAME)
+    except locks.LockHeld as e:
+        raise OutputInUseError(f"output folder {str(folder)!r} is in use by another training ({e.holder}, lock "
+                               f"{str(e.path)!r}); wait for it to end (or stop it), or set config.output to another "
                                f"folder") from None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def lock_output(folder: PathLike) -> Path:
@@ -136,8 +118,6 @@ def lock_output(folder: PathLike) -> Path:
         held[1] += 1
         return folder
     fd = _try_lock(folder)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     _HELD[str(folder)] = [fd, 1, os.getpid()]
     return folder
 
@@ -151,7 +131,7 @@ def unlock_output(folder: PathLike) -> None:
     held[1] -= 1
     if held[1] <= 0:
         del _HELD[key]
-        os.close(held[0])  # closing the (only) descriptor drops the flock
+        locks.release(held[0], Path(key) / LOCK_NAME)  # the file stays: its next holder overwrites the pid
 
 
 def locked_here(folder: PathLike) -> bool:

@@ -5,39 +5,17 @@ kill_after_step:5) after step 5 with a save every 2 steps, then resumed from ste
 uninterrupted run's losses and end with its weights, its EKD anchors (``distill_gpu_{rank}.pt``) and its AdaDistill
 centres (partial FC's weight in ``checkpoint_gpu_{rank}.pt``), bit for bit. AdaDistill runs with ``sample_rate``
 0.6, so partial FC's class draws depend on the RNG state that the distillation state restores."""
-import json
-import multiprocessing as mp
-import os
 import signal
 
 import pytest
 import torch
 
-from insightface_pwr.host.launch import free_port
-from insightface_pwr.host.train import train_process
-
+from host_runs import losses, run_host, tiny_recipe
 from teacher_files import write_teacher
 
-BASE = '''
-from easydict import EasyDict as edict
-config = edict()
-config.margin_list = (1.0, 0.0, 0.35)
-config.network = "tiny_cnn"
-config.embedding_size = 8
-config.rec = "synthetic"
-config.num_classes = 10
-config.num_image = 48
-config.num_epoch = 2
-config.warmup_epoch = 1
-config.val_targets = []
-config.batch_size = 8 // WORLD
-config.image_size = (16, 16)
-config.frequent = 2
-config.save_all_states = True
-config.save_every_steps = 2
-config.output = OUTPUT
-teacher = edict(network="tiny_cnn", weights=TEACHER + "/model.pt", embedding_size=8, input_size=(16, 16))
-'''
+TEACHER_LINE = 'teacher = edict(network="tiny_cnn", weights=TEACHER + "/model.pt", embedding_size=8, input_size=(16, 16))\n'
+
+
 METHODS = {
     "ekd": '''config.distill = edict(teacher=teacher, classification_weight=1.0,
     heads=[edict(name="ekd", weight=2.0, gather="global", params=edict(topk=20, anchors=[2, 4, 10], momentum=0.3))])
@@ -51,38 +29,10 @@ config.distill = edict(teacher=teacher, classification_weight=0.0,
 
 def _recipe(root, method, world, name):
     path = root / f"{method}_w{world}_{name}.py"
-    path.write_text(f"OUTPUT = {str(root / path.stem)!r}\nTEACHER = {str(root / 'teacher')!r}\nWORLD = {world}\n"
-                    + BASE + METHODS[method])
+    path.write_text(f"TEACHER = {str(root / 'teacher')!r}\n" + tiny_recipe(
+        TEACHER_LINE + METHODS[method], num_classes=10, num_image=48, num_epoch=2, warmup_epoch=1,
+        batch_size=8 // world, frequent=2, save_all_states=True, save_every_steps=2, output=str(root / path.stem)))
     return str(path)
-
-
-def _child(rank, world, recipe, init, fault, overrides):
-    if fault:
-        os.environ["INSIGHTFACE_PWR_FAULT"] = fault
-    torch.set_num_threads(1)
-    try:
-        train_process(rank, world, recipe, init, overrides)
-    finally:
-        os._exit(0)
-
-
-def _run(recipe, world, fault="", overrides=None):
-    ctx = mp.get_context("fork")
-    init = f"tcp://127.0.0.1:{free_port()}"
-    procs = [ctx.Process(target=_child, args=(r, world, recipe, init, fault, overrides)) for r in range(world)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        if p.is_alive():
-            p.kill()
-            p.join()
-    return [p.exitcode for p in procs]
-
-
-def _losses(out):
-    recs = [json.loads(line) for line in (out / "host_losses.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in recs}
 
 
 @pytest.fixture(scope="module")
@@ -96,15 +46,15 @@ def root(tmp_path_factory):
 @pytest.mark.parametrize("method", list(METHODS))
 def test_sigkill_then_resume_continues_the_state_exactly(root, method, world):
     ref = _recipe(root, method, world, "reference")
-    assert _run(ref, world) == [0] * world
+    assert run_host(ref, world) == [0] * world
     killed = _recipe(root, method, world, "killed")
-    assert _run(killed, world, fault="kill_after_step:5") == [-signal.SIGKILL] * world
+    assert run_host(killed, world, fault="kill_after_step:5") == [-signal.SIGKILL] * world
     ref_out, out = root / f"{method}_w{world}_reference", root / f"{method}_w{world}_killed"
-    assert sorted(_losses(out)) == [1, 2, 3, 4, 5]
+    assert sorted(losses(out)) == [1, 2, 3, 4, 5]
     assert torch.load(out / "checkpoint_gpu_0.pt", weights_only=True)["global_step"] == 4
-    assert _run(killed, world, overrides={"resume": True}) == [0] * world
+    assert run_host(killed, world, overrides={"resume": True}) == [0] * world
 
-    want, got = _losses(ref_out), _losses(out)
+    want, got = losses(ref_out), losses(out)
     assert sorted(got) == sorted(want) == list(range(1, 13))
     for step in want:
         assert got[step] == want[step], step  # same float ops in the same order: bit for bit

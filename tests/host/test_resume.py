@@ -4,8 +4,6 @@ A 2-process host run (PWR + HKD, sample_rate 0.6 so that partial FC's class samp
 distillation state restores) saves every 2 steps. It is killed with SIGKILL after step 5 (through the CLI, in a
 subprocess), or inside a save (after the temporary file is written, before the rename); resumed, it must log
 exactly the losses of an uninterrupted run and end with the same weights."""
-import json
-import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -14,88 +12,38 @@ import sys
 import pytest
 import torch
 
-from insightface_pwr.host.launch import free_port
-from insightface_pwr.host.train import train_process
-
+from host_runs import losses, run_host, tiny_recipe
 from teacher_files import write_teacher
 
-RECIPE = '''
-from easydict import EasyDict as edict
-config = edict()
-config.margin_list = (1.0, 0.0, 0.35)
-config.network = "tiny_cnn"
-config.embedding_size = 8
-config.rec = "synthetic"
-config.num_classes = 10
-config.sample_rate = 0.6
-config.num_image = 48
-config.num_epoch = 2
-config.warmup_epoch = 1
-config.val_targets = []
-config.batch_size = 4
-config.image_size = (16, 16)
-config.frequent = 2
-config.save_all_states = True
-config.save_every_steps = 2
-config.output = OUTPUT
-config.distill = edict(
+DISTILL = """config.distill = edict(
     teacher=edict(network="tiny_cnn", weights=TEACHER + "/model.pt", embedding_size=8, classifier=TEACHER,
                   input_size=(16, 16)),
     classification_weight=0.7,
     heads=[edict(name="pwr", weight=100.0, params=edict(inversion="exp", margin="teacher_diff")),
            edict(name="hkd", weight=0.3, params=edict(temperature=4.0))])
-'''
+"""
 
 
 def _recipe(root, name):
     path = root / f"{name}.py"
-    path.write_text(f"OUTPUT = {str(root / name)!r}\nTEACHER = {str(root / 'teacher')!r}\n" + RECIPE)
+    path.write_text(f"TEACHER = {str(root / 'teacher')!r}\n" + tiny_recipe(
+        DISTILL, num_classes=10, sample_rate=0.6, num_image=48, num_epoch=2, warmup_epoch=1, frequent=2,
+        save_all_states=True, save_every_steps=2, output=str(root / name)))
     return str(path)
-
-
-def _child(rank, world, recipe, init, fault, overrides):
-    if fault:
-        os.environ["INSIGHTFACE_PWR_FAULT"] = fault
-    torch.set_num_threads(1)
-    try:
-        train_process(rank, world, recipe, init, overrides)
-    finally:
-        os._exit(0)
-
-
-def _run(recipe, fault="", overrides=None, world=2):
-    """Run the host in forked processes; returns their exit codes (-9: SIGKILLed)."""
-    ctx = mp.get_context("fork")
-    init = f"tcp://127.0.0.1:{free_port()}"
-    procs = [ctx.Process(target=_child, args=(r, world, recipe, init, fault, overrides)) for r in range(world)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        if p.is_alive():
-            p.kill()
-            p.join()
-    return [p.exitcode for p in procs]
-
-
-def _losses(out):
-    """step -> loss, the LAST record of each step (a resumed run logs the replayed steps again)."""
-    recs = [json.loads(line) for line in (out / "host_losses.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in recs}
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     write_teacher(root / "teacher", shards=2, seed=3)
-    assert _run(_recipe(root, "reference")) == [0, 0]
-    losses = _losses(root / "reference")
-    assert sorted(losses) == list(range(1, 13))
-    return root, losses
+    assert run_host(_recipe(root, "reference")) == [0, 0]
+    ref_losses = losses(root / "reference")
+    assert sorted(ref_losses) == list(range(1, 13))
+    return root, ref_losses
 
 
 def _assert_same_run(out, ref_root, ref_losses):
-    got = _losses(out)
+    got = losses(out)
     assert sorted(got) == sorted(ref_losses)
     for step, loss in ref_losses.items():
         assert got[step] == pytest.approx(loss, rel=1e-6, abs=1e-7), step
@@ -112,10 +60,10 @@ def test_sigkill_after_steps_then_resume_through_the_cli(reference):
     proc = subprocess.run([sys.executable, "-m", "insightface_pwr", "train", recipe, "--nproc", "2"], env=env,
                           capture_output=True, text=True, timeout=300, start_new_session=True)
     assert proc.returncode != 0, proc.stderr[-3000:]
-    assert sorted(_losses(root / "killed")) == [1, 2, 3, 4, 5]
+    assert sorted(losses(root / "killed")) == [1, 2, 3, 4, 5]
     saved = torch.load(root / "killed" / "checkpoint_gpu_0.pt", weights_only=True)
     assert saved["global_step"] == 4
-    assert _run(recipe, overrides={"resume": True}) == [0, 0]
+    assert run_host(recipe, overrides={"resume": True}) == [0, 0]
     _assert_same_run(root / "killed", root, ref)
 
 
@@ -126,11 +74,11 @@ def test_sigkill_during_a_save_then_resume(reference, nth_save, distill_step):
     root, ref = reference
     name = f"killed_in_save_{nth_save}"
     recipe = _recipe(root, name)
-    assert _run(recipe, fault=f"kill_in_save:{nth_save}") == [-signal.SIGKILL, -signal.SIGKILL]
+    assert run_host(recipe, fault=f"kill_in_save:{nth_save}") == [-signal.SIGKILL, -signal.SIGKILL]
     out = root / name
     assert any(".tmp." in p.name for p in out.iterdir())  # killed between write and rename
     ckpt = torch.load(out / "checkpoint_gpu_1.pt", weights_only=True)
     distill = torch.load(out / "distill_gpu_1.pt", weights_only=True)
     assert ckpt["global_step"] == 2 and distill["global_step"] == distill_step
-    assert _run(recipe, overrides={"resume": True}) == [0, 0]
+    assert run_host(recipe, overrides={"resume": True}) == [0, 0]
     _assert_same_run(out, root, ref)

@@ -21,28 +21,11 @@ from insightface_pwr.distill.checkpoint import CheckpointError
 LOCK_NAME = ".insightface_pwr.lock"
 from insightface_pwr.distill.hooks import DistillHooks, HeadTerm
 
-RECIPE = '''
-from easydict import EasyDict as edict
-config = edict()
-config.margin_list = (1.0, 0.0, 0.35)
-config.network = "tiny_cnn"
-config.embedding_size = 8
-config.rec = "synthetic"
-config.num_classes = 8
-config.num_image = 16
-config.num_epoch = 1
-config.warmup_epoch = 0
-config.val_targets = []
-config.batch_size = 4
-config.image_size = (16, 16)
-config.frequent = 2
-config.save_all_states = True
-'''
-
+from host_runs import tiny_recipe
 
 def _recipe(tmp_path, name, out, extra=""):
     path = tmp_path / f"{name}.py"
-    path.write_text(RECIPE + f"config.output = {str(out)!r}\n" + extra)
+    path.write_text(tiny_recipe(extra, frequent=2, save_all_states=True, output=str(out)))
     return str(path)
 
 

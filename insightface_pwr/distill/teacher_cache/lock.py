@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from ...infra import locks
 from .format import CacheError, PathLike
 
 __all__ = ["exclusive_lock", "lock_path"]
@@ -26,46 +27,14 @@ def lock_path(out: PathLike) -> Path:
     return Path(str(os.fspath(out)) + ".lock")
 
 
-def _holder(path: Path) -> str:
-    try:
-        pid = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        pid = ""
-    return f"pid {pid}" if pid.isdigit() else "pid unknown"
-
-
 @contextlib.contextmanager
 def exclusive_lock(out: PathLike) -> Iterator[Path]:
     """Hold the exclusive lock of cache ``out`` (the file ``out.lock``) for the ``with`` block, or raise
-    :class:`CacheError` at once if another process holds it."""
-    import fcntl  # POSIX only; imported here so that reading a cache needs no fcntl
-
-    path = lock_path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise CacheError(f"teacher cache {str(out)!r} is being written by another insightface-pwr cache-teacher "
-                             f"run ({_holder(path)}, lock {str(path)!r}); wait for it to finish (or stop it), "
-                             f"then run again") from None
-        except BaseException:
-            os.close(fd)
-            raise
-        try:  # the inode we locked must still be the one the path names (the holder before us may have removed it)
-            same = os.path.samestat(os.fstat(fd), os.stat(str(path)))
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
+    :class:`CacheError` at once if another process holds it (:mod:`insightface_pwr.infra.locks`)."""
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode("ascii"))
-        yield path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(str(path))  # still locked: whoever opens the old inode now re-checks and retries
-        os.close(fd)
+        with locks.exclusive(lock_path(out)) as path:
+            yield path
+    except locks.LockHeld as e:
+        raise CacheError(f"teacher cache {str(out)!r} is being written by another insightface-pwr cache-teacher "
+                         f"run ({e.holder}, lock {str(e.path)!r}); wait for it to finish (or stop it), "
+                         f"then run again") from None
