@@ -1,24 +1,7 @@
-"""Fixtures of the evaluation tests: the shared data kit (``$INSIGHTFACE_PWR_SHARED`` or ``../shared``)."""
-from pathlib import Path
-
+"""Fixtures of the evaluation tests: small ONNX models built in the test (the shared data kit's fixtures are in
+tests/conftest.py)."""
 import numpy as np
 import pytest
-
-from insightface_pwr.data.paths import shared_dir
-
-
-@pytest.fixture(scope="session")
-def shared() -> Path:
-    root = shared_dir()
-    if not (root / "data" / "lfw" / "train" / "train.rec").is_file():
-        pytest.fail(f"shared data kit not found at {root}: set INSIGHTFACE_PWR_SHARED to the directory holding "
-                    f"data/lfw/train/train.rec")
-    return root
-
-
-@pytest.fixture(scope="session")
-def lfw_train(shared: Path) -> Path:
-    return shared / "data" / "lfw" / "train"
 
 
 def _save(path, nodes, inits, in_shape, out_shape, props=None):
