@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from easydict import EasyDict as edict
 
-from host.gloo_helpers import run_gloo_processes
+from gloo_helpers import run_gloo_processes
 from insightface_pwr import create_head
 from insightface_pwr.distill.sharding import shard_range
 from insightface_pwr.integration.arcface_torch.build import build_hooks

@@ -15,7 +15,6 @@ Upstream's partial FC calls ``.cuda()``: in the forked gloo workers ``torch.Tens
 from __future__ import annotations
 
 import copy
-import importlib.util
 import runpy
 import warnings
 from pathlib import Path
@@ -32,9 +31,7 @@ from insightface_pwr.models.backbones import get_model
 
 from upstream_helpers import cuda_calls_stay_on_cpu, extract_upstream, load_upstream_module, patched_copy
 
-_gloo_spec = importlib.util.spec_from_file_location("_diff_gloo_helpers", Path(__file__).parent / "host" / "gloo_helpers.py")
-gloo_helpers = importlib.util.module_from_spec(_gloo_spec)
-_gloo_spec.loader.exec_module(gloo_helpers)
+import gloo_helpers  # noqa: E402  (tests/, on the path through tests/conftest.py)
 
 D, C, N_GLOBAL, HW = 8, 64, 8, 16  # embedding size, classes, global batch, image side (tiny_cnn)
 ARCFACE, COSFACE = (1.0, 0.5, 0.0), (1.0, 0.0, 0.35)

@@ -4,22 +4,19 @@ tests/heads/test_no_host_sync.py with zero counted calls: GlobalBatch around eve
 around hkd, and the bucketed gradient average of head parameters."""
 from __future__ import annotations
 
-import os
-import socket
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from gloo_helpers import run_gloo_processes
 
 WORLD = 2
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "heads"))
+def _worker(rank: int, world: int) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "heads"))  # the sync counter of the head tests
     from test_contract import HEAD_PARAMS
     from test_no_host_sync import SyncCounter, make_inputs
 
@@ -27,52 +24,33 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     from insightface_pwr.heads.base import debug_checks
     from insightface_pwr.heads.registry import create_head, get_head_spec, list_heads
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    calls = {}
-    try:
-        for name in list_heads():
-            head = create_head(name, **HEAD_PARAMS.get(name, {}))
-            logits = get_head_spec(name).consumes == "logits"
-            module = ClassSharded(head) if logits else GlobalBatch(head)
-            for call in range(2):
-                inputs = make_inputs(name, seed=rank)
-                key = next(iter(inputs))
-                inputs[key] = inputs[key].clone().requires_grad_(True)
-                with debug_checks(False), SyncCounter() as counter:
-                    module(**inputs).backward()
-                if call == 1:
-                    calls[name] = counter.calls
-                elif not logits:
-                    calls[f"{name}:first"] = counter.calls  # the one-time shape check: it does read back
-        weight = torch.nn.Parameter(torch.full((3,), float(rank)))
-        average_gradients([weight], WORLD)  # broadcasts rank 0's values once
-        with SyncCounter() as counter:
-            (weight * (rank + 1.0)).sum().backward()
-        calls["average_gradients"] = counter.calls
-        calls["average_gradients_value"] = weight.grad.tolist()  # mean of 1 and 2 over the ranks
-        torch.save(calls, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    calls = {}  # (the process group is run_gloo_processes')
+    for name in list_heads():
+        head = create_head(name, **HEAD_PARAMS.get(name, {}))
+        logits = get_head_spec(name).consumes == "logits"
+        module = ClassSharded(head) if logits else GlobalBatch(head)
+        for call in range(2):
+            inputs = make_inputs(name, seed=rank)
+            key = next(iter(inputs))
+            inputs[key] = inputs[key].clone().requires_grad_(True)
+            with debug_checks(False), SyncCounter() as counter:
+                module(**inputs).backward()
+            if call == 1:
+                calls[name] = counter.calls
+            elif not logits:
+                calls[f"{name}:first"] = counter.calls  # the one-time shape check: it does read back
+    weight = torch.nn.Parameter(torch.full((3,), float(rank)))
+    average_gradients([weight], WORLD)  # broadcasts rank 0's values once
+    with SyncCounter() as counter:
+        (weight * (rank + 1.0)).sum().backward()
+    calls["average_gradients"] = counter.calls
+    calls["average_gradients_value"] = weight.grad.tolist()  # mean of 1 and 2 over the ranks
+    return calls
 
 
 @pytest.fixture(scope="module")
-def calls(tmp_path_factory):
-    out_dir = str(tmp_path_factory.mktemp("gather_no_sync"))
-    ctx = mp.spawn(_worker, args=(_free_port(), out_dir), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + 240
-    while not ctx.join(timeout=2):
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:
-                proc.kill()
-            pytest.fail("2-process gloo run did not finish within 240 s")
-    return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
+def calls():
+    return run_gloo_processes(_worker, WORLD, timeout=240)
 
 
 def test_wrappers_read_nothing_back_per_step(calls):

@@ -10,15 +10,11 @@ The model is a shared linear layer (same weights on both ranks): student embeddi
 """
 from __future__ import annotations
 
-import os
-import socket
-import time
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from gloo_helpers import run_gloo_processes
 from insightface_pwr.distill.gather import GlobalBatch
 from insightface_pwr.heads.registry import create_head
 
@@ -47,39 +43,20 @@ def _run(params: dict, x: torch.Tensor, w0: torch.Tensor, teacher: torch.Tensor,
     return loss.detach(), s.grad, w.grad
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        x, w0, teacher = _data()
-        rows = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)
-        results = []
-        for params in CASES:
-            loss, s_grad, w_grad = _run(params, x[rows], w0, teacher[rows], "global")
-            dist.all_reduce(w_grad)  # what DDP does: the mean over ranks
-            results.append((loss, s_grad, w_grad / WORLD))
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _worker(rank: int, world: int) -> list:
+    x, w0, teacher = _data()
+    rows = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)
+    results = []
+    for params in CASES:
+        loss, s_grad, w_grad = _run(params, x[rows], w0, teacher[rows], "global")
+        dist.all_reduce(w_grad)  # what DDP does: the mean over ranks
+        results.append((loss, s_grad, w_grad / WORLD))
+    return results
 
 
 @pytest.fixture(scope="module")
-def two_rank_results(tmp_path_factory):
-    out_dir = str(tmp_path_factory.mktemp("pwr_global"))
-    ctx = mp.spawn(_worker, args=(_free_port(), out_dir), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + 180
-    while not ctx.join(timeout=2):
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:
-                proc.kill()
-            pytest.fail("2-process gloo run did not finish within 180 s")
-    return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
+def two_rank_results():
+    return run_gloo_processes(_worker, WORLD, timeout=180)
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
