@@ -50,6 +50,7 @@ from typing import Tuple, Union
 
 import torch
 
+from . import pwr_small
 from .base import debug_checks_enabled
 from .pwr_math import (MAX_FAST_POWER, METHODS, binom_row, is_decomposable, pair_count, pwr_loss_dense,
                        pwr_sum_and_grad_tiled, resolve_margin, resolve_method, tie_runs)
@@ -294,6 +295,8 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     center = 0.5 * (hi + lo)
     del s64, t64  # (s, qry and key hold what is needed)
     n_items = m if single else 2 * m
+    if n_items <= pwr_small.SMALL_M:  # a fixed number of operations (pwr_small.py), faster at these sizes
+        return pwr_small.pwr_sum_and_grad_blocks(qry, key, s.detach().reshape(-1), t, single, k, beta, center)
     levels = max(1, (n_items - 1).bit_length())
     n = 1 << levels
     if single:

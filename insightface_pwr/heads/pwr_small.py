@@ -1,0 +1,181 @@
+"""Exact PWR sum and gradient for small M by square-root decomposition: a fixed number of tensor operations
+(no per-level loop), O(M^1.5) time and memory. ``pwr_fast.pwr_sum_and_grad_fast`` takes it for M <= ``SMALL_M``.
+
+Notation as in ``pwr_fast.py``: keys a_q = s_q - lam t_q + const, queries b_p = s_p - lam t_p, and the sum runs
+over the pairs (q, p) with t_q < t_p and a_q > b_p of l(a_q - b_p) = sum_e u_e(a_q) w_e(b_p) (on that region;
+exp: exp(beta a) exp(-beta b) - 1, power k: the binomial expansion of (a - b)^k around the middle of the range).
+
+Items and orders. As in the tree, one item per relation when a = b (ordered by t, teacher ties by ascending value),
+else a query item and a key item per relation (queries before keys at equal t); a pair (key q, query p) counts iff
+pos(q) < pos(p) (t order) and a_q > b_p. The VALUE order sorts the items stably by value in t order (one item per
+relation: value ties by t position; pair items: keys before queries at equal value), so for two items
+rank(q) > rank(p) with pos(q) < pos(p) implies a_q > b_p.
+
+Blocks. The n = B L items (padded: pads are neither key nor query) are cut into B t-blocks of L consecutive t
+positions and, independently, into B value-blocks of L consecutive value ranks. A counted pair (q, p) is either
+- in one t-block: a dense (B, L, L) mask pos(q) < pos(p) and a_q > b_p, two batched matmuls with the features;
+- in different t-blocks (tblk(q) < tblk(p)) but one value-block: the same in value order, mask
+  tblk(q) < tblk(p) and a_q > b_p;
+- in different t-blocks and value-blocks: then vblk(q) > vblk(p) (vblk(q) < vblk(p) would mean a_q <= b_p), and
+  the sums come from a B x B grid of the features summed by (t-block, value-block), its 2-D prefix sums and one
+  gather per item.
+Every sum is exact (no approximation); no host read; about 45 tensor operations whatever M.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .pwr_math import binom_row, pair_count
+
+__all__ = ["SMALL_M", "block_shape", "block_sums", "order_key32", "pwr_sum_and_grad_blocks"]
+
+SMALL_M = 6000  # up to this many items the block method beats the tree on a CPU (N <= ~110 at one item per relation)
+_F64 = torch.float64
+_BITS32 = (torch.float32, torch.float16, torch.bfloat16)
+_CONSTS: dict = {}  # (B, L, device) -> the constant tensors of that block shape (a few kB each)
+
+
+def block_shape(n_items: int) -> Tuple[int, int]:
+    """(B, L): B blocks of L items, B L >= n_items, L a power of two. The dense parts cost about n L, the grid
+    B^2: L ~ sqrt(n) / 2 (a dense element costs less than a grid cell)."""
+    L = 1 << max(2, round(math.log2(max(n_items, 4) / 4) / 2))
+    return -(-n_items // L), L
+
+
+def _consts(B: int, L: int, dev: torch.device):
+    """The strict upper triangle (L, L) float64 and B - 1 - (value-block of each value rank), cached."""
+    key = (B, L, str(dev))
+    c = _CONSTS.get(key)
+    if c is None:
+        up = torch.ones(L, L, dtype=_F64, device=dev).triu_(1)
+        vbr = torch.arange(B * L - 1, -1, -1, device=dev) >> (L.bit_length() - 1)
+        c = _CONSTS[key] = (up, vbr)
+        if len(_CONSTS) > 16:
+            _CONSTS.pop(next(iter(_CONSTS)))
+    return c
+
+
+def block_sums(v: torch.Tensor, Fe: torch.Tensor, vperm: torch.Tensor, B: int,
+               L: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The dominance sums of n = B L items in t order with values ``v`` (n,) and features Fe (2, E, n) = [key
+    features U; query features W] (zero for an item that is not a key, resp. not a query, and for pads), ``vperm``
+    the value order (t position of each value rank). Returns R, T (E, n): R for each item the sum of W over the
+    items it dominates, T the sum of U over the items dominating it (q dominates p: earlier in t order and
+    v_q > v_p; the value order must list q after p then, and p after q when v_q = v_p)."""
+    n, E = B * L, Fe.shape[1]
+    up, vbr = _consts(B, L, v.device)
+    tb = vperm >> (L.bit_length() - 1)  # t-block of each value rank
+    # dense masks (float, straight from the comparisons), [M; Z]: M[i, j] = in one t-block, position i < j and
+    # v_i > v_j; Z[j, i] = in one value-block, rank j < i (so v_i > v_j) and t-block tb_i < tb_j
+    masks = torch.empty(2 * B, L, L, dtype=_F64, device=v.device)
+    torch.gt(v.view(B, L, 1), v.view(B, 1, L), out=masks[:B])
+    tbf = tb.to(_F64).view(B, L)
+    torch.gt(tbf.view(B, L, 1), tbf.view(B, 1, L), out=masks[B:])
+    masks.mul_(up)
+    # features [[U, W by value], [W, U by value]], as (2 B, E, L) blocks (E x L @ L x L: the fast product)
+    X = torch.cat((Fe, Fe.flip(0).view(2 * E, n).gather(1, vperm.expand(2 * E, n)).view(2, E, n)), 2)
+    blocks = X.view(2, E, 2 * B, L).transpose(1, 2)
+    a = torch.bmm(blocks[0], masks).view(2, B, E, L).transpose(1, 2).reshape(2, E, n)  # [T in t-blocks, R v-b.]
+    b = torch.bmm(blocks[1], masks.transpose(1, 2)).view(2, B, E, L).transpose(1, 2).reshape(2, E, n)  # [R, T]
+    # the grid: features summed by (t-block i, value-block k). A query reads the cells i < tb, k > vb; a key the
+    # cells i > tb, k < vb. U's cell (i, B-1-k) and W's (B-1-i, k), written one row and one column further: both
+    # sums are then inclusive 2-D prefix sums read at the item's own cell
+    P = B + 1
+    cell = tb * P + vbr
+    cell_w = (B - 1) * (B + 2) - cell
+    grid = torch.zeros(2, E, P * P, dtype=_F64, device=v.device)
+    grid[0, :, P + 1:].index_add_(1, cell, X[1, :, n:])
+    grid[1, :, P + 1:].index_add_(1, cell_w, X[0, :, n:])
+    pref = grid.view(2, E, P, P).cumsum(2).cumsum(3).view(2, E, P * P)
+    b[1] += pref[0].index_select(1, cell)
+    a[1] += pref[1].index_select(1, cell_w)
+    return b[0].index_add_(1, vperm, a[1]), a[0].index_add_(1, vperm, b[1])
+
+
+def order_key32(x: torch.Tensor) -> torch.Tensor:
+    """int64 keys in [-2^31, 2^31) with the order of ``x`` rounded to float32 (exact for 32-bit and narrower)."""
+    k = (x.float() + 0.0).view(torch.int32).to(torch.int64)  # (+ 0.0: -0.0 and +0.0 get one key)
+    return k ^ ((k >> 31) & 0x7FFFFFFF)
+
+
+def _features(val: torch.Tensor, k: int, beta: float, center, n: int) -> torch.Tensor:
+    """(2, E, n) = [U; W] of the values ``val`` (zero past them): U_e(a) W_e(b) summed over e is l(a - b) for
+    a > b. exp: U = (exp(beta (a - c)), 1), W = (exp(beta (c - b)), -1); power k: U_e = a'^e,
+    W_e = binom(k, e) (-b')^(k - e) (a' = a - c, b' = b - c)."""
+    m, dev = val.numel(), val.device
+    z = val - center
+    if k == 0:
+        z = z * beta
+        e = torch.exp(torch.stack((z, -z)))
+        sgn = torch.tensor([[1.0], [-1.0]], dtype=_F64, device=dev).expand(2, m)
+        return F.pad(torch.stack((e, sgn), 1), (0, n - m))
+    pw = torch.arange(k + 1, dtype=_F64, device=dev).unsqueeze(1)
+    binom = torch.tensor(binom_row(k), dtype=_F64, device=dev).unsqueeze(1)
+    return F.pad(torch.stack((z ** pw, (-z) ** pw.flip(0) * binom)), (0, n - m))
+
+
+def _total_and_grad(R: torch.Tensor, T: torch.Tensor, Fe: torch.Tensor, k: int, beta: float):
+    """The pair sum and each item's gradient (key part + query part) from the sums R, T and the features."""
+    UR = Fe[0] * R
+    if k == 0:  # d/da = beta U_0 W_0, d/db = -beta U_0 W_0
+        return UR.sum(), (UR[0] - Fe[1, 0] * T[0]) * beta
+    # d/da U_e = e U_{e-1}, d/db W_e = -(e + 1) W_{e+1} (the binomials of W absorb the factors)
+    c = torch.arange(1, k + 1, dtype=_F64, device=R.device)
+    return UR.sum(), torch.matmul(c, Fe[0, :k] * R[1:] - Fe[1, 1:] * T[:k])
+
+
+def _count_sorted(ts: torch.Tensor) -> torch.Tensor:
+    """C = #{(p, q): t_p > t_q} from the sorted teacher values (or order keys): the sum over the elements of
+    the rank where their run of equal values starts (int64 0-d tensor)."""
+    idx = torch.arange(1, ts.numel(), device=ts.device)
+    return torch.where(torch.ne(ts[1:], ts[:-1]), idx, 0).cummax(0).values.sum()
+
+
+def pwr_sum_and_grad_blocks(qry: torch.Tensor, key: torch.Tensor, s: torch.Tensor, t: torch.Tensor,
+                            single: bool, k: int, beta: float,
+                            center) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum, d sum / d s, C) as ``pwr_fast.pwr_sum_and_grad_fast``, from the float64 query and key values
+    (``single``: they are equal, monotone in s at equal t), the student values ``s`` and the teacher values
+    ``t``; ``k`` = 0 for exp, else the power (diff: 1)."""
+    m, dev = qry.numel(), qry.device
+    if single:
+        # the t order, teacher ties by ascending value (= by s)
+        if t.dtype in _BITS32 and s.dtype in _BITS32:  # one sort of (t, s) keys
+            kk = order_key32(torch.stack((t, s)))
+            ts, perm = torch.sort((kk[0] << 32) | (kk[1] + 0x80000000))
+            count = _count_sorted(ts >> 32)
+        else:  # a stable sort by t of the value order
+            v_perm = torch.sort(qry)[1]
+            ts, t_perm = torch.sort(t[v_perm], stable=True)
+            perm = v_perm[t_perm]
+            count = _count_sorted(ts)
+        B, L = block_shape(m)
+        n = B * L
+        val = qry[perm]
+        v = F.pad(val, (0, n - m))  # pads: any value, zero features
+        vperm = torch.sort(v, stable=True)[1]  # value ties by t position
+        Fe = _features(val, k, beta, center, n)
+        total, gi = _total_and_grad(*block_sums(v, Fe, vperm, B, L), Fe, k, beta)
+        return total, torch.empty(m, dtype=_F64, device=dev).index_copy_(0, perm, gi[:m]), count
+    # a query item and a key item per relation: queries first at equal t (a stable sort of [queries, keys])
+    count = pair_count(t)
+    perm = torch.sort(t.to(_F64).repeat(2), stable=True)[1]
+    kmask = (perm >= m).to(_F64)
+    vals = torch.cat((qry, key))[perm]
+    B, L = block_shape(2 * m)
+    n = B * L
+    v = F.pad(vals, (0, n - 2 * m))
+    # value order: keys before queries at equal value (a stable sort by value of the items ordered keys first)
+    kf = torch.sort(1.0 - kmask, stable=True)[1]
+    vperm = kf[torch.sort(vals[kf], stable=True)[1]]
+    vperm = torch.cat((vperm, torch.arange(2 * m, n, device=dev)))
+    Fe = _features(vals, k, beta, center, n)
+    Fe[0, :, :2 * m] *= kmask  # keys' features on key items only, queries' on query items
+    Fe[1, :, :2 * m] *= 1.0 - kmask
+    total, gi = _total_and_grad(*block_sums(v, Fe, vperm, B, L), Fe, k, beta)
+    grad = torch.zeros(m, dtype=_F64, device=dev).index_add_(0, perm.remainder(m), gi[:2 * m])
+    return total, grad, count
