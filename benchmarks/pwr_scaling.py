@@ -46,7 +46,7 @@ from insightface_pwr.heads.registry import create_head  # noqa: E402
 _META = {"dim", "numel", "size", "data_ptr", "stride", "is_floating_point", "is_complex", "element_size",
          "storage_offset", "is_contiguous", "__len__", "__get__", "__set__"}
 _VIEWS = {"view", "reshape", "t", "detach", "expand", "unsqueeze", "squeeze", "flatten", "narrow", "select",
-          "view_as", "as_strided"}
+          "view_as", "as_strided", "transpose", "permute", "movedim", "unflatten"}
 
 
 def _is_view(name: str, args: tuple) -> bool:

@@ -282,18 +282,20 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     if m < 2:
         return (torch.zeros((), dtype=torch.float64, device=dev), torch.zeros_like(s64),
                 torch.zeros((), dtype=torch.int64, device=dev))
-    t64 = t.to(torch.float64)
-    lam, const = resolve_margin(margin, t64)
+    lam, const = resolve_margin(margin, t.to(torch.float64) if margin == "teacher_std" else t)
     single = lam == 1.0 or (isinstance(const, float) and const == 0.0)
-    qry = s64 - t64 if lam else s64
+    qry = s64 - t if lam else s64  # (float64: t is promoted)
     key = qry if single else qry + const
     k = 1 if inversion == "diff" else (int(p) if inversion == "power" else 0)
-    lo, hi = torch.minimum(qry.min(), key.min()), torch.maximum(qry.max(), key.max())
+    if single:
+        lo, hi = torch.aminmax(qry)
+    else:
+        lo, hi = torch.minimum(qry.min(), key.min()), torch.maximum(qry.max(), key.max())
     if k == 0 and debug_checks_enabled() and float(beta * (hi - lo)) > EXP_RANGE:
         raise ValueError(f"pwr fast path (exp): beta * (value range) = {beta} * {float(hi - lo):.4g} exceeds "
                          f"{EXP_RANGE} (float64 exp would leave its normal range); use method='tiled'")
-    center = 0.5 * (hi + lo)
-    del s64, t64  # (s, qry and key hold what is needed)
+    center = (hi + lo) * 0.5
+    del s64  # (s, qry and key hold what is needed)
     n_items = m if single else 2 * m
     if n_items <= pwr_small.SMALL_M:  # a fixed number of operations (pwr_small.py), faster at these sizes
         return pwr_small.pwr_sum_and_grad_blocks(qry, key, s.detach().reshape(-1), t, single, k, beta, center)

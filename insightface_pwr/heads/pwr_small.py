@@ -47,58 +47,58 @@ def block_shape(n_items: int) -> Tuple[int, int]:
 
 
 def _consts(B: int, L: int, dev: torch.device):
-    """The strict upper triangle (L, L) float64 and B - 1 - (value-block of each value rank), cached."""
+    """[strict upper; strict lower] triangles (2, 1, L, L) float64 and B - 1 - (value-block of each value rank),
+    cached per shape."""
     key = (B, L, str(dev))
     c = _CONSTS.get(key)
     if c is None:
         up = torch.ones(L, L, dtype=_F64, device=dev).triu_(1)
         vbr = torch.arange(B * L - 1, -1, -1, device=dev) >> (L.bit_length() - 1)
-        c = _CONSTS[key] = (up, vbr)
+        c = _CONSTS[key] = (torch.stack((up, up.t())).unsqueeze(1), vbr)
         if len(_CONSTS) > 16:
             _CONSTS.pop(next(iter(_CONSTS)))
     return c
 
 
-def block_sums(v: torch.Tensor, Fe: torch.Tensor, vperm: torch.Tensor, B: int,
-               L: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def block_sums(v: torch.Tensor, Fe: torch.Tensor, vperm: torch.Tensor, B: int, L: int) -> torch.Tensor:
     """The dominance sums of n = B L items in t order with values ``v`` (n,) and features Fe (2, E, n) = [key
     features U; query features W] (zero for an item that is not a key, resp. not a query, and for pads), ``vperm``
-    the value order (t position of each value rank). Returns R, T (E, n): R for each item the sum of W over the
-    items it dominates, T the sum of U over the items dominating it (q dominates p: earlier in t order and
+    the value order (t position of each value rank). Returns (2 E, n) = [T; R]: T for each item the sum of U over
+    the items dominating it, R the sum of W over the items it dominates (q dominates p: earlier in t order and
     v_q > v_p; the value order must list q after p then, and p after q when v_q = v_p)."""
     n, E = B * L, Fe.shape[1]
-    up, vbr = _consts(B, L, v.device)
+    tris, vbr = _consts(B, L, v.device)
     tb = vperm >> (L.bit_length() - 1)  # t-block of each value rank
-    # dense masks (float, straight from the comparisons), [M; Z]: M[i, j] = in one t-block, position i < j and
-    # v_i > v_j; Z[j, i] = in one value-block, rank j < i (so v_i > v_j) and t-block tb_i < tb_j
+    # dense masks M[i, j] (item i dominates item j), float straight from the comparisons: in one t-block,
+    # position i < j and v_i > v_j; in one value-block (value order), rank i > j (so v_i > v_j) and tb_i < tb_j
     masks = torch.empty(2 * B, L, L, dtype=_F64, device=v.device)
     torch.gt(v.view(B, L, 1), v.view(B, 1, L), out=masks[:B])
     tbf = tb.to(_F64).view(B, L)
-    torch.gt(tbf.view(B, L, 1), tbf.view(B, 1, L), out=masks[B:])
-    masks.mul_(up)
-    # features [[U, W by value], [W, U by value]], as (2 B, E, L) blocks (E x L @ L x L: the fast product)
-    X = torch.cat((Fe, Fe.flip(0).view(2 * E, n).gather(1, vperm.expand(2 * E, n)).view(2, E, n)), 2)
+    torch.lt(tbf.view(B, L, 1), tbf.view(B, 1, L), out=masks[B:])
+    masks.view(2, B, L, L).mul_(tris)
+    # [[U, U by value], [W, W by value]] as (2 B, E, L) blocks: T^T = U^T M, R^T = W^T M^T (E x L @ L x L)
+    X = torch.cat((Fe, Fe.view(2 * E, n).gather(1, vperm.expand(2 * E, n)).view(2, E, n)), 2)
     blocks = X.view(2, E, 2 * B, L).transpose(1, 2)
-    a = torch.bmm(blocks[0], masks).view(2, B, E, L).transpose(1, 2).reshape(2, E, n)  # [T in t-blocks, R v-b.]
-    b = torch.bmm(blocks[1], masks.transpose(1, 2)).view(2, B, E, L).transpose(1, 2).reshape(2, E, n)  # [R, T]
+    out = torch.empty(2, 2 * B, E, L, dtype=_F64, device=v.device)
+    torch.bmm(blocks[0], masks, out=out[0])
+    torch.bmm(blocks[1], masks.transpose(1, 2), out=out[1])
+    Y = out.view(2, 2, B, E, L).permute(1, 0, 3, 2, 4).reshape(2, 2 * E, n)  # [t-blocks, value-blocks]
     # the grid: features summed by (t-block i, value-block k). A query reads the cells i < tb, k > vb; a key the
     # cells i > tb, k < vb. U's cell (i, B-1-k) and W's (B-1-i, k), written one row and one column further: both
     # sums are then inclusive 2-D prefix sums read at the item's own cell
     P = B + 1
-    cell = tb * P + vbr
-    cell_w = (B - 1) * (B + 2) - cell
-    grid = torch.zeros(2, E, P * P, dtype=_F64, device=v.device)
-    grid[0, :, P + 1:].index_add_(1, cell, X[1, :, n:])
-    grid[1, :, P + 1:].index_add_(1, cell_w, X[0, :, n:])
-    pref = grid.view(2, E, P, P).cumsum(2).cumsum(3).view(2, E, P * P)
-    b[1] += pref[0].index_select(1, cell)
-    a[1] += pref[1].index_select(1, cell_w)
-    return b[0].index_add_(1, vperm, a[1]), a[0].index_add_(1, vperm, b[1])
+    cell = torch.add(vbr, tb, alpha=P)
+    idx = torch.cat((cell.expand(E, n), ((B - 1) * (B + 2) - cell).expand(E, n)))  # U's, W's cell
+    grid = torch.zeros(2 * E, P * P, dtype=_F64, device=v.device)
+    grid[:, P + 1:].scatter_add_(1, idx, X[:, :, n:].reshape(2 * E, n))
+    pref = grid.view(2 * E, P, P).cumsum(1).cumsum(2).view(2 * E, P * P)
+    Y[1].add_(pref.gather(1, idx))
+    return Y[0].index_add_(1, vperm, Y[1])
 
 
 def order_key32(x: torch.Tensor) -> torch.Tensor:
     """int64 keys in [-2^31, 2^31) with the order of ``x`` rounded to float32 (exact for 32-bit and narrower)."""
-    k = (x.float() + 0.0).view(torch.int32).to(torch.int64)  # (+ 0.0: -0.0 and +0.0 get one key)
+    k = ((x if x.dtype == torch.float32 else x.float()) + 0.0).view(torch.int32).to(torch.int64)  # (-0.0 = +0.0)
     return k ^ ((k >> 31) & 0x7FFFFFFF)
 
 
@@ -109,17 +109,18 @@ def _features(val: torch.Tensor, k: int, beta: float, center, n: int) -> torch.T
     m, dev = val.numel(), val.device
     z = val - center
     if k == 0:
-        z = z * beta
-        e = torch.exp(torch.stack((z, -z)))
-        sgn = torch.tensor([[1.0], [-1.0]], dtype=_F64, device=dev).expand(2, m)
-        return F.pad(torch.stack((e, sgn), 1), (0, n - m))
+        c = torch.tensor([[beta, 1.0], [-beta, -1.0]], dtype=_F64, device=dev)
+        e = torch.exp(z * c[:, :1])  # (2, m): exp(beta (a - c)), exp(beta (c - b))
+        return F.pad(torch.stack((e, c[:, 1:].expand(2, m)), 1), (0, n - m))
     pw = torch.arange(k + 1, dtype=_F64, device=dev).unsqueeze(1)
     binom = torch.tensor(binom_row(k), dtype=_F64, device=dev).unsqueeze(1)
     return F.pad(torch.stack((z ** pw, (-z) ** pw.flip(0) * binom)), (0, n - m))
 
 
-def _total_and_grad(R: torch.Tensor, T: torch.Tensor, Fe: torch.Tensor, k: int, beta: float):
-    """The pair sum and each item's gradient (key part + query part) from the sums R, T and the features."""
+def _total_and_grad(TR: torch.Tensor, Fe: torch.Tensor, k: int, beta: float):
+    """The pair sum and each item's gradient (key part + query part) from the sums [T; R] and the features."""
+    E = Fe.shape[1]
+    T, R = TR[:E], TR[E:]
     UR = Fe[0] * R
     if k == 0:  # d/da = beta U_0 W_0, d/db = -beta U_0 W_0
         return UR.sum(), (UR[0] - Fe[1, 0] * T[0]) * beta
@@ -159,7 +160,7 @@ def pwr_sum_and_grad_blocks(qry: torch.Tensor, key: torch.Tensor, s: torch.Tenso
         v = F.pad(val, (0, n - m))  # pads: any value, zero features
         vperm = torch.sort(v, stable=True)[1]  # value ties by t position
         Fe = _features(val, k, beta, center, n)
-        total, gi = _total_and_grad(*block_sums(v, Fe, vperm, B, L), Fe, k, beta)
+        total, gi = _total_and_grad(block_sums(v, Fe, vperm, B, L), Fe, k, beta)
         return total, torch.empty(m, dtype=_F64, device=dev).index_copy_(0, perm, gi[:m]), count
     # a query item and a key item per relation: queries first at equal t (a stable sort of [queries, keys])
     count = pair_count(t)
@@ -176,6 +177,6 @@ def pwr_sum_and_grad_blocks(qry: torch.Tensor, key: torch.Tensor, s: torch.Tenso
     Fe = _features(vals, k, beta, center, n)
     Fe[0, :, :2 * m] *= kmask  # keys' features on key items only, queries' on query items
     Fe[1, :, :2 * m] *= 1.0 - kmask
-    total, gi = _total_and_grad(*block_sums(v, Fe, vperm, B, L), Fe, k, beta)
+    total, gi = _total_and_grad(block_sums(v, Fe, vperm, B, L), Fe, k, beta)
     grad = torch.zeros(m, dtype=_F64, device=dev).index_add_(0, perm.remainder(m), gi[:2 * m])
     return total, grad, count

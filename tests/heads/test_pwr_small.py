@@ -85,7 +85,7 @@ def test_block_sums_equal_brute_force(B: int, L: int) -> None:
     v = torch.randint(0, 5, (n,), generator=g).double()
     Fe = torch.randn(2, 3, n, generator=g, dtype=torch.float64)
     vperm = torch.sort(v, stable=True)[1]
-    R, T = pwr_small.block_sums(v, Fe, vperm, B, L)
+    T, R = pwr_small.block_sums(v, Fe, vperm, B, L).view(2, 3, n)
     pos = torch.arange(n)
     dom = ((pos[:, None] < pos[None, :]) & (v[:, None] > v[None, :])).double()  # dom[q, p]
     torch.testing.assert_close(R, Fe[1] @ dom.t(), rtol=1e-12, atol=1e-12)
