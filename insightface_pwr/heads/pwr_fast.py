@@ -38,6 +38,12 @@ with debug checks on (``insightface_pwr.heads.base.debug_checks``): a per-call c
 binom(k, k/2) (R/2)^k ulps per term): fast ``power`` is limited to integer p <= ``MAX_FAST_POWER``. The pair count
 C is exact (int64). No host read anywhere in the forward or the backward.
 
+Two shortcuts (``pwr_small.py``, the same items, orders, features and tie rules): up to ``pwr_small.SMALL_M`` items
+the whole sum comes from a square-root block decomposition (t-blocks, value-blocks, two dense masked products and
+a 2-D prefix-sum grid: a fixed number of operations, no per-level loop); above, the tree stops
+``pwr_small.DENSE_LEVELS`` levels early and finishes every group of 2^DENSE_LEVELS items with one dense masked
+product (``dense_groups``).
+
 Cost: two int64 sorts of M keys (float32 relations, one item per relation; four for float64, three plus searches
 for pair items), then log2(n) levels of about 20 vectorised O(n) operations; about 11 float64 / int64 and 2 int32
 vectors of n entries at the peak (about 116 bytes per relation at N = 4096, head included). On a CPU the levels below 2^16 items are finished chunk by
@@ -241,12 +247,15 @@ def _tree_pass(code, f, acc, levels: int, k: int, beta: float, single: bool, tot
 
 
 def _run_tree(code, f, levels: int, k: int, beta: float, single: bool):
-    """The whole pass (chunked on a CPU). Returns (acc in t order, tot, cnt)."""
+    """The whole pass (chunked on a CPU), its lowest ``pwr_small.DENSE_LEVELS`` levels done densely group by group
+    (``pwr_small.dense_groups``). Returns (acc in t order, tot, cnt)."""
     n, dev = code.numel(), code.device
     acc = torch.zeros(n, dtype=torch.float64, device=dev)
     tot = torch.zeros((), dtype=torch.float64, device=dev)
     cnt = torch.zeros((), dtype=torch.float64, device=dev)  # exact: integers below 2^53
     work = _Work(n, 7 if (single and not k) else (9 if not k else 12 + k + 1), dev)
+    dense = min(pwr_small.DENSE_LEVELS, levels, _CHUNK_LEVELS)
+    out = torch.empty(n, dtype=torch.float64, device=dev)  # acc in t order
     if dev.type == "cpu" and levels > _CHUNK_LEVELS:
         # the top levels over the whole arrays; below, every group of 2^_CHUNK_LEVELS items is independent:
         # finishing it chunk by chunk keeps its working set in cache (memory traffic dominates on a CPU)
@@ -258,12 +267,13 @@ def _run_tree(code, f, levels: int, k: int, beta: float, single: bool):
         cwork = work.head(size)
         for c0 in range(0, n, size):
             sl = slice(c0, c0 + size)
-            res = _tree_pass(code[sl], f[sl], acc[sl], _CHUNK_LEVELS, k, beta, single, tot, cnt, cwork)[2]
-            if res.data_ptr() != acc[sl].data_ptr():
-                acc[sl].copy_(res)
+            res = _tree_pass(code[sl], f[sl], acc[sl], _CHUNK_LEVELS, k, beta, single, tot, cnt, cwork,
+                             stop=dense)
+            pwr_small.dense_groups(*res, dense, k, beta, single, tot, out)
     else:
-        acc = _tree_pass(code, f, acc, levels, k, beta, single, tot, cnt, work)[2]
-    return acc, tot, cnt
+        res = _tree_pass(code, f, acc, levels, k, beta, single, tot, cnt, work, stop=dense)
+        pwr_small.dense_groups(*res, dense, k, beta, single, tot, out)
+    return out, tot, cnt
 
 
 def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, margin: Union[float, str],

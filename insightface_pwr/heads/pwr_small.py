@@ -31,11 +31,14 @@ import torch.nn.functional as F
 
 from .pwr_math import binom_row, pair_count
 
-__all__ = ["SMALL_M", "block_shape", "block_sums", "order_key32", "pwr_sum_and_grad_blocks"]
+__all__ = ["SMALL_M", "DENSE_LEVELS", "block_shape", "block_sums", "dense_groups", "order_key32",
+           "pwr_sum_and_grad_blocks"]
 
 SMALL_M = 6000  # up to this many items the block method beats the tree on a CPU (N <= ~110 at one item per relation)
 _F64 = torch.float64
 _BITS32 = (torch.float32, torch.float16, torch.bfloat16)
+DENSE_LEVELS = 4  # the tree's lowest levels done densely, in groups of 2^DENSE_LEVELS items (pwr_fast._run_tree)
+_DENSE_CHUNK = 16384  # items per dense step (masks of 16384 x 16 float64: 2 MB, cache-sized)
 _CONSTS: dict = {}  # (B, L, device) -> the constant tensors of that block shape (a few kB each)
 
 
@@ -94,6 +97,50 @@ def block_sums(v: torch.Tensor, Fe: torch.Tensor, vperm: torch.Tensor, B: int, L
     pref = grid.view(2 * E, P, P).cumsum(1).cumsum(2).view(2 * E, P * P)
     Y[1].add_(pref.gather(1, idx))
     return Y[0].index_add_(1, vperm, Y[1])
+
+
+def dense_groups(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, S: int, k: int, beta: float,
+                 single: bool, tot: torch.Tensor, out: torch.Tensor) -> None:
+    """The tree's levels S .. 1 at once (``pwr_fast._tree_pass`` stopped at level S): the items are arranged in
+    groups of G = 2^S consecutive t positions, each group in value order, ``code`` the t position (``single``) or
+    2 t position + key flag, ``f`` the features (exp: exp(beta (v - c)) of single items and keys,
+    exp(beta (c - b)) of queries; power: v - c). Within a group item i dominates item j iff code_i < code_j and
+    rank i > j (the value order breaks ties as the tree does). Adds the pairs' sum of l into ``tot`` (exp: minus
+    their count, so the tree's separate count is not touched), and writes acc + each item's gradient into ``out``
+    at its t position (code, or code >> 1 for pair items)."""
+    n, G = code.numel(), 1 << S
+    dev = code.device
+    low = torch.ones(G, G, dtype=_F64, device=dev).tril_(-1)
+    for c0 in range(0, n, max(G, _DENSE_CHUNK)):
+        sl = slice(c0, min(n, c0 + max(G, _DENSE_CHUNK)))
+        cd, fc = code[sl], f[sl]
+        rows, m = cd.numel() // G, cd.numel()
+        cf = cd.to(_F64).view(rows, G)
+        mask = torch.lt(cf.view(rows, G, 1), cf.view(rows, 1, G), out=torch.empty(rows, G, G, dtype=_F64,
+                                                                                    device=dev)).mul_(low)
+        if k == 0:
+            if single:
+                one = torch.ones_like(fc)
+                Fe = torch.stack((torch.stack((fc, one)), torch.stack((torch.reciprocal(fc), -one))))
+            else:
+                kf = (cd & 1).to(_F64)
+                qf = 1.0 - kf
+                Fe = torch.stack((torch.stack((fc * kf, kf)), torch.stack((fc * qf, -qf))))
+        else:
+            pw = torch.arange(k + 1, dtype=_F64, device=dev).unsqueeze(1)
+            binom = torch.tensor(binom_row(k), dtype=_F64, device=dev).unsqueeze(1)
+            Fe = torch.stack((fc ** pw, (-fc) ** pw.flip(0) * binom))
+            if not single:
+                kf = (cd & 1).to(_F64)
+                Fe[0] *= kf
+                Fe[1] *= 1.0 - kf
+        E = Fe.shape[1]
+        T = torch.bmm(Fe[0].view(E, rows, G).transpose(0, 1), mask).transpose(0, 1).reshape(E, m)
+        R = torch.bmm(Fe[1].view(E, rows, G).transpose(0, 1), mask.transpose(1, 2)).transpose(0, 1).reshape(E, m)
+        total, gi = _total_and_grad(torch.cat((T, R)), Fe, k, beta)
+        tot.add_(total)
+        pos = cd.to(torch.int64) if single else (cd >> 1).to(torch.int64)
+        out.scatter_(0, pos, acc[sl] + gi)
 
 
 def order_key32(x: torch.Tensor) -> torch.Tensor:

@@ -90,3 +90,21 @@ def test_block_sums_equal_brute_force(B: int, L: int) -> None:
     dom = ((pos[:, None] < pos[None, :]) & (v[:, None] > v[None, :])).double()  # dom[q, p]
     torch.testing.assert_close(R, Fe[1] @ dom.t(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(T, Fe[0] @ dom, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dense_levels,chunk", [(0, 16384), (1, 16384), (4, 32), (6, 64)])
+@pytest.mark.parametrize("inversion,p,beta", FAST)
+def test_tree_with_dense_lowest_levels_equals_dense(monkeypatch, dense_levels, chunk, inversion, p, beta) -> None:
+    """The tree (blocks off) finishing its lowest levels densely (``dense_groups``), in sub-chunks, and with the
+    CPU chunking of the low levels forced small (then the dense levels stop at the chunk's)."""
+    import insightface_pwr.heads.pwr_fast as pwr_fast
+
+    monkeypatch.setattr(pwr_small, "SMALL_M", 0)
+    monkeypatch.setattr(pwr_small, "DENSE_LEVELS", dense_levels)
+    monkeypatch.setattr(pwr_small, "_DENSE_CHUNK", chunk)
+    s, t = relations(300, "both", seed=dense_levels + chunk)
+    for margin in ("teacher_diff", 0.125, "teacher_std"):
+        check_against_dense(s, t, inversion, margin, p, beta, "fast")
+    monkeypatch.setattr(pwr_fast, "_CHUNK_LEVELS", 3)
+    check_against_dense(s, t, inversion, "teacher_diff", p, beta, "fast")
+    check_against_dense(s, t, inversion, 0.125, p, beta, "fast")
