@@ -72,19 +72,23 @@ def block_sums(v: torch.Tensor, Fe: torch.Tensor, vperm: torch.Tensor, B: int, L
     n, E = B * L, Fe.shape[1]
     tris, vbr = _consts(B, L, v.device)
     tb = vperm >> (L.bit_length() - 1)  # t-block of each value rank
-    # dense masks M[i, j] (item i dominates item j), float straight from the comparisons: in one t-block,
-    # position i < j and v_i > v_j; in one value-block (value order), rank i > j (so v_i > v_j) and tb_i < tb_j
-    masks = torch.empty(2 * B, L, L, dtype=_F64, device=v.device)
-    torch.gt(v.view(B, L, 1), v.view(B, 1, L), out=masks[:B])
-    tbf = tb.to(_F64).view(B, L)
-    torch.lt(tbf.view(B, L, 1), tbf.view(B, 1, L), out=masks[B:])
-    masks.view(2, B, L, L).mul_(tris)
     # [[U, U by value], [W, W by value]] as (2 B, E, L) blocks: T^T = U^T M, R^T = W^T M^T (E x L @ L x L)
     X = torch.cat((Fe, Fe.view(2 * E, n).gather(1, vperm.expand(2 * E, n)).view(2, E, n)), 2)
     blocks = X.view(2, E, 2 * B, L).transpose(1, 2)
     out = torch.empty(2, 2 * B, E, L, dtype=_F64, device=v.device)
-    torch.bmm(blocks[0], masks, out=out[0])
-    torch.bmm(blocks[1], masks.transpose(1, 2), out=out[1])
+    # the dense masks M[i, j] (item i dominates item j), float straight from the comparisons, one half after the
+    # other in one cache-sized buffer
+    mask = torch.empty(B, L, L, dtype=_F64, device=v.device)
+    tbf = tb.to(_F64).view(B, L)
+    for h in range(2):
+        half = slice(h * B, (h + 1) * B)
+        if h == 0:  # in one t-block: position i < j and v_i > v_j
+            torch.gt(v.view(B, L, 1), v.view(B, 1, L), out=mask)
+        else:  # in one value-block (value order): rank i > j (so v_i > v_j) and t-block tb_i < tb_j
+            torch.lt(tbf.view(B, L, 1), tbf.view(B, 1, L), out=mask)
+        mask.mul_(tris[h])
+        torch.bmm(blocks[0, half], mask, out=out[0, half])
+        torch.bmm(blocks[1, half], mask.transpose(1, 2), out=out[1, half])
     Y = out.view(2, 2, B, E, L).permute(1, 0, 3, 2, 4).reshape(2, 2 * E, n)  # [t-blocks, value-blocks]
     # the grid: features summed by (t-block i, value-block k). A query reads the cells i < tb, k > vb; a key the
     # cells i > tb, k < vb. U's cell (i, B-1-k) and W's (B-1-i, k), written one row and one column further: both
@@ -94,7 +98,7 @@ def block_sums(v: torch.Tensor, Fe: torch.Tensor, vperm: torch.Tensor, B: int, L
     idx = torch.cat((cell.expand(E, n), ((B - 1) * (B + 2) - cell).expand(E, n)))  # U's, W's cell
     grid = torch.zeros(2 * E, P * P, dtype=_F64, device=v.device)
     grid[:, P + 1:].scatter_add_(1, idx, X[:, :, n:].reshape(2 * E, n))
-    pref = grid.view(2 * E, P, P).cumsum(1).cumsum(2).view(2 * E, P * P)
+    pref = grid.view(2 * E, P, P).cumsum_(1).cumsum_(2).view(2 * E, P * P)
     Y[1].add_(pref.gather(1, idx))
     return Y[0].index_add_(1, vperm, Y[1])
 
