@@ -34,7 +34,7 @@ from .pwr_math import binom_row, pair_count
 __all__ = ["SMALL_M", "DENSE_LEVELS", "block_shape", "block_sums", "dense_groups", "order_key32",
            "pwr_sum_and_grad_blocks"]
 
-SMALL_M = 6000  # up to this many items the block method beats the tree on a CPU (N <= ~110 at one item per relation)
+SMALL_M = 7000  # up to this many items the blocks beat the tree on a CPU (N <= 118 at one item per relation)
 _F64 = torch.float64
 _BITS32 = (torch.float32, torch.float16, torch.bfloat16)
 DENSE_LEVELS = 4  # the tree's lowest levels done densely, in groups of 2^DENSE_LEVELS items (pwr_fast._run_tree)
