@@ -255,7 +255,6 @@ def _run_tree(code, f, levels: int, k: int, beta: float, single: bool):
     cnt = torch.zeros((), dtype=torch.float64, device=dev)  # exact: integers below 2^53
     work = _Work(n, 7 if (single and not k) else (9 if not k else 12 + k + 1), dev)
     dense = min(pwr_small.DENSE_LEVELS, levels, _CHUNK_LEVELS)
-    out = torch.empty(n, dtype=torch.float64, device=dev)  # acc in t order
     if dev.type == "cpu" and levels > _CHUNK_LEVELS:
         # the top levels over the whole arrays; below, every group of 2^_CHUNK_LEVELS items is independent:
         # finishing it chunk by chunk keeps its working set in cache (memory traffic dominates on a CPU)
@@ -265,14 +264,17 @@ def _run_tree(code, f, levels: int, k: int, beta: float, single: bool):
             work.bufs["c"][0], work.bufs["f"][5], work.bufs["f"][6] = orig
         size = 1 << _CHUNK_LEVELS
         cwork = work.head(size)
+        out = torch.empty(size, dtype=torch.float64, device=dev)  # a chunk's acc in t order (the chunk's range)
         for c0 in range(0, n, size):
             sl = slice(c0, c0 + size)
             res = _tree_pass(code[sl], f[sl], acc[sl], _CHUNK_LEVELS, k, beta, single, tot, cnt, cwork,
                              stop=dense)
-            pwr_small.dense_groups(*res, dense, k, beta, single, tot, out)
-    else:
-        res = _tree_pass(code, f, acc, levels, k, beta, single, tot, cnt, work, stop=dense)
-        pwr_small.dense_groups(*res, dense, k, beta, single, tot, out)
+            pwr_small.dense_groups(*res, dense, k, beta, single, tot, out, base=c0)
+            acc[sl].copy_(out)
+        return acc, tot, cnt
+    res = _tree_pass(code, f, acc, levels, k, beta, single, tot, cnt, work, stop=dense)
+    out = work.bufs["f"][0]  # (scratch of the pass, free now: the pass returns its inputs' storage or f2, acc2)
+    pwr_small.dense_groups(*res, dense, k, beta, single, tot, out)
     return out, tot, cnt
 
 

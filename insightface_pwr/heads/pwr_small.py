@@ -38,7 +38,8 @@ SMALL_M = 7000  # up to this many items the blocks beat the tree on a CPU (N <= 
 _F64 = torch.float64
 _BITS32 = (torch.float32, torch.float16, torch.bfloat16)
 DENSE_LEVELS = 4  # the tree's lowest levels done densely, in groups of 2^DENSE_LEVELS items (pwr_fast._run_tree)
-_DENSE_CHUNK = 16384  # items per dense step (masks of 16384 x 16 float64: 2 MB, cache-sized)
+_DENSE_CHUNK = 16384  # items per dense step on a CPU (masks of 16384 x 16 float64: 2 MB, cache-sized)
+_DENSE_CHUNK_GPU = 1 << 18  # elsewhere (fewer launches; 32 MB of masks)
 _CONSTS: dict = {}  # (B, L, device) -> the constant tensors of that block shape (a few kB each)
 
 
@@ -104,19 +105,20 @@ def block_sums(v: torch.Tensor, Fe: torch.Tensor, vperm: torch.Tensor, B: int, L
 
 
 def dense_groups(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, S: int, k: int, beta: float,
-                 single: bool, tot: torch.Tensor, out: torch.Tensor) -> None:
+                 single: bool, tot: torch.Tensor, out: torch.Tensor, base: int = 0) -> None:
     """The tree's levels S .. 1 at once (``pwr_fast._tree_pass`` stopped at level S): the items are arranged in
     groups of G = 2^S consecutive t positions, each group in value order, ``code`` the t position (``single``) or
     2 t position + key flag, ``f`` the features (exp: exp(beta (v - c)) of single items and keys,
     exp(beta (c - b)) of queries; power: v - c). Within a group item i dominates item j iff code_i < code_j and
     rank i > j (the value order breaks ties as the tree does). Adds the pairs' sum of l into ``tot`` (exp: minus
     their count, so the tree's separate count is not touched), and writes acc + each item's gradient into ``out``
-    at its t position (code, or code >> 1 for pair items)."""
+    at its t position (code, or code >> 1 for pair items) minus ``base``."""
     n, G = code.numel(), 1 << S
     dev = code.device
     low = torch.ones(G, G, dtype=_F64, device=dev).tril_(-1)
-    for c0 in range(0, n, max(G, _DENSE_CHUNK)):
-        sl = slice(c0, min(n, c0 + max(G, _DENSE_CHUNK)))
+    step = max(G, _DENSE_CHUNK if dev.type == "cpu" else _DENSE_CHUNK_GPU)
+    for c0 in range(0, n, step):
+        sl = slice(c0, min(n, c0 + step))
         cd, fc = code[sl], f[sl]
         rows, m = cd.numel() // G, cd.numel()
         cf = cd.to(_F64).view(rows, G)
@@ -143,8 +145,8 @@ def dense_groups(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, S: int,
         R = torch.bmm(Fe[1].view(E, rows, G).transpose(0, 1), mask.transpose(1, 2)).transpose(0, 1).reshape(E, m)
         total, gi = _total_and_grad(torch.cat((T, R)), Fe, k, beta)
         tot.add_(total)
-        pos = cd.to(torch.int64) if single else (cd >> 1).to(torch.int64)
-        out.scatter_(0, pos, acc[sl] + gi)
+        pos = (cd if single else cd >> 1).to(torch.int64)
+        out.scatter_(0, pos - base if base else pos, acc[sl] + gi)
 
 
 def order_key32(x: torch.Tensor) -> torch.Tensor:
