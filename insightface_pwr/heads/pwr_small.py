@@ -64,19 +64,23 @@ def _consts(B: int, L: int, dev: torch.device):
     return c
 
 
-def block_sums(v: torch.Tensor, Fe: torch.Tensor, vperm: torch.Tensor, B: int, L: int) -> torch.Tensor:
-    """The dominance sums of n = B L items in t order with values ``v`` (n,) and features Fe (2, E, n) = [key
-    features U; query features W] (zero for an item that is not a key, resp. not a query, and for pads), ``vperm``
-    the value order (t position of each value rank). Returns (2 E, n) = [T; R]: T for each item the sum of U over
-    the items dominating it, R the sum of W over the items it dominates (q dominates p: earlier in t order and
-    v_q > v_p; the value order must list q after p then, and p after q when v_q = v_p)."""
-    n, E = B * L, Fe.shape[1]
+def block_sums(v: torch.Tensor, Fm: torch.Tensor, eu: int, vperm: torch.Tensor, B: int,
+               L: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The dominance sums of n = B L items in t order with values ``v`` (n,) and features Fm (E, n): rows :eu the
+    key features U, rows eu: the query features W (zero for an item that is not a key, resp. not a query, and for
+    pads); ``vperm`` the value order (t position of each value rank). Returns T (eu, n): for each item the sum of U
+    over the items dominating it, and R (E - eu, n): the sum of W over the items it dominates (q dominates p:
+    earlier in t order and v_q > v_p; the value order must list q after p then, and p after q when v_q = v_p)."""
+    n, E = B * L, Fm.shape[0]
+    ew = E - eu
     tris, vbr = _consts(B, L, v.device)
     tb = vperm >> (L.bit_length() - 1)  # t-block of each value rank
-    # [[U, U by value], [W, W by value]] as (2 B, E, L) blocks: T^T = U^T M, R^T = W^T M^T (E x L @ L x L)
-    X = torch.cat((Fe, Fe.view(2 * E, n).gather(1, vperm.expand(2 * E, n)).view(2, E, n)), 2)
-    blocks = X.view(2, E, 2 * B, L).transpose(1, 2)
-    out = torch.empty(2, 2 * B, E, L, dtype=_F64, device=v.device)
+    # [U, U by value] and [W, W by value] as (2 B, E, L) blocks: T^T = U^T M, R^T = W^T M^T (E x L @ L x L)
+    Fv = Fm.gather(1, vperm.expand(E, n))
+    XU = torch.cat((Fm[:eu], Fv[:eu]), 1).view(eu, 2 * B, L).transpose(0, 1)
+    XW = torch.cat((Fm[eu:], Fv[eu:]), 1).view(ew, 2 * B, L).transpose(0, 1)
+    out_t = torch.empty(2 * B, eu, L, dtype=_F64, device=v.device)
+    out_r = torch.empty(2 * B, ew, L, dtype=_F64, device=v.device)
     # the dense masks M[i, j] (item i dominates item j), float straight from the comparisons, one half after the
     # other in one cache-sized buffer
     mask = torch.empty(B, L, L, dtype=_F64, device=v.device)
@@ -88,20 +92,22 @@ def block_sums(v: torch.Tensor, Fe: torch.Tensor, vperm: torch.Tensor, B: int, L
         else:  # in one value-block (value order): rank i > j (so v_i > v_j) and t-block tb_i < tb_j
             torch.lt(tbf.view(B, L, 1), tbf.view(B, 1, L), out=mask)
         mask.mul_(tris[h])
-        torch.bmm(blocks[0, half], mask, out=out[0, half])
-        torch.bmm(blocks[1, half], mask.transpose(1, 2), out=out[1, half])
-    Y = out.view(2, 2, B, E, L).permute(1, 0, 3, 2, 4).reshape(2, 2 * E, n)  # [t-blocks, value-blocks]
+        torch.bmm(XU[half], mask, out=out_t[half])
+        torch.bmm(XW[half], mask.transpose(1, 2), out=out_r[half])
+    T = out_t.view(2, B, eu, L).transpose(1, 2).reshape(2, eu, n)  # [t-blocks, value-blocks (value order)]
+    R = out_r.view(2, B, ew, L).transpose(1, 2).reshape(2, ew, n)
     # the grid: features summed by (t-block i, value-block k). A query reads the cells i < tb, k > vb; a key the
     # cells i > tb, k < vb. U's cell (i, B-1-k) and W's (B-1-i, k), written one row and one column further: both
     # sums are then inclusive 2-D prefix sums read at the item's own cell
     P = B + 1
     cell = torch.add(vbr, tb, alpha=P)
-    idx = torch.cat((cell.expand(E, n), ((B - 1) * (B + 2) - cell).expand(E, n)))  # U's, W's cell
-    grid = torch.zeros(2 * E, P * P, dtype=_F64, device=v.device)
-    grid[:, P + 1:].scatter_add_(1, idx, X[:, :, n:].reshape(2 * E, n))
-    pref = grid.view(2 * E, P, P).cumsum_(1).cumsum_(2).view(2 * E, P * P)
-    Y[1].add_(pref.gather(1, idx))
-    return Y[0].index_add_(1, vperm, Y[1])
+    idx = torch.cat((cell.expand(eu, n), ((B - 1) * (B + 2) - cell).expand(ew, n)))  # U's, W's cell
+    grid = torch.zeros(E, P * P, dtype=_F64, device=v.device)
+    grid[:, P + 1:].scatter_add_(1, idx, Fv)
+    g = grid.view(E, P, P).cumsum_(1).cumsum_(2).view(E, P * P).gather(1, idx)
+    T[1].add_(g[:eu])
+    R[1].add_(g[eu:])
+    return T[0].index_add_(1, vperm, T[1]), R[0].index_add_(1, vperm, R[1])
 
 
 def dense_groups(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, S: int, k: int, beta: float,
@@ -124,26 +130,25 @@ def dense_groups(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, S: int,
         cf = cd.to(_F64).view(rows, G)
         mask = torch.lt(cf.view(rows, G, 1), cf.view(rows, 1, G), out=torch.empty(rows, G, G, dtype=_F64,
                                                                                     device=dev)).mul_(low)
-        if k == 0:
+        if k == 0:  # rows: U = exp(beta (a - c)); W = (exp(beta (c - b)), -1)
             if single:
-                one = torch.ones_like(fc)
-                Fe = torch.stack((torch.stack((fc, one)), torch.stack((torch.reciprocal(fc), -one))))
+                Fm, eu = torch.stack((fc, torch.reciprocal(fc), torch.full_like(fc, -1.0))), 1
             else:
                 kf = (cd & 1).to(_F64)
                 qf = 1.0 - kf
-                Fe = torch.stack((torch.stack((fc * kf, kf)), torch.stack((fc * qf, -qf))))
+                Fm, eu = torch.stack((fc * kf, fc * qf, -qf)), 1
         else:
             pw = torch.arange(k + 1, dtype=_F64, device=dev).unsqueeze(1)
             binom = torch.tensor(binom_row(k), dtype=_F64, device=dev).unsqueeze(1)
-            Fe = torch.stack((fc ** pw, (-fc) ** pw.flip(0) * binom))
+            Fm, eu = torch.cat((fc ** pw, (-fc) ** pw.flip(0) * binom)), k + 1
             if not single:
                 kf = (cd & 1).to(_F64)
-                Fe[0] *= kf
-                Fe[1] *= 1.0 - kf
-        E = Fe.shape[1]
-        T = torch.bmm(Fe[0].view(E, rows, G).transpose(0, 1), mask).transpose(0, 1).reshape(E, m)
-        R = torch.bmm(Fe[1].view(E, rows, G).transpose(0, 1), mask.transpose(1, 2)).transpose(0, 1).reshape(E, m)
-        total, gi = _total_and_grad(torch.cat((T, R)), Fe, k, beta)
+                Fm[:eu] *= kf
+                Fm[eu:] *= 1.0 - kf
+        ew = Fm.shape[0] - eu
+        T = torch.bmm(Fm[:eu].view(eu, rows, G).transpose(0, 1), mask).transpose(0, 1).reshape(eu, m)
+        R = torch.bmm(Fm[eu:].view(ew, rows, G).transpose(0, 1), mask.transpose(1, 2)).transpose(0, 1).reshape(ew, m)
+        total, gi = _total_and_grad(T, R, Fm, eu, k, beta, None if single else kf)
         tot.add_(total)
         pos = (cd if single else cd >> 1).to(torch.int64)
         out.scatter_(0, pos - base if base else pos, acc[sl] + gi)
@@ -155,31 +160,32 @@ def order_key32(x: torch.Tensor) -> torch.Tensor:
     return k ^ ((k >> 31) & 0x7FFFFFFF)
 
 
-def _features(val: torch.Tensor, k: int, beta: float, center, n: int) -> torch.Tensor:
-    """(2, E, n) = [U; W] of the values ``val`` (zero past them): U_e(a) W_e(b) summed over e is l(a - b) for
-    a > b. exp: U = (exp(beta (a - c)), 1), W = (exp(beta (c - b)), -1); power k: U_e = a'^e,
-    W_e = binom(k, e) (-b')^(k - e) (a' = a - c, b' = b - c)."""
+def _features(val: torch.Tensor, k: int, beta: float, center, n: int) -> Tuple[torch.Tensor, int]:
+    """(Fm (E, n), eu): rows :eu the key features U, rows eu: the query features W of the values ``val`` (zero past
+    them); summed over e, U_e(a) W_e(b) is l(a - b) for a > b. exp: U = exp(beta (a - c)), W = (exp(beta (c - b)),
+    -1) (the key's own factor of the -1 is 1); power k: U_e = a'^e, W_e = binom(k, e) (-b')^(k - e)
+    (a' = a - c, b' = b - c)."""
     m, dev = val.numel(), val.device
     z = val - center
     if k == 0:
-        c = torch.tensor([[beta, 1.0], [-beta, -1.0]], dtype=_F64, device=dev)
-        e = torch.exp(z * c[:, :1])  # (2, m): exp(beta (a - c)), exp(beta (c - b))
-        return F.pad(torch.stack((e, c[:, 1:].expand(2, m)), 1), (0, n - m))
+        c = torch.tensor([[beta], [-beta], [-1.0]], dtype=_F64, device=dev)
+        return F.pad(torch.cat((torch.exp(z * c[:2]), c[2:].expand(1, m))), (0, n - m)), 1
     pw = torch.arange(k + 1, dtype=_F64, device=dev).unsqueeze(1)
     binom = torch.tensor(binom_row(k), dtype=_F64, device=dev).unsqueeze(1)
-    return F.pad(torch.stack((z ** pw, (-z) ** pw.flip(0) * binom)), (0, n - m))
+    return F.pad(torch.cat((z ** pw, (-z) ** pw.flip(0) * binom)), (0, n - m)), k + 1
 
 
-def _total_and_grad(TR: torch.Tensor, Fe: torch.Tensor, k: int, beta: float):
-    """The pair sum and each item's gradient (key part + query part) from the sums [T; R] and the features."""
-    E = Fe.shape[1]
-    T, R = TR[:E], TR[E:]
-    UR = Fe[0] * R
-    if k == 0:  # d/da = beta U_0 W_0, d/db = -beta U_0 W_0
-        return UR.sum(), (UR[0] - Fe[1, 0] * T[0]) * beta
+def _total_and_grad(T: torch.Tensor, R: torch.Tensor, Fm: torch.Tensor, eu: int, k: int, beta: float,
+                    kmask: torch.Tensor = None):
+    """The pair sum and each item's gradient (key part + query part) from the sums T, R and the features
+    (``kmask``: which items are keys, for pair items)."""
+    if k == 0:  # sum f_q g_p - 1; d/da = beta f_q g_p, d/db = -beta f_q g_p
+        fr = Fm[0] * R[0]
+        return (fr + (R[1] if kmask is None else R[1] * kmask)).sum(), (fr - Fm[1] * T[0]) * beta
     # d/da U_e = e U_{e-1}, d/db W_e = -(e + 1) W_{e+1} (the binomials of W absorb the factors)
+    U, W = Fm[:eu], Fm[eu:]
     c = torch.arange(1, k + 1, dtype=_F64, device=R.device)
-    return UR.sum(), torch.matmul(c, Fe[0, :k] * R[1:] - Fe[1, 1:] * T[:k])
+    return (U * R).sum(), torch.matmul(c, U[:k] * R[1:] - W[1:] * T[:k])
 
 
 def _count_sorted(ts: torch.Tensor) -> torch.Tensor:
@@ -212,8 +218,8 @@ def pwr_sum_and_grad_blocks(qry: torch.Tensor, key: torch.Tensor, s: torch.Tenso
         val = qry[perm]
         v = F.pad(val, (0, n - m))  # pads: any value, zero features
         vperm = torch.sort(v, stable=True)[1]  # value ties by t position
-        Fe = _features(val, k, beta, center, n)
-        total, gi = _total_and_grad(block_sums(v, Fe, vperm, B, L), Fe, k, beta)
+        Fm, eu = _features(val, k, beta, center, n)
+        total, gi = _total_and_grad(*block_sums(v, Fm, eu, vperm, B, L), Fm, eu, k, beta)
         return total, torch.empty(m, dtype=_F64, device=dev).index_copy_(0, perm, gi[:m]), count
     # a query item and a key item per relation: queries first at equal t (a stable sort of [queries, keys])
     count = pair_count(t)
@@ -227,9 +233,9 @@ def pwr_sum_and_grad_blocks(qry: torch.Tensor, key: torch.Tensor, s: torch.Tenso
     kf = torch.sort(1.0 - kmask, stable=True)[1]
     vperm = kf[torch.sort(vals[kf], stable=True)[1]]
     vperm = torch.cat((vperm, torch.arange(2 * m, n, device=dev)))
-    Fe = _features(vals, k, beta, center, n)
-    Fe[0, :, :2 * m] *= kmask  # keys' features on key items only, queries' on query items
-    Fe[1, :, :2 * m] *= 1.0 - kmask
-    total, gi = _total_and_grad(block_sums(v, Fe, vperm, B, L), Fe, k, beta)
+    Fm, eu = _features(vals, k, beta, center, n)
+    Fm[:eu, :2 * m] *= kmask  # keys' features on key items only, queries' on query items
+    Fm[eu:, :2 * m] *= 1.0 - kmask
+    total, gi = _total_and_grad(*block_sums(v, Fm, eu, vperm, B, L), Fm, eu, k, beta, F.pad(kmask, (0, n - 2 * m)))
     grad = torch.zeros(m, dtype=_F64, device=dev).index_add_(0, perm.remainder(m), gi[:2 * m])
     return total, grad, count

@@ -83,13 +83,13 @@ def test_block_sums_equal_brute_force(B: int, L: int) -> None:
     n = B * L
     g = torch.Generator().manual_seed(n)
     v = torch.randint(0, 5, (n,), generator=g).double()
-    Fe = torch.randn(2, 3, n, generator=g, dtype=torch.float64)
+    Fm = torch.randn(5, n, generator=g, dtype=torch.float64)  # 2 key features, 3 query features
     vperm = torch.sort(v, stable=True)[1]
-    T, R = pwr_small.block_sums(v, Fe, vperm, B, L).view(2, 3, n)
+    T, R = pwr_small.block_sums(v, Fm, 2, vperm, B, L)
     pos = torch.arange(n)
     dom = ((pos[:, None] < pos[None, :]) & (v[:, None] > v[None, :])).double()  # dom[q, p]
-    torch.testing.assert_close(R, Fe[1] @ dom.t(), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(T, Fe[0] @ dom, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(R, Fm[2:] @ dom.t(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(T, Fm[:2] @ dom, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("dense_levels,chunk", [(0, 16384), (1, 16384), (4, 32), (6, 64)])
