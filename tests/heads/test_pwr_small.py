@@ -108,3 +108,18 @@ def test_tree_with_dense_lowest_levels_equals_dense(monkeypatch, dense_levels, c
     monkeypatch.setattr(pwr_fast, "_CHUNK_LEVELS", 3)
     check_against_dense(s, t, inversion, "teacher_diff", p, beta, "fast")
     check_against_dense(s, t, inversion, 0.125, p, beta, "fast")
+
+
+@pytest.mark.parametrize("small_m", [0, 10**9], ids=["tree", "blocks"])
+@pytest.mark.parametrize("params", [dict(inversion="exp", margin="teacher_diff"), dict(inversion="diff", margin=0.1),
+                                    dict(inversion="power", p=3.0, margin="teacher_std"),
+                                    dict(inversion="exp", margin=0.0)],
+                         ids=lambda p: "-".join(str(v) for v in p.values()))
+def test_both_fast_algorithms_do_not_sync(monkeypatch, small_m: int, params: dict) -> None:
+    """test_no_host_sync's batches are small enough for the blocks: the tree (with its dense levels) too."""
+    from test_no_host_sync import count_syncs
+
+    monkeypatch.setattr(pwr_small, "SMALL_M", small_m)
+    monkeypatch.setattr(pwr_small, "DENSE_LEVELS", 2)
+    calls = count_syncs("pwr", method="fast", **params)
+    assert calls == [], f"pwr fast ({'tree' if small_m == 0 else 'blocks'}) {params}: host syncs {calls}"
