@@ -41,8 +41,8 @@ C is exact (int64). No host read anywhere in the forward or the backward.
 Two shortcuts (``pwr_small.py``, the same items, orders, features and tie rules): up to ``pwr_small.SMALL_M`` items
 the whole sum comes from a square-root block decomposition (t-blocks, value-blocks, two dense masked products and
 a 2-D prefix-sum grid: a fixed number of operations, no per-level loop); above, the tree stops
-``pwr_small.DENSE_LEVELS`` levels early and finishes every group of 2^DENSE_LEVELS items with one dense masked
-product (``dense_groups``).
+``pwr_small.DENSE_LEVELS`` (10) levels early and finishes every group of 2^DENSE_LEVELS items with the same blocks,
+all groups of a cache-sized chunk at once (``dense_groups``: the rank in the group serves as the value).
 
 Cost: two int64 sorts of M keys (float32 relations, one item per relation; four for float64, three plus searches
 for pair items), then log2(n) levels of about 20 vectorised O(n) operations; about 11 float64 / int64 and 2 int32
@@ -269,10 +269,15 @@ def _run_tree(code, f, levels: int, k: int, beta: float, single: bool):
             sl = slice(c0, c0 + size)
             res = _tree_pass(code[sl], f[sl], acc[sl], _CHUNK_LEVELS, k, beta, single, tot, cnt, cwork,
                              stop=dense)
-            pwr_small.dense_groups(*res, dense, k, beta, single, tot, out, base=c0)
-            acc[sl].copy_(out)
+            if dense:
+                pwr_small.dense_groups(*res, dense, k, beta, single, tot, out, base=c0)
+                acc[sl].copy_(out)
+            elif res[2].data_ptr() != acc[sl].data_ptr():
+                acc[sl].copy_(res[2])
         return acc, tot, cnt
     res = _tree_pass(code, f, acc, levels, k, beta, single, tot, cnt, work, stop=dense)
+    if not dense:
+        return res[2], tot, cnt
     out = work.bufs["f"][0]  # (scratch of the pass, free now: the pass returns its inputs' storage or f2, acc2)
     pwr_small.dense_groups(*res, dense, k, beta, single, tot, out)
     return out, tot, cnt

@@ -19,7 +19,9 @@ positions and, independently, into B value-blocks of L consecutive value ranks. 
 - in different t-blocks and value-blocks: then vblk(q) > vblk(p) (vblk(q) < vblk(p) would mean a_q <= b_p), and
   the sums come from a B x B grid of the features summed by (t-block, value-block), its 2-D prefix sums and one
   gather per item.
-Every sum is exact (no approximation); no host read; about 45 tensor operations whatever M.
+Every sum is exact (no approximation); no host read; about 45 tensor operations whatever M. ``block_sums`` also
+takes a batch of independent problems (``groups``): the tree of ``pwr_fast.py`` hands it its groups of 2^10 items
+(``dense_groups``) instead of running its lowest 10 levels.
 """
 from __future__ import annotations
 
@@ -37,8 +39,8 @@ __all__ = ["SMALL_M", "DENSE_LEVELS", "block_shape", "block_sums", "dense_groups
 SMALL_M = 7000  # up to this many items the blocks beat the tree on a CPU (N <= 118 at one item per relation)
 _F64 = torch.float64
 _BITS32 = (torch.float32, torch.float16, torch.bfloat16)
-DENSE_LEVELS = 4  # the tree's lowest levels done densely, in groups of 2^DENSE_LEVELS items (pwr_fast._run_tree)
-_DENSE_CHUNK = 16384  # items per dense step on a CPU (masks of 16384 x 16 float64: 2 MB, cache-sized)
+DENSE_LEVELS = 10  # the tree's lowest levels done by blocks, in groups of 2^DENSE_LEVELS items (pwr_fast._run_tree)
+_DENSE_CHUNK = 8192  # items per dense step on a CPU (masks of 8192 x 32 float64: 2 MB, cache-sized)
 _DENSE_CHUNK_GPU = 1 << 18  # elsewhere (fewer launches; 32 MB of masks)
 _CONSTS: dict = {}  # (B, L, device) -> the constant tensors of that block shape (a few kB each)
 
@@ -50,40 +52,53 @@ def block_shape(n_items: int) -> Tuple[int, int]:
     return -(-n_items // L), L
 
 
-def _consts(B: int, L: int, dev: torch.device):
-    """[strict upper; strict lower] triangles (2, 1, L, L) float64 and B - 1 - (value-block of each value rank),
-    cached per shape."""
-    key = (B, L, str(dev))
+def _consts(B: int, L: int, groups: int, dev: torch.device):
+    """[strict upper; strict lower] triangles (2, 1, L, L) float64; per value rank, the constant part of its U
+    cell (the reversed value-block in its group plus the group's offset: ``block_sums``); the constant of the W
+    cells (a number, or per rank with several groups). Cached per shape."""
+    key = (B, L, groups, str(dev))
     c = _CONSTS.get(key)
     if c is None:
         up = torch.ones(L, L, dtype=_F64, device=dev).triu_(1)
-        vbr = torch.arange(B * L - 1, -1, -1, device=dev) >> (L.bit_length() - 1)
-        c = _CONSTS[key] = (torch.stack((up, up.t())).unsqueeze(1), vbr)
+        bg, P = B // groups, B // groups + 1
+        vbr = torch.arange(B * L - 1, -1, -1, device=dev) >> (L.bit_length() - 1)  # (B - 1) - value-block
+        cw = (bg - 1) * (bg + 2)
+        if groups > 1:
+            grp = torch.arange(B * L, device=dev) // (bg * L)
+            vbr = vbr - (groups - 1 - grp) * bg + grp * (P * P - bg * P)  # local reversed block + group offset
+            cw = cw + 2 * grp * P * P
+        c = _CONSTS[key] = (torch.stack((up, up.t())).unsqueeze(1), vbr, cw)
         if len(_CONSTS) > 16:
             _CONSTS.pop(next(iter(_CONSTS)))
     return c
 
 
-def block_sums(v: torch.Tensor, Fm: torch.Tensor, eu: int, vperm: torch.Tensor, B: int,
-               L: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def block_sums(v: torch.Tensor, Fm: torch.Tensor, eu: int, vperm: torch.Tensor, B: int, L: int,
+               groups: int = 1, mask: torch.Tensor = None,
+               Fv: torch.Tensor = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """The dominance sums of n = B L items in t order with values ``v`` (n,) and features Fm (E, n): rows :eu the
     key features U, rows eu: the query features W (zero for an item that is not a key, resp. not a query, and for
     pads); ``vperm`` the value order (t position of each value rank). Returns T (eu, n): for each item the sum of U
     over the items dominating it, and R (E - eu, n): the sum of W over the items it dominates (q dominates p:
-    earlier in t order and v_q > v_p; the value order must list q after p then, and p after q when v_q = v_p)."""
+    earlier in t order and v_q > v_p; the value order must list q after p then, and p after q when v_q = v_p).
+    With ``groups`` > 1 the items form that many independent problems of n / groups consecutive t positions (the
+    value order listing them group by group): only pairs within a group count. ``mask``: a (B, L, L) float64
+    scratch buffer to reuse (one is allocated otherwise); ``Fv``: the features in value order, if at hand."""
     n, E = B * L, Fm.shape[0]
     ew = E - eu
-    tris, vbr = _consts(B, L, v.device)
+    tris, vbr, cw = _consts(B, L, groups, v.device)
     tb = vperm >> (L.bit_length() - 1)  # t-block of each value rank
     # [U, U by value] and [W, W by value] as (2 B, E, L) blocks: T^T = U^T M, R^T = W^T M^T (E x L @ L x L)
-    Fv = Fm.gather(1, vperm.expand(E, n))
+    if Fv is None:
+        Fv = Fm.gather(1, vperm.expand(E, n))
     XU = torch.cat((Fm[:eu], Fv[:eu]), 1).view(eu, 2 * B, L).transpose(0, 1)
     XW = torch.cat((Fm[eu:], Fv[eu:]), 1).view(ew, 2 * B, L).transpose(0, 1)
     out_t = torch.empty(2 * B, eu, L, dtype=_F64, device=v.device)
     out_r = torch.empty(2 * B, ew, L, dtype=_F64, device=v.device)
     # the dense masks M[i, j] (item i dominates item j), float straight from the comparisons, one half after the
     # other in one cache-sized buffer
-    mask = torch.empty(B, L, L, dtype=_F64, device=v.device)
+    if mask is None or mask.shape[0] != B:
+        mask = torch.empty(B, L, L, dtype=_F64, device=v.device)
     tbf = tb.to(_F64).view(B, L)
     for h in range(2):
         half = slice(h * B, (h + 1) * B)
@@ -99,12 +114,13 @@ def block_sums(v: torch.Tensor, Fm: torch.Tensor, eu: int, vperm: torch.Tensor, 
     # the grid: features summed by (t-block i, value-block k). A query reads the cells i < tb, k > vb; a key the
     # cells i > tb, k < vb. U's cell (i, B-1-k) and W's (B-1-i, k), written one row and one column further: both
     # sums are then inclusive 2-D prefix sums read at the item's own cell
-    P = B + 1
+    # (with groups: one grid per group, the cells of group g offset by g P^2)
+    P = B // groups + 1
     cell = torch.add(vbr, tb, alpha=P)
-    idx = torch.cat((cell.expand(eu, n), ((B - 1) * (B + 2) - cell).expand(ew, n)))  # U's, W's cell
-    grid = torch.zeros(E, P * P, dtype=_F64, device=v.device)
+    idx = torch.cat((cell.expand(eu, n), (cw - cell).expand(ew, n)))  # U's, W's cell
+    grid = torch.zeros(E, groups * P * P, dtype=_F64, device=v.device)
     grid[:, P + 1:].scatter_add_(1, idx, Fv)
-    g = grid.view(E, P, P).cumsum_(1).cumsum_(2).view(E, P * P).gather(1, idx)
+    g = grid.view(E, groups, P, P).cumsum_(2).cumsum_(3).view(E, groups * P * P).gather(1, idx)
     T[1].add_(g[:eu])
     R[1].add_(g[eu:])
     return T[0].index_add_(1, vperm, T[1]), R[0].index_add_(1, vperm, R[1])
@@ -112,31 +128,31 @@ def block_sums(v: torch.Tensor, Fm: torch.Tensor, eu: int, vperm: torch.Tensor, 
 
 def dense_groups(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, S: int, k: int, beta: float,
                  single: bool, tot: torch.Tensor, out: torch.Tensor, base: int = 0) -> None:
-    """The tree's levels S .. 1 at once (``pwr_fast._tree_pass`` stopped at level S): the items are arranged in
-    groups of G = 2^S consecutive t positions, each group in value order, ``code`` the t position (``single``) or
-    2 t position + key flag, ``f`` the features (exp: exp(beta (v - c)) of single items and keys,
-    exp(beta (c - b)) of queries; power: v - c). Within a group item i dominates item j iff code_i < code_j and
-    rank i > j (the value order breaks ties as the tree does). Adds the pairs' sum of l into ``tot`` (exp: minus
-    their count, so the tree's separate count is not touched), and writes acc + each item's gradient into ``out``
-    at its t position (code, or code >> 1 for pair items) minus ``base``."""
+    """The tree's levels S .. 1 at once (``pwr_fast._tree_pass`` stopped at level S) by the blocks of
+    ``block_sums``, group by group: the items are arranged in groups of G = 2^S consecutive t positions, each group
+    in value order, ``code`` the t position (``single``) or 2 t position + key flag, ``f`` the features (exp:
+    exp(beta (v - c)) of single items and keys, exp(beta (c - b)) of queries; power: v - c). Within a group item
+    q dominates item p iff pos(q) < pos(p) and rank q > rank p (the value order breaks ties as the tree does):
+    the rank in the group serves as the value. Adds the pairs' sum of l into ``tot`` (exp: minus their count, so
+    the tree's separate count is not touched), and writes acc + each item's gradient into ``out`` at its t
+    position (code, or code >> 1 for pair items) minus ``base``."""
     n, G = code.numel(), 1 << S
     dev = code.device
-    low = torch.ones(G, G, dtype=_F64, device=dev).tril_(-1)
-    step = max(G, _DENSE_CHUNK if dev.type == "cpu" else _DENSE_CHUNK_GPU)
+    L = min(G, 32)
+    step = min(n, max(G, _DENSE_CHUNK if dev.type == "cpu" else _DENSE_CHUNK_GPU))
+    mask = torch.empty(step // L, L, L, dtype=_F64, device=dev)  # reused by every sub-chunk (fresh pages cost)
     for c0 in range(0, n, step):
         sl = slice(c0, min(n, c0 + step))
         cd, fc = code[sl], f[sl]
-        rows, m = cd.numel() // G, cd.numel()
-        cf = cd.to(_F64).view(rows, G)
-        mask = torch.lt(cf.view(rows, G, 1), cf.view(rows, 1, G), out=torch.empty(rows, G, G, dtype=_F64,
-                                                                                    device=dev)).mul_(low)
+        m = cd.numel()
+        rel = (cd if single else cd >> 1).to(torch.int64) - (c0 + base)  # t position in the sub-chunk
         if k == 0:  # rows: U = exp(beta (a - c)); W = (exp(beta (c - b)), -1)
             if single:
                 Fm, eu = torch.stack((fc, torch.reciprocal(fc), torch.full_like(fc, -1.0))), 1
             else:
                 kf = (cd & 1).to(_F64)
                 qf = 1.0 - kf
-                Fm, eu = torch.stack((fc * kf, fc * qf, -qf)), 1
+                Fm, eu = torch.stack((fc * kf, fc * qf, -qf, kf)), 1
         else:
             pw = torch.arange(k + 1, dtype=_F64, device=dev).unsqueeze(1)
             binom = torch.tensor(binom_row(k), dtype=_F64, device=dev).unsqueeze(1)
@@ -145,13 +161,19 @@ def dense_groups(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, S: int,
                 kf = (cd & 1).to(_F64)
                 Fm[:eu] *= kf
                 Fm[eu:] *= 1.0 - kf
-        ew = Fm.shape[0] - eu
-        T = torch.bmm(Fm[:eu].view(eu, rows, G).transpose(0, 1), mask).transpose(0, 1).reshape(eu, m)
-        R = torch.bmm(Fm[eu:].view(ew, rows, G).transpose(0, 1), mask.transpose(1, 2)).transpose(0, 1).reshape(ew, m)
-        total, gi = _total_and_grad(T, R, Fm, eu, k, beta, None if single else kf)
+        # to t order (within the sub-chunk), the rank in the group as the value
+        rank = torch.arange(m, dtype=_F64, device=dev)
+        v = torch.empty(m, dtype=_F64, device=dev).scatter_(0, rel, rank)
+        Ft = torch.empty_like(Fm).scatter_(1, rel.expand(Fm.shape[0], m), Fm)
+        kmask = None
+        if k == 0 and not single:
+            Ft, kmask, Fm = Ft[:3], Ft[3], Fm[:3]
+        T, R = block_sums(v, Ft, eu, rel, m // L, L, m // G, mask, Fm)
+        total, gi = _total_and_grad(T, R, Ft, eu, k, beta, kmask)
         tot.add_(total)
-        pos = (cd if single else cd >> 1).to(torch.int64)
-        out.scatter_(0, pos - base if base else pos, acc[sl] + gi)
+        seg = out[c0:c0 + m]
+        seg.scatter_(0, rel, acc[sl])
+        seg.add_(gi)
 
 
 def order_key32(x: torch.Tensor) -> torch.Tensor:

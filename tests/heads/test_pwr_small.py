@@ -77,22 +77,28 @@ def test_blocks_and_tree_agree(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("B,L", [(1, 4), (3, 4), (5, 8)])
-def test_block_sums_equal_brute_force(B: int, L: int) -> None:
+@pytest.mark.parametrize("groups", [1, 2])
+def test_block_sums_equal_brute_force(B: int, L: int, groups: int) -> None:
     """R (sum of W over the items an item dominates) and T (sum of U over the items dominating it), with many
-    equal values: q dominates p iff pos(q) < pos(p) and v_q > v_p."""
+    equal values: q dominates p iff pos(q) < pos(p) and v_q > v_p (and, with groups, both lie in one group of
+    n / groups consecutive positions)."""
+    if B % groups:
+        B *= groups
     n = B * L
-    g = torch.Generator().manual_seed(n)
+    G = n // groups
+    g = torch.Generator().manual_seed(n + groups)
     v = torch.randint(0, 5, (n,), generator=g).double()
     Fm = torch.randn(5, n, generator=g, dtype=torch.float64)  # 2 key features, 3 query features
-    vperm = torch.sort(v, stable=True)[1]
-    T, R = pwr_small.block_sums(v, Fm, 2, vperm, B, L)
+    vperm = torch.cat([torch.sort(v[i * G:(i + 1) * G], stable=True)[1] + i * G for i in range(groups)])
+    T, R = pwr_small.block_sums(v, Fm, 2, vperm, B, L, groups)
     pos = torch.arange(n)
-    dom = ((pos[:, None] < pos[None, :]) & (v[:, None] > v[None, :])).double()  # dom[q, p]
+    grp = pos // G
+    dom = ((pos[:, None] < pos[None, :]) & (v[:, None] > v[None, :]) & (grp[:, None] == grp[None, :])).double()
     torch.testing.assert_close(R, Fm[2:] @ dom.t(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(T, Fm[:2] @ dom, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("dense_levels,chunk", [(0, 16384), (1, 16384), (4, 32), (6, 64)])
+@pytest.mark.parametrize("dense_levels,chunk", [(0, 16384), (1, 16384), (4, 32), (6, 64), (8, 512), (10, 8192)])
 @pytest.mark.parametrize("inversion,p,beta", FAST)
 def test_tree_with_dense_lowest_levels_equals_dense(monkeypatch, dense_levels, chunk, inversion, p, beta) -> None:
     """The tree (blocks off) finishing its lowest levels densely (``dense_groups``), in sub-chunks, and with the
