@@ -25,7 +25,7 @@ torch.cuda.max_memory_allocated instead.
 
     python benchmarks/pwr_scaling.py                            # N = 92 .. 1024 (about a minute on one core)
     python benchmarks/pwr_scaling.py --sizes 92 1024 4096 --repeats 3
-    python benchmarks/pwr_scaling.py --sizes 92 1024 --compare     # + the tree without blocks / dense levels
+    python benchmarks/pwr_scaling.py --sizes 92 1024 --compare     # + the tree alone / with block levels
 """
 from __future__ import annotations
 
@@ -226,7 +226,8 @@ def main(argv: Optional[list] = None) -> int:
               f"{t_fast / t_floor:7.2f} {c_fast / c_floor:6.2f} {mb:7.1f} {mb * 2**20 / m:6.0f} {ops:5d} {views:5d} | "
               f"{dense_cell} | {tiled_cell}", flush=True)
         if args.compare and args.device == "cpu":  # the fast path's alternatives, same run
-            for label, attr, value in (("tree (blocks off)", "SMALL_M", 0), ("no dense levels", "DENSE_LEVELS", 0)):
+            for label, attr, value in (("tree (blocks off)", "SMALL_M", 0),
+                                       ("tree, lowest 10 levels by blocks", "DENSE_LEVELS", 10)):
                 if attr == "SMALL_M" and m > pwr_small.SMALL_M:
                     continue
                 saved = getattr(pwr_small, attr)

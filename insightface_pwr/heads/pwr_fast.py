@@ -40,9 +40,10 @@ C is exact (int64). No host read anywhere in the forward or the backward.
 
 Two shortcuts (``pwr_small.py``, the same items, orders, features and tie rules): up to ``pwr_small.SMALL_M`` items
 the whole sum comes from a square-root block decomposition (t-blocks, value-blocks, two dense masked products and
-a 2-D prefix-sum grid: a fixed number of operations, no per-level loop); above, the tree stops
-``pwr_small.DENSE_LEVELS`` (10) levels early and finishes every group of 2^DENSE_LEVELS items with the same blocks,
-all groups of a cache-sized chunk at once (``dense_groups``: the rank in the group serves as the value).
+a 2-D prefix-sum grid: a fixed number of operations, no per-level loop); above, the tree can stop
+``pwr_small.DENSE_LEVELS`` levels early and finish every group of 2^DENSE_LEVELS items with the same blocks, all
+groups of a cache-sized chunk at once (``dense_groups``: the rank in the group serves as the value). Off by
+default: on a CPU it does not beat the tree's own levels.
 
 Cost: two int64 sorts of M keys (float32 relations, one item per relation; four for float64, three plus searches
 for pair items), then log2(n) levels of about 20 vectorised O(n) operations; about 11 float64 / int64 and 2 int32

@@ -20,8 +20,8 @@ positions and, independently, into B value-blocks of L consecutive value ranks. 
   the sums come from a B x B grid of the features summed by (t-block, value-block), its 2-D prefix sums and one
   gather per item.
 Every sum is exact (no approximation); no host read; about 45 tensor operations whatever M. ``block_sums`` also
-takes a batch of independent problems (``groups``): the tree of ``pwr_fast.py`` hands it its groups of 2^10 items
-(``dense_groups``) instead of running its lowest 10 levels.
+takes a batch of independent problems (``groups``): with ``DENSE_LEVELS`` > 0 the tree of ``pwr_fast.py`` hands it
+its groups of 2^DENSE_LEVELS items (``dense_groups``) instead of running its lowest levels (off by default).
 """
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ __all__ = ["SMALL_M", "DENSE_LEVELS", "block_shape", "block_sums", "dense_groups
 SMALL_M = 7000  # up to this many items the blocks beat the tree on a CPU (N <= 118 at one item per relation)
 _F64 = torch.float64
 _BITS32 = (torch.float32, torch.float16, torch.bfloat16)
-DENSE_LEVELS = 10  # the tree's lowest levels done by blocks, in groups of 2^DENSE_LEVELS items (pwr_fast._run_tree)
+DENSE_LEVELS = 0  # > 0: the tree's lowest levels by blocks, in groups of 2^DENSE_LEVELS items (pwr_fast._run_tree);
+# off: on a CPU no setting (4 .. 12) beat the tree's own levels (benchmarks/RESULTS.md); a knob for devices where
+# the per-level launches dominate (not measured)
 _DENSE_CHUNK = 8192  # items per dense step on a CPU (masks of 8192 x 32 float64: 2 MB, cache-sized)
 _DENSE_CHUNK_GPU = 1 << 18  # elsewhere (fewer launches; 32 MB of masks)
 _CONSTS: dict = {}  # (B, L, device) -> the constant tensors of that block shape (a few kB each)
