@@ -8,7 +8,8 @@ relations; float32 embeddings of 512 dims, student requires grad) runs ``method=
 
 Printed in the same run, per N:
 - the FLOOR: one float64 sort of the M teacher relations plus the two N x N distance matrices (``torch.cdist``),
-  what any exact ranking loss must at least do, and each method's time as a multiple of it;
+  what any exact ranking loss must at least do, and each method's time as a multiple of it (wall clock: "x floor";
+  process CPU time, steadier on a shared machine: "x cpu");
 - peak memory: resident set size above the level before the call (/proc/self/status VmHWM after a reset through
   /proc/self/clear_refs), in MB and in bytes per relation. With the default allocator, buffers above glibc's mmap
   threshold (at most 32 MB) go back to the system when freed, so large-N figures are exact, while small-N figures
@@ -24,6 +25,7 @@ torch.cuda.max_memory_allocated instead.
 
     python benchmarks/pwr_scaling.py                            # N = 92 .. 1024 (about a minute on one core)
     python benchmarks/pwr_scaling.py --sizes 92 1024 4096 --repeats 3
+    python benchmarks/pwr_scaling.py --sizes 92 1024 --compare     # + the tree alone / with block levels
 """
 from __future__ import annotations
 
@@ -41,12 +43,13 @@ if "--low-mmap" in sys.argv and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None
 import torch  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
+from insightface_pwr.heads import pwr_small  # noqa: E402
 from insightface_pwr.heads.registry import create_head  # noqa: E402
 
 _META = {"dim", "numel", "size", "data_ptr", "stride", "is_floating_point", "is_complex", "element_size",
          "storage_offset", "is_contiguous", "__len__", "__get__", "__set__"}
 _VIEWS = {"view", "reshape", "t", "detach", "expand", "unsqueeze", "squeeze", "flatten", "narrow", "select",
-          "view_as", "as_strided"}
+          "view_as", "as_strided", "transpose", "permute", "movedim", "unflatten"}
 
 
 def _is_view(name: str, args: tuple) -> bool:
@@ -175,6 +178,8 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--tile", type=int, default=2048)
     ap.add_argument("--low-mmap", action="store_true", help="re-execute with MALLOC_MMAP_THRESHOLD_=131072")
     ap.add_argument("--no-variants", action="store_true", help="skip the diff / power lines at the last N")
+    ap.add_argument("--compare", action="store_true",
+                    help="also time the fast path with the blocks off (the tree) and with no dense tree levels")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -182,8 +187,9 @@ def main(argv: Optional[list] = None) -> int:
           f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'default')}")
     print(f"# pwr_scaling: PWR-Exp (teacher-diff), cosine, float32 embeddings {args.dim}-d, device {args.device}, "
           f"{torch.get_num_threads()} thread(s), torch {torch.__version__}")
-    print(f"{'N':>5} {'M':>8} | {'floor ms':>9} | {'fast ms':>9} {'cpu ms':>8} {'x floor':>7} {'MB':>7} {'B/rel':>6} "
-          f"{'ops':>5} {'views':>5} | {'dense ms':>9} {'x floor':>7} {'B/rel':>6} | {'tiled ms':>9} {'x floor':>7} {'B/rel':>6}")
+    print(f"{'N':>5} {'M':>8} | {'floor ms':>9} {'cpu ms':>8} | {'fast ms':>9} {'cpu ms':>8} {'x floor':>7} {'x cpu':>6} "
+          f"{'MB':>7} {'B/rel':>6} {'ops':>5} {'views':>5} | {'dense ms':>9} {'x floor':>7} {'B/rel':>6} | "
+          f"{'tiled ms':>9} {'x floor':>7} {'B/rel':>6}")
     tiled_rate = None  # seconds per pair of pairs, from the last tiled run
     params = dict(inversion="exp", margin="teacher_diff", relation="cosine")
     for n in args.sizes:
@@ -191,7 +197,7 @@ def main(argv: Optional[list] = None) -> int:
         student = torch.randn(n, args.dim, generator=g).to(dev)
         teacher = torch.randn(n, args.dim, generator=g).to(dev)
         m = n * (n - 1) // 2
-        t_floor, _, _ = measure(floor_fn(student, teacher), args.repeats, args.device)
+        t_floor, _, c_floor = measure(floor_fn(student, teacher), args.repeats, args.device)
         fast = fwd_bwd("fast", student, teacher, **params)
         t_fast, mb_fast, c_fast = measure(fast, args.repeats, args.device)
         ops, views = count_ops(fast)
@@ -216,8 +222,26 @@ def main(argv: Optional[list] = None) -> int:
         else:
             tiled_cell = f"{'(est %.0f s)' % est:>24}"
         mb = mb_fast if mb_fast is not None else float("nan")
-        print(f"{n:5d} {m:8d} | {t_floor * 1e3:9.2f} | {t_fast * 1e3:9.2f} {c_fast * 1e3:8.1f} {t_fast / t_floor:7.2f} "
-              f"{mb:7.1f} {mb * 2**20 / m:6.0f} {ops:5d} {views:5d} | {dense_cell} | {tiled_cell}", flush=True)
+        print(f"{n:5d} {m:8d} | {t_floor * 1e3:9.2f} {c_floor * 1e3:8.2f} | {t_fast * 1e3:9.2f} {c_fast * 1e3:8.2f} "
+              f"{t_fast / t_floor:7.2f} {c_fast / c_floor:6.2f} {mb:7.1f} {mb * 2**20 / m:6.0f} {ops:5d} {views:5d} | "
+              f"{dense_cell} | {tiled_cell}", flush=True)
+        if args.compare and args.device == "cpu":  # the fast path's alternatives, same run
+            for label, attr, value in (("tree (blocks off)", "SMALL_M", 0),
+                                       ("tree, lowest 10 levels by blocks", "DENSE_LEVELS", 10)):
+                if attr == "SMALL_M" and m > pwr_small.SMALL_M:
+                    continue
+                saved = getattr(pwr_small, attr)
+                setattr(pwr_small, attr, value)
+                if attr == "DENSE_LEVELS":
+                    pwr_small.SMALL_M, saved_small = 0, pwr_small.SMALL_M
+                try:
+                    t_alt, _, c_alt = measure(fast, args.repeats, args.device)
+                    print(f"#   N = {n}: fast, {label}: {t_alt * 1e3:.2f} ms wall, {c_alt * 1e3:.2f} ms cpu "
+                          f"({c_alt / c_floor:.2f} x floor cpu), {count_ops(fast)[0]} ops", flush=True)
+                finally:
+                    setattr(pwr_small, attr, saved)
+                    if attr == "DENSE_LEVELS":
+                        pwr_small.SMALL_M = saved_small
     if not args.no_variants:
         n = args.sizes[-1]
         g = torch.Generator().manual_seed(n)

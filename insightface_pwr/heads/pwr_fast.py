@@ -38,6 +38,13 @@ with debug checks on (``insightface_pwr.heads.base.debug_checks``): a per-call c
 binom(k, k/2) (R/2)^k ulps per term): fast ``power`` is limited to integer p <= ``MAX_FAST_POWER``. The pair count
 C is exact (int64). No host read anywhere in the forward or the backward.
 
+Two shortcuts (``pwr_small.py``, the same items, orders, features and tie rules): up to ``pwr_small.SMALL_M`` items
+the whole sum comes from a square-root block decomposition (t-blocks, value-blocks, two dense masked products and
+a 2-D prefix-sum grid: a fixed number of operations, no per-level loop); above, the tree can stop
+``pwr_small.DENSE_LEVELS`` levels early and finish every group of 2^DENSE_LEVELS items with the same blocks, all
+groups of a cache-sized chunk at once (``dense_groups``: the rank in the group serves as the value). Off by
+default: on a CPU it does not beat the tree's own levels.
+
 Cost: two int64 sorts of M keys (float32 relations, one item per relation; four for float64, three plus searches
 for pair items), then log2(n) levels of about 20 vectorised O(n) operations; about 11 float64 / int64 and 2 int32
 vectors of n entries at the peak (about 116 bytes per relation at N = 4096, head included). On a CPU the levels below 2^16 items are finished chunk by
@@ -50,6 +57,7 @@ from typing import Tuple, Union
 
 import torch
 
+from . import pwr_small
 from .base import debug_checks_enabled
 from .pwr_math import (MAX_FAST_POWER, METHODS, binom_row, is_decomposable, pair_count, pwr_loss_dense,
                        pwr_sum_and_grad_tiled, resolve_margin, resolve_method, tie_runs)
@@ -240,12 +248,14 @@ def _tree_pass(code, f, acc, levels: int, k: int, beta: float, single: bool, tot
 
 
 def _run_tree(code, f, levels: int, k: int, beta: float, single: bool):
-    """The whole pass (chunked on a CPU). Returns (acc in t order, tot, cnt)."""
+    """The whole pass (chunked on a CPU), its lowest ``pwr_small.DENSE_LEVELS`` levels done densely group by group
+    (``pwr_small.dense_groups``). Returns (acc in t order, tot, cnt)."""
     n, dev = code.numel(), code.device
     acc = torch.zeros(n, dtype=torch.float64, device=dev)
     tot = torch.zeros((), dtype=torch.float64, device=dev)
     cnt = torch.zeros((), dtype=torch.float64, device=dev)  # exact: integers below 2^53
     work = _Work(n, 7 if (single and not k) else (9 if not k else 12 + k + 1), dev)
+    dense = min(pwr_small.DENSE_LEVELS, levels, _CHUNK_LEVELS)
     if dev.type == "cpu" and levels > _CHUNK_LEVELS:
         # the top levels over the whole arrays; below, every group of 2^_CHUNK_LEVELS items is independent:
         # finishing it chunk by chunk keeps its working set in cache (memory traffic dominates on a CPU)
@@ -255,14 +265,23 @@ def _run_tree(code, f, levels: int, k: int, beta: float, single: bool):
             work.bufs["c"][0], work.bufs["f"][5], work.bufs["f"][6] = orig
         size = 1 << _CHUNK_LEVELS
         cwork = work.head(size)
+        out = torch.empty(size, dtype=torch.float64, device=dev)  # a chunk's acc in t order (the chunk's range)
         for c0 in range(0, n, size):
             sl = slice(c0, c0 + size)
-            res = _tree_pass(code[sl], f[sl], acc[sl], _CHUNK_LEVELS, k, beta, single, tot, cnt, cwork)[2]
-            if res.data_ptr() != acc[sl].data_ptr():
-                acc[sl].copy_(res)
-    else:
-        acc = _tree_pass(code, f, acc, levels, k, beta, single, tot, cnt, work)[2]
-    return acc, tot, cnt
+            res = _tree_pass(code[sl], f[sl], acc[sl], _CHUNK_LEVELS, k, beta, single, tot, cnt, cwork,
+                             stop=dense)
+            if dense:
+                pwr_small.dense_groups(*res, dense, k, beta, single, tot, out, base=c0)
+                acc[sl].copy_(out)
+            elif res[2].data_ptr() != acc[sl].data_ptr():
+                acc[sl].copy_(res[2])
+        return acc, tot, cnt
+    res = _tree_pass(code, f, acc, levels, k, beta, single, tot, cnt, work, stop=dense)
+    if not dense:
+        return res[2], tot, cnt
+    out = work.bufs["f"][0]  # (scratch of the pass, free now: the pass returns its inputs' storage or f2, acc2)
+    pwr_small.dense_groups(*res, dense, k, beta, single, tot, out)
+    return out, tot, cnt
 
 
 def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, margin: Union[float, str],
@@ -281,19 +300,23 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     if m < 2:
         return (torch.zeros((), dtype=torch.float64, device=dev), torch.zeros_like(s64),
                 torch.zeros((), dtype=torch.int64, device=dev))
-    t64 = t.to(torch.float64)
-    lam, const = resolve_margin(margin, t64)
+    lam, const = resolve_margin(margin, t.to(torch.float64) if margin == "teacher_std" else t)
     single = lam == 1.0 or (isinstance(const, float) and const == 0.0)
-    qry = s64 - t64 if lam else s64
+    qry = s64 - t if lam else s64  # (float64: t is promoted)
     key = qry if single else qry + const
     k = 1 if inversion == "diff" else (int(p) if inversion == "power" else 0)
-    lo, hi = torch.minimum(qry.min(), key.min()), torch.maximum(qry.max(), key.max())
+    if single:
+        lo, hi = torch.aminmax(qry)
+    else:
+        lo, hi = torch.minimum(qry.min(), key.min()), torch.maximum(qry.max(), key.max())
     if k == 0 and debug_checks_enabled() and float(beta * (hi - lo)) > EXP_RANGE:
         raise ValueError(f"pwr fast path (exp): beta * (value range) = {beta} * {float(hi - lo):.4g} exceeds "
                          f"{EXP_RANGE} (float64 exp would leave its normal range); use method='tiled'")
-    center = 0.5 * (hi + lo)
-    del s64, t64  # (s, qry and key hold what is needed)
+    center = (hi + lo) * 0.5
+    del s64  # (s, qry and key hold what is needed)
     n_items = m if single else 2 * m
+    if n_items <= pwr_small.SMALL_M:  # a fixed number of operations (pwr_small.py), faster at these sizes
+        return pwr_small.pwr_sum_and_grad_blocks(qry, key, s.detach().reshape(-1), t, single, k, beta, center)
     levels = max(1, (n_items - 1).bit_length())
     n = 1 << levels
     if single:

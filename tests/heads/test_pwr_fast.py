@@ -56,10 +56,19 @@ def check_against_dense(s: torch.Tensor, t: torch.Tensor, inversion: str, margin
     assert_close_rel(g_new, 3.0 * g_ref, f"grad ({tag})")
 
 
+@pytest.fixture(params=["blocks", "tree"])
+def fast_path(request, monkeypatch):
+    """The fast method's two exact algorithms: the block decomposition (``pwr_small``, small M) and the tree."""
+    import insightface_pwr.heads.pwr_small as pwr_small
+
+    monkeypatch.setattr(pwr_small, "SMALL_M", 10**9 if request.param == "blocks" else 0)
+    return request.param
+
+
 @pytest.mark.parametrize("ties", TIES)
 @pytest.mark.parametrize("margin", MARGINS)
 @pytest.mark.parametrize("inversion,p,beta", FAST)
-def test_fast_equals_dense(inversion: str, p: float, beta: float, margin, ties: str) -> None:
+def test_fast_equals_dense(inversion: str, p: float, beta: float, margin, ties: str, fast_path: str) -> None:
     s, t = relations(160, ties, seed=zlib.crc32(f"{inversion}{p}{beta}{margin}{ties}".encode()) % 1000)
     check_against_dense(s, t, inversion, margin, p, beta, "fast")
 
@@ -73,7 +82,7 @@ def test_tiled_equals_dense(inversion: str, p: float, beta: float, margin, ties:
 
 
 @pytest.mark.parametrize("m", [2, 3, 4, 5, 8, 17, 64, 65])
-def test_fast_small_and_non_power_of_two_sizes(m: int) -> None:
+def test_fast_small_and_non_power_of_two_sizes(m: int, fast_path: str) -> None:
     """Sizes around the padding to 2^levels, with heavy ties."""
     s, t = relations(m, "both", seed=m)
     if pair_count(t) == 0:
@@ -177,7 +186,7 @@ def test_exp_head_refuses_or_avoids_a_beta_out_of_the_fast_range() -> None:
 
 @pytest.mark.parametrize("inversion,p,beta", FAST)
 @pytest.mark.parametrize("margin", ["teacher_diff", 0.0, 0.125])
-def test_fast_float32_relations_with_ties(inversion: str, p: float, beta: float, margin) -> None:
+def test_fast_float32_relations_with_ties(inversion: str, p: float, beta: float, margin, fast_path: str) -> None:
     """float32 relations take the 32-bit teacher key; ties in t, in s and between -0.0 and +0.0."""
     s, t = relations(300, "both", seed=9)
     t[:10] = -0.0
@@ -204,6 +213,7 @@ def test_cpu_chunked_tree_equals_dense(monkeypatch, inversion: str, p: float) ->
     import insightface_pwr.heads.pwr_fast as pwr_fast
 
     monkeypatch.setattr(pwr_fast, "_CHUNK_LEVELS", 3)
+    monkeypatch.setattr(pwr_fast.pwr_small, "SMALL_M", 0)  # (700 relations: the tree, not the blocks)
     s, t = relations(700, "both", seed=21)
     check_against_dense(s, t, inversion, "teacher_diff", p, 1.0, "fast")
     check_against_dense(s, t, inversion, 0.1, p, 1.0, "fast")

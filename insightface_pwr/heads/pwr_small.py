@@ -1,0 +1,265 @@
+"""Exact PWR sum and gradient for small M by square-root decomposition: a fixed number of tensor operations
+(no per-level loop), O(M^1.5) time and memory. ``pwr_fast.pwr_sum_and_grad_fast`` takes it for M <= ``SMALL_M``.
+
+Notation as in ``pwr_fast.py``: keys a_q = s_q - lam t_q + const, queries b_p = s_p - lam t_p, and the sum runs
+over the pairs (q, p) with t_q < t_p and a_q > b_p of l(a_q - b_p) = sum_e u_e(a_q) w_e(b_p) (on that region;
+exp: exp(beta a) exp(-beta b) - 1, power k: the binomial expansion of (a - b)^k around the middle of the range).
+
+Items and orders. As in the tree, one item per relation when a = b (ordered by t, teacher ties by ascending value),
+else a query item and a key item per relation (queries before keys at equal t); a pair (key q, query p) counts iff
+pos(q) < pos(p) (t order) and a_q > b_p. The VALUE order sorts the items stably by value in t order (one item per
+relation: value ties by t position; pair items: keys before queries at equal value), so for two items
+rank(q) > rank(p) with pos(q) < pos(p) implies a_q > b_p.
+
+Blocks. The n = B L items (padded: pads are neither key nor query) are cut into B t-blocks of L consecutive t
+positions and, independently, into B value-blocks of L consecutive value ranks. A counted pair (q, p) is either
+- in one t-block: a dense (B, L, L) mask pos(q) < pos(p) and a_q > b_p, two batched matmuls with the features;
+- in different t-blocks (tblk(q) < tblk(p)) but one value-block: the same in value order, mask
+  tblk(q) < tblk(p) and a_q > b_p;
+- in different t-blocks and value-blocks: then vblk(q) > vblk(p) (vblk(q) < vblk(p) would mean a_q <= b_p), and
+  the sums come from a B x B grid of the features summed by (t-block, value-block), its 2-D prefix sums and one
+  gather per item.
+Every sum is exact (no approximation); no host read; about 45 tensor operations whatever M. ``block_sums`` also
+takes a batch of independent problems (``groups``): with ``DENSE_LEVELS`` > 0 the tree of ``pwr_fast.py`` hands it
+its groups of 2^DENSE_LEVELS items (``dense_groups``) instead of running its lowest levels (off by default).
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .pwr_math import binom_row, pair_count
+
+__all__ = ["SMALL_M", "DENSE_LEVELS", "block_shape", "block_sums", "dense_groups", "order_key32",
+           "pwr_sum_and_grad_blocks"]
+
+SMALL_M = 7000  # up to this many items the blocks beat the tree on a CPU (N <= 118 at one item per relation)
+_F64 = torch.float64
+_BITS32 = (torch.float32, torch.float16, torch.bfloat16)
+DENSE_LEVELS = 0  # > 0: the tree's lowest levels by blocks, in groups of 2^DENSE_LEVELS items (pwr_fast._run_tree);
+# off: on a CPU no setting (4 .. 12) beat the tree's own levels (benchmarks/RESULTS.md); a knob for devices where
+# the per-level launches dominate (not measured)
+_DENSE_CHUNK = 8192  # items per dense step on a CPU (masks of 8192 x 32 float64: 2 MB, cache-sized)
+_DENSE_CHUNK_GPU = 1 << 18  # elsewhere (fewer launches; 32 MB of masks)
+_CONSTS: dict = {}  # (B, L, device) -> the constant tensors of that block shape (a few kB each)
+
+
+def block_shape(n_items: int) -> Tuple[int, int]:
+    """(B, L): B blocks of L items, B L >= n_items, L a power of two. The dense parts cost about n L, the grid
+    B^2: L ~ sqrt(n) / 2 (a dense element costs less than a grid cell)."""
+    L = 1 << max(2, round(math.log2(max(n_items, 4) / 4) / 2))
+    return -(-n_items // L), L
+
+
+def _consts(B: int, L: int, groups: int, dev: torch.device):
+    """[strict upper; strict lower] triangles (2, 1, L, L) float64; per value rank, the constant part of its U
+    cell (the reversed value-block in its group plus the group's offset: ``block_sums``); the constant of the W
+    cells (a number, or per rank with several groups). Cached per shape."""
+    key = (B, L, groups, str(dev))
+    c = _CONSTS.get(key)
+    if c is None:
+        up = torch.ones(L, L, dtype=_F64, device=dev).triu_(1)
+        bg, P = B // groups, B // groups + 1
+        vbr = torch.arange(B * L - 1, -1, -1, device=dev) >> (L.bit_length() - 1)  # (B - 1) - value-block
+        cw = (bg - 1) * (bg + 2)
+        if groups > 1:
+            grp = torch.arange(B * L, device=dev) // (bg * L)
+            vbr = vbr - (groups - 1 - grp) * bg + grp * (P * P - bg * P)  # local reversed block + group offset
+            cw = cw + 2 * grp * P * P
+        c = _CONSTS[key] = (torch.stack((up, up.t())).unsqueeze(1), vbr, cw)
+        if len(_CONSTS) > 16:
+            _CONSTS.pop(next(iter(_CONSTS)))
+    return c
+
+
+def block_sums(v: torch.Tensor, Fm: torch.Tensor, eu: int, vperm: torch.Tensor, B: int, L: int,
+               groups: int = 1, mask: torch.Tensor = None,
+               Fv: torch.Tensor = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The dominance sums of n = B L items in t order with values ``v`` (n,) and features Fm (E, n): rows :eu the
+    key features U, rows eu: the query features W (zero for an item that is not a key, resp. not a query, and for
+    pads); ``vperm`` the value order (t position of each value rank). Returns T (eu, n): for each item the sum of U
+    over the items dominating it, and R (E - eu, n): the sum of W over the items it dominates (q dominates p:
+    earlier in t order and v_q > v_p; the value order must list q after p then, and p after q when v_q = v_p).
+    With ``groups`` > 1 the items form that many independent problems of n / groups consecutive t positions (the
+    value order listing them group by group): only pairs within a group count. ``mask``: a (B, L, L) float64
+    scratch buffer to reuse (one is allocated otherwise); ``Fv``: the features in value order, if at hand."""
+    n, E = B * L, Fm.shape[0]
+    ew = E - eu
+    tris, vbr, cw = _consts(B, L, groups, v.device)
+    tb = vperm >> (L.bit_length() - 1)  # t-block of each value rank
+    # [U, U by value] and [W, W by value] as (2 B, E, L) blocks: T^T = U^T M, R^T = W^T M^T (E x L @ L x L)
+    if Fv is None:
+        Fv = Fm.gather(1, vperm.expand(E, n))
+    XU = torch.cat((Fm[:eu], Fv[:eu]), 1).view(eu, 2 * B, L).transpose(0, 1)
+    XW = torch.cat((Fm[eu:], Fv[eu:]), 1).view(ew, 2 * B, L).transpose(0, 1)
+    out_t = torch.empty(2 * B, eu, L, dtype=_F64, device=v.device)
+    out_r = torch.empty(2 * B, ew, L, dtype=_F64, device=v.device)
+    # the dense masks M[i, j] (item i dominates item j), float straight from the comparisons, one half after the
+    # other in one cache-sized buffer
+    if mask is None or mask.shape[0] != B:
+        mask = torch.empty(B, L, L, dtype=_F64, device=v.device)
+    tbf = tb.to(_F64).view(B, L)
+    for h in range(2):
+        half = slice(h * B, (h + 1) * B)
+        if h == 0:  # in one t-block: position i < j and v_i > v_j
+            torch.gt(v.view(B, L, 1), v.view(B, 1, L), out=mask)
+        else:  # in one value-block (value order): rank i > j (so v_i > v_j) and t-block tb_i < tb_j
+            torch.lt(tbf.view(B, L, 1), tbf.view(B, 1, L), out=mask)
+        mask.mul_(tris[h])
+        torch.bmm(XU[half], mask, out=out_t[half])
+        torch.bmm(XW[half], mask.transpose(1, 2), out=out_r[half])
+    T = out_t.view(2, B, eu, L).transpose(1, 2).reshape(2, eu, n)  # [t-blocks, value-blocks (value order)]
+    R = out_r.view(2, B, ew, L).transpose(1, 2).reshape(2, ew, n)
+    # the grid: features summed by (t-block i, value-block k). A query reads the cells i < tb, k > vb; a key the
+    # cells i > tb, k < vb. U's cell (i, B-1-k) and W's (B-1-i, k), written one row and one column further: both
+    # sums are then inclusive 2-D prefix sums read at the item's own cell
+    # (with groups: one grid per group, the cells of group g offset by g P^2)
+    P = B // groups + 1
+    cell = torch.add(vbr, tb, alpha=P)
+    idx = torch.cat((cell.expand(eu, n), (cw - cell).expand(ew, n)))  # U's, W's cell
+    grid = torch.zeros(E, groups * P * P, dtype=_F64, device=v.device)
+    grid[:, P + 1:].scatter_add_(1, idx, Fv)
+    g = grid.view(E, groups, P, P).cumsum_(2).cumsum_(3).view(E, groups * P * P).gather(1, idx)
+    T[1].add_(g[:eu])
+    R[1].add_(g[eu:])
+    return T[0].index_add_(1, vperm, T[1]), R[0].index_add_(1, vperm, R[1])
+
+
+def dense_groups(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, S: int, k: int, beta: float,
+                 single: bool, tot: torch.Tensor, out: torch.Tensor, base: int = 0) -> None:
+    """The tree's levels S .. 1 at once (``pwr_fast._tree_pass`` stopped at level S) by the blocks of
+    ``block_sums``, group by group: the items are arranged in groups of G = 2^S consecutive t positions, each group
+    in value order, ``code`` the t position (``single``) or 2 t position + key flag, ``f`` the features (exp:
+    exp(beta (v - c)) of single items and keys, exp(beta (c - b)) of queries; power: v - c). Within a group item
+    q dominates item p iff pos(q) < pos(p) and rank q > rank p (the value order breaks ties as the tree does):
+    the rank in the group serves as the value. Adds the pairs' sum of l into ``tot`` (exp: minus their count, so
+    the tree's separate count is not touched), and writes acc + each item's gradient into ``out`` at its t
+    position (code, or code >> 1 for pair items) minus ``base``."""
+    n, G = code.numel(), 1 << S
+    dev = code.device
+    L = min(G, 32)
+    step = min(n, max(G, _DENSE_CHUNK if dev.type == "cpu" else _DENSE_CHUNK_GPU))
+    mask = torch.empty(step // L, L, L, dtype=_F64, device=dev)  # reused by every sub-chunk (fresh pages cost)
+    for c0 in range(0, n, step):
+        sl = slice(c0, min(n, c0 + step))
+        cd, fc = code[sl], f[sl]
+        m = cd.numel()
+        rel = (cd if single else cd >> 1).to(torch.int64) - (c0 + base)  # t position in the sub-chunk
+        if k == 0:  # rows: U = exp(beta (a - c)); W = (exp(beta (c - b)), -1)
+            if single:
+                Fm, eu = torch.stack((fc, torch.reciprocal(fc), torch.full_like(fc, -1.0))), 1
+            else:
+                kf = (cd & 1).to(_F64)
+                qf = 1.0 - kf
+                Fm, eu = torch.stack((fc * kf, fc * qf, -qf, kf)), 1
+        else:
+            pw = torch.arange(k + 1, dtype=_F64, device=dev).unsqueeze(1)
+            binom = torch.tensor(binom_row(k), dtype=_F64, device=dev).unsqueeze(1)
+            Fm, eu = torch.cat((fc ** pw, (-fc) ** pw.flip(0) * binom)), k + 1
+            if not single:
+                kf = (cd & 1).to(_F64)
+                Fm[:eu] *= kf
+                Fm[eu:] *= 1.0 - kf
+        # to t order (within the sub-chunk), the rank in the group as the value
+        rank = torch.arange(m, dtype=_F64, device=dev)
+        v = torch.empty(m, dtype=_F64, device=dev).scatter_(0, rel, rank)
+        Ft = torch.empty_like(Fm).scatter_(1, rel.expand(Fm.shape[0], m), Fm)
+        kmask = None
+        if k == 0 and not single:
+            Ft, kmask, Fm = Ft[:3], Ft[3], Fm[:3]
+        T, R = block_sums(v, Ft, eu, rel, m // L, L, m // G, mask, Fm)
+        total, gi = _total_and_grad(T, R, Ft, eu, k, beta, kmask)
+        tot.add_(total)
+        seg = out[c0:c0 + m]
+        seg.scatter_(0, rel, acc[sl])
+        seg.add_(gi)
+
+
+def order_key32(x: torch.Tensor) -> torch.Tensor:
+    """int64 keys in [-2^31, 2^31) with the order of ``x`` rounded to float32 (exact for 32-bit and narrower)."""
+    k = ((x if x.dtype == torch.float32 else x.float()) + 0.0).view(torch.int32).to(torch.int64)  # (-0.0 = +0.0)
+    return k ^ ((k >> 31) & 0x7FFFFFFF)
+
+
+def _features(val: torch.Tensor, k: int, beta: float, center, n: int) -> Tuple[torch.Tensor, int]:
+    """(Fm (E, n), eu): rows :eu the key features U, rows eu: the query features W of the values ``val`` (zero past
+    them); summed over e, U_e(a) W_e(b) is l(a - b) for a > b. exp: U = exp(beta (a - c)), W = (exp(beta (c - b)),
+    -1) (the key's own factor of the -1 is 1); power k: U_e = a'^e, W_e = binom(k, e) (-b')^(k - e)
+    (a' = a - c, b' = b - c)."""
+    m, dev = val.numel(), val.device
+    z = val - center
+    if k == 0:
+        c = torch.tensor([[beta], [-beta], [-1.0]], dtype=_F64, device=dev)
+        return F.pad(torch.cat((torch.exp(z * c[:2]), c[2:].expand(1, m))), (0, n - m)), 1
+    pw = torch.arange(k + 1, dtype=_F64, device=dev).unsqueeze(1)
+    binom = torch.tensor(binom_row(k), dtype=_F64, device=dev).unsqueeze(1)
+    return F.pad(torch.cat((z ** pw, (-z) ** pw.flip(0) * binom)), (0, n - m)), k + 1
+
+
+def _total_and_grad(T: torch.Tensor, R: torch.Tensor, Fm: torch.Tensor, eu: int, k: int, beta: float,
+                    kmask: torch.Tensor = None):
+    """The pair sum and each item's gradient (key part + query part) from the sums T, R and the features
+    (``kmask``: which items are keys, for pair items)."""
+    if k == 0:  # sum f_q g_p - 1; d/da = beta f_q g_p, d/db = -beta f_q g_p
+        fr = Fm[0] * R[0]
+        return (fr + (R[1] if kmask is None else R[1] * kmask)).sum(), (fr - Fm[1] * T[0]) * beta
+    # d/da U_e = e U_{e-1}, d/db W_e = -(e + 1) W_{e+1} (the binomials of W absorb the factors)
+    U, W = Fm[:eu], Fm[eu:]
+    c = torch.arange(1, k + 1, dtype=_F64, device=R.device)
+    return (U * R).sum(), torch.matmul(c, U[:k] * R[1:] - W[1:] * T[:k])
+
+
+def _count_sorted(ts: torch.Tensor) -> torch.Tensor:
+    """C = #{(p, q): t_p > t_q} from the sorted teacher values (or order keys): the sum over the elements of
+    the rank where their run of equal values starts (int64 0-d tensor)."""
+    idx = torch.arange(1, ts.numel(), device=ts.device)
+    return torch.where(torch.ne(ts[1:], ts[:-1]), idx, 0).cummax(0).values.sum()
+
+
+def pwr_sum_and_grad_blocks(qry: torch.Tensor, key: torch.Tensor, s: torch.Tensor, t: torch.Tensor,
+                            single: bool, k: int, beta: float,
+                            center) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum, d sum / d s, C) as ``pwr_fast.pwr_sum_and_grad_fast``, from the float64 query and key values
+    (``single``: they are equal, monotone in s at equal t), the student values ``s`` and the teacher values
+    ``t``; ``k`` = 0 for exp, else the power (diff: 1)."""
+    m, dev = qry.numel(), qry.device
+    if single:
+        # the t order, teacher ties by ascending value (= by s)
+        if t.dtype in _BITS32 and s.dtype in _BITS32:  # one sort of (t, s) keys
+            kk = order_key32(torch.stack((t, s)))
+            ts, perm = torch.sort((kk[0] << 32) | (kk[1] + 0x80000000))
+            count = _count_sorted(ts >> 32)
+        else:  # a stable sort by t of the value order
+            v_perm = torch.sort(qry)[1]
+            ts, t_perm = torch.sort(t[v_perm], stable=True)
+            perm = v_perm[t_perm]
+            count = _count_sorted(ts)
+        B, L = block_shape(m)
+        n = B * L
+        val = qry[perm]
+        v = F.pad(val, (0, n - m))  # pads: any value, zero features
+        vperm = torch.sort(v, stable=True)[1]  # value ties by t position
+        Fm, eu = _features(val, k, beta, center, n)
+        total, gi = _total_and_grad(*block_sums(v, Fm, eu, vperm, B, L), Fm, eu, k, beta)
+        return total, torch.empty(m, dtype=_F64, device=dev).index_copy_(0, perm, gi[:m]), count
+    # a query item and a key item per relation: queries first at equal t (a stable sort of [queries, keys])
+    count = pair_count(t)
+    perm = torch.sort(t.to(_F64).repeat(2), stable=True)[1]
+    kmask = (perm >= m).to(_F64)
+    vals = torch.cat((qry, key))[perm]
+    B, L = block_shape(2 * m)
+    n = B * L
+    v = F.pad(vals, (0, n - 2 * m))
+    # value order: keys before queries at equal value (a stable sort by value of the items ordered keys first)
+    kf = torch.sort(1.0 - kmask, stable=True)[1]
+    vperm = kf[torch.sort(vals[kf], stable=True)[1]]
+    vperm = torch.cat((vperm, torch.arange(2 * m, n, device=dev)))
+    Fm, eu = _features(vals, k, beta, center, n)
+    Fm[:eu, :2 * m] *= kmask  # keys' features on key items only, queries' on query items
+    Fm[eu:, :2 * m] *= 1.0 - kmask
+    total, gi = _total_and_grad(*block_sums(v, Fm, eu, vperm, B, L), Fm, eu, k, beta, F.pad(kmask, (0, n - 2 * m)))
+    grad = torch.zeros(m, dtype=_F64, device=dev).index_add_(0, perm.remainder(m), gi[:2 * m])
+    return total, grad, count
