@@ -174,9 +174,9 @@ SIZES: Dict[str, Dict[str, Any]] = {
     "gpu": dict(steps=6000, eval_every=500, seeds=[0, 1, 2], resolution=112, width=64, batch_size=256),
     # the paper's protocol (benchmarks/results/real_lfw_from_baseline.md): sized from a smoke run to fit 90
     # minutes on the 2-core machine with two processes (--claim), the teacher cache already built
-    "from_baseline": dict(steps=100, base_steps=300, eval_every=50, seeds=[0, 1, 2], resolution=56, width=24,
+    "from_baseline": dict(steps=60, base_steps=300, eval_every=30, base_eval_every=50, seeds=[0, 1, 2], resolution=56, width=24,
                           batch_size=128, protocol="from_baseline", tag="from_baseline"),
-    "from_baseline_smoke": dict(steps=6, base_steps=6, eval_every=3, seeds=[0], resolution=56, width=24,
+    "from_baseline_smoke": dict(steps=6, base_steps=6, eval_every=3, base_eval_every=3, seeds=[0], resolution=56, width=24,
                                 batch_size=128, protocol="from_baseline", tag="from_baseline_smoke"),
 }
 
@@ -355,7 +355,8 @@ def class_means(cache_path: Path, labels: np.ndarray, keys: np.ndarray) -> torch
 def train_one(method: str, seed: int, cfg: Dict[str, Any], train: Tuple[np.ndarray, np.ndarray, np.ndarray],
               dev: Dict[str, np.ndarray], cache_path: Path, run_dir: Path, device: torch.device,
               steps: Optional[int] = None, init: Optional[Dict[str, Any]] = None, order_seed: Optional[int] = None,
-              step_offset: int = 0, save_state: Optional[Path] = None) -> Dict[str, Any]:
+              step_offset: int = 0, save_state: Optional[Path] = None,
+              eval_every: Optional[int] = None) -> Dict[str, Any]:
     """Train one student with ``method`` and ``seed`` for ``steps`` (default cfg["steps"]); returns its curve and
     final metrics. ``init``: the state (backbone and classifier) to continue from, else from scratch;
     ``order_seed``: the seed of the sampling order and flips (default ``seed``); ``step_offset``: added to the
@@ -364,6 +365,7 @@ def train_one(method: str, seed: int, cfg: Dict[str, Any], train: Tuple[np.ndarr
     label, cls_weight, heads = METHODS[method]
     steps = cfg["steps"] if steps is None else steps
     order_seed = seed if order_seed is None else order_seed
+    every = cfg["eval_every"] if eval_every is None else eval_every
     torch.manual_seed(seed)
     np.random.seed(seed)
     num_classes = int(labels.max()) + 1
@@ -392,7 +394,7 @@ def train_one(method: str, seed: int, cfg: Dict[str, Any], train: Tuple[np.ndarr
     res = cfg["resolution"]
     hooks = DistillHooks(teacher=CachedTeacher(TeacherCache(cache_path)), terms=terms,
                          classification_weight=cls_weight, rank=0, world_size=1, output=str(run_dir), resume=False,
-                         frequent=cfg["eval_every"], formula="L = " + formula, input_size=(res, res), logits=logits)
+                         frequent=every, formula="L = " + formula, input_size=(res, res), logits=logits)
     head_params = hooks.parameters()
     if head_params:
         opt.param_groups.insert(len(opt.param_groups) - 1, {**opt.defaults, "params": head_params})
@@ -433,12 +435,12 @@ def train_one(method: str, seed: int, cfg: Dict[str, Any], train: Tuple[np.ndarr
             sched.step()
             losses.append(float(loss.item()))
             hooks.log(step, None)
-            if step % cfg["eval_every"] == 0 or step == steps:
+            if step % every == 0 or step == steps:
                 te = time.monotonic()
                 m = evaluate_student(backbone, dev, teacher_cos, device, final=step == steps)
                 eval_time += time.monotonic() - te
-                g = np.asarray(grad_norms[-cfg["eval_every"]:])
-                m.update(step=step + step_offset, loss=float(np.mean(losses[-cfg["eval_every"]:])),
+                g = np.asarray(grad_norms[-every:])
+                m.update(step=step + step_offset, loss=float(np.mean(losses[-every:])),
                          grad_norm=float(np.median(g)), clipped=float(np.mean(g > 5)),
                          terms=dict(hooks.last))
                 curve.append(m)
@@ -772,8 +774,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     config_name = (f"r{cfg['resolution']}_w{cfg['width']}_b{cfg['batch_size']}_s{cfg['steps']}_lr{cfg['lr']:g}"
                    f"_wu{cfg['warmup_steps']}_e{cfg['eval_every']}")
-    if from_baseline:
-        config_name = f"fb{cfg['base_steps']}_" + config_name
+    base_root = None
+    if from_baseline:  # the baseline is the scratch protocol's baseline run of base_steps: its own folder
+        cfg.setdefault("base_eval_every", cfg["eval_every"])
+        base_root = work / "runs" / (f"r{cfg['resolution']}_w{cfg['width']}_b{cfg['batch_size']}_s{cfg['base_steps']}"
+                                     f"_lr{cfg['lr']:g}_wu{int(args.warmup_frac * cfg['base_steps'])}"
+                                     f"_e{cfg['base_eval_every']}")
+        config_name = f"fb{cfg['base_steps']}e{cfg['base_eval_every']}_" + config_name
     results = []
     run_root = work / "runs" / config_name
 
@@ -798,16 +805,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if from_baseline:  # first every seed's baseline (the runs continue from it), then the rows, seeds outer
         base_steps = cfg["base_steps"]
         for seed in cfg["seeds"]:
-            path, state = run_root / f"baseline_s{seed}.json", run_root / f"baseline_s{seed}.pt"
+            path, state = base_root / f"baseline_s{seed}.json", base_root / f"baseline_s{seed}.pt"
             if (path.is_file() and state.is_file()) or args.report_only or not claim(path):
                 continue
             log(f"baseline seed {seed}: training {base_steps} steps from scratch")
             finish(path, train_one("baseline", seed, cfg, train, dev, cache_path, tmp_dir, device, steps=base_steps,
-                                   save_state=state))
+                                   save_state=state, eval_every=cfg["base_eval_every"]))
         results.clear()
     for seed in cfg["seeds"]:  # seeds outer: a partial run still covers every method
         for method in args.methods:
-            path = run_root / f"{method}_s{seed}.json"
+            path = (base_root if from_baseline and method == "baseline" else run_root) / f"{method}_s{seed}.json"
             if path.is_file():
                 results.append(json.loads(path.read_text()))
                 log(f"{method} seed {seed}: done before, {results[-1]['final']}")
@@ -825,7 +832,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 log(f"{method} seed {seed}: training {cfg['steps']} steps")
                 finish(path, train_one(method, seed, cfg, train, dev, cache_path, tmp_dir, device))
                 continue
-            state = run_root / f"baseline_s{seed}.pt"
+            state = base_root / f"baseline_s{seed}.pt"
             while not state.is_file():  # trained by another process (--claim)
                 log(f"{method} seed {seed}: waiting for the baseline of seed {seed}")
                 time.sleep(20)
