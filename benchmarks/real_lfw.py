@@ -469,6 +469,25 @@ def train_one(method: str, seed: int, cfg: Dict[str, Any], train: Tuple[np.ndarr
             "steps": steps, "from_baseline": init is not None}
 
 
+def reevaluate(r: Dict[str, Any], state: Path, cfg: Dict[str, Any], dev: Dict[str, np.ndarray],
+               device: torch.device) -> Dict[str, Any]:
+    """Adds the final metrics a run lacks (it finished before they existed) from its saved weights; the metrics it
+    has are recomputed as a check and must agree."""
+    model = TinyMobileFaceNet(num_features=128, width=cfg["width"]).to(device)
+    model.load_state_dict(torch.load(state, map_location=device, weights_only=True)["backbone"])
+    m = evaluate_student(model, dev, pair_cosines(dev["teacher"]), device, final=True)
+    for k in ("accuracy", "accuracy_noflip", "kendall_tau"):
+        if abs(m[k] - r["final"][k]) > 1e-6:
+            raise RuntimeError(f"{r['method']} seed {r['seed']}: re-evaluating {state} gives {k} {m[k]}, the run "
+                               f"recorded {r['final'][k]}")
+    added = [k for k in m if k not in r["final"]]
+    r["final"].update({k: m[k] for k in added})
+    r["curve"][-1].update({k: m[k] for k in added})
+    r["reevaluated"] = f"{', '.join(added)} added from {state.name} on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    log(f"{r['method']} seed {r['seed']}: re-evaluated from {state.name} ({r['reevaluated']})")
+    return r
+
+
 # ------------------------------------------------------------------------------------------------ report
 def _ms(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
     v = np.asarray(values, np.float64) * scale
@@ -506,7 +525,7 @@ def write_table(results: List[Dict[str, Any]], teacher: Dict[str, float], cfg: D
                   f"(n = {len(cfg['seeds'])}); accuracy: 10-fold, flip-summed embeddings, 2,830 lfw_dev pairs; "
                   f"Kendall tau-b of the 2,830 pair cosine similarities, student vs teacher.", ""]
     if from_baseline:
-        lines += comparison_lines(results, methods) + [f"![dev accuracy over training]({png_name})"]
+        lines += comparison_lines(results, methods) + [f"![final dev accuracy per row]({png_name})"]
         text = "\n".join(lines) + "\n"
         atomic_write_bytes(md_path, text.encode())
         return text
@@ -678,6 +697,49 @@ def write_plot(results: List[Dict[str, Any]], methods: List[str], teacher_acc: f
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return backend
+
+
+def write_bars(results: List[Dict[str, Any]], methods: List[str], teacher_acc: float, path: Path,
+               title: str) -> None:
+    """from_baseline protocol: final dev accuracy per row (flip), InsightFace's threshold grid and all thresholds:
+    mean over seeds (bar) and min..max (whisker); the baseline's and the control's means as vertical lines (PIL)."""
+    from PIL import Image, ImageDraw
+    rows = [m for m in methods if any(r["method"] == m for r in results)]
+    left, right, top, row_h, bottom = 300, 30, 50, 26, 40
+    w, h = 1000, top + row_h * len(rows) + bottom
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    lo, hi = 45.0, 75.0
+    px = lambda v: left + (w - left - right) * (min(max(v, lo), hi) - lo) / (hi - lo)  # noqa: E731
+    d.text((10, 8), title, fill="black")
+    d.rectangle([left, 6, left + 10, 14], fill="#4c72b0")
+    d.text((left + 14, 4), "InsightFace 0.01 threshold grid", fill="black")
+    d.rectangle([left + 230, 6, left + 240, 14], fill="#dd8452")
+    d.text((left + 244, 4), "every midpoint a threshold (all thresholds)", fill="black")
+    d.text((left, 22), f"bar: mean, whisker: min..max over seeds; axis {lo:g}..{hi:g}% (bars start at {lo:g})",
+           fill="black")
+    for v in range(int(lo), int(hi) + 1, 5):
+        d.line([px(v), top - 6, px(v), h - bottom], fill="#dddddd")
+        d.text((px(v) - 6, h - bottom + 4), f"{v}", fill="black")
+    for ref, color in (("baseline", "#000000"), ("control", "#888888")):
+        a = _acc(results, ref)
+        if len(a):
+            d.line([px(a.mean()), top - 6, px(a.mean()), h - bottom], fill=color, width=1)
+    for i, m in enumerate(rows):
+        y = top + i * row_h
+        d.text((8, y + 6), f"{METHODS[m][0]} (n = {len(_acc(results, m))})"[:48], fill="black")
+        for j, (key, color) in enumerate((("accuracy", "#4c72b0"), ("accuracy_fine", "#dd8452"))):
+            a = _acc(results, m, key)
+            if not len(a):
+                continue
+            y0 = y + 3 + j * 10
+            d.rectangle([px(lo), y0, px(a.mean()), y0 + 8], fill=color)
+            d.line([px(a.min()), y0 + 4, px(a.max()), y0 + 4], fill="black", width=1)
+    d.text((left, h - 18), f"lfw_dev accuracy (%, flip); black line: baseline, grey: control; teacher "
+                           f"{teacher_acc * 100:.2f}%", fill="black")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
 
 
 def _pil_plot(series: List[Tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]], teacher: float,
@@ -857,7 +919,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for method in args.methods:
             path = (base_root if from_baseline and method == "baseline" else run_root) / f"{method}_s{seed}.json"
             if path.is_file():
-                results.append(json.loads(path.read_text()))
+                r = json.loads(path.read_text())
+                state = path.with_suffix(".pt")
+                if "accuracy_fine" not in r["final"] and state.is_file():  # a run older than the metric
+                    r = reevaluate(r, state, cfg, dev, device)
+                    atomic_write_bytes(path, json.dumps(r, indent=1).encode())
+                results.append(r)
                 log(f"{method} seed {seed}: done before, {results[-1]['final']}")
                 continue
             if args.report_only:
@@ -921,9 +988,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                else "HKD left out: no teacher classifier over these identities exists")])
     md = write_table(results, teacher, cfg, args.methods, args.out / f"{stem}.md", f"{stem}.png", header,
                      from_baseline)
-    backend = write_plot(results, args.methods, teacher["accuracy"], args.out / f"{stem}.png",
-                         f"lfw_dev accuracy, {cfg['resolution']}px students, seeds {cfg['seeds']} "
-                         f"(mean, band min..max)")
+    if from_baseline:
+        write_bars(results, args.methods, teacher["accuracy"], args.out / f"{stem}.png",
+                   f"lfw_dev after the continuation, {cfg['resolution']}px students, seeds {cfg['seeds']}")
+        backend = "pillow"
+    else:
+        backend = write_plot(results, args.methods, teacher["accuracy"], args.out / f"{stem}.png",
+                             f"lfw_dev accuracy, {cfg['resolution']}px students, seeds {cfg['seeds']} "
+                             f"(mean, band min..max)")
     print(md)
     log(f"wrote {args.out / (stem + '.md')} and {stem}.png ({backend}); total {wall:.0f} s")
     return 0
