@@ -606,7 +606,9 @@ def comparison_lines(results: List[Dict[str, Any]], methods: List[str]) -> List[
                 cells.append("- | - | not run (n < 2)")
                 continue
             d, spread, _ = c
-            if sign * d > spread:
+            if abs(d) < 1e-9:
+                verdict = "no: equal"
+            elif sign * d > spread:
                 verdict = "yes, beyond the spread"
             elif sign * d > 0:
                 verdict = "same direction, within the spread"
