@@ -150,6 +150,12 @@ METHODS: Dict[str, Tuple[str, float, List[Tuple[str, float, Dict[str, Any]]]]] =
                             [("hkd", 0.3, dict(_HKD)), ("pwr", 100.0, _pwr("exp"))]),
     "ekd": ("CosFace + EKD", 1.0, [("ekd", 1.0, {"topk": 2000, "t": 0.01})]),
     "coupleface": ("CosFace + CoupleFace (provisional)", 1.0, [("coupleface_provisional", 1.0, {"num_negatives": 10})]),
+    # classifier-replacing methods (train_one special-cases them): partial FC's weight is the teacher's class means,
+    # frozen (ProxylessKD), or AdaDistill's centres, initialised N(0, 0.01^2) and updated from the teacher's
+    # embeddings (AdaCosDistill: the baseline's CosFace margin, m 0.35, s 64)
+    "proxylesskd": ("ProxylessKD (teacher class means, frozen, as the classifier)", 1.0, []),
+    "adadistill": ("AdaDistill (AdaCosDistill, m 0.35)", 0.0,
+                   [("adadistill", 1.0, {"margin_type": "cosface", "m": 0.35, "s": 64.0, "init_std": 0.01})]),
     "feature": ("CosFace + feature consistency", 1.0, [("feature", 10.0, {"kind": "cosine"})]),
     # the beta sweep of PWR-Exp (teacher-diff) (not in a preset's default list: --methods)
     "pwr_exp_b0.25": ("PWR-Exp (teacher-diff), beta 0.25", 0.0, [("pwr", 100.0, _pwr("exp", beta=0.25))]),
@@ -160,7 +166,7 @@ SCRATCH_METHODS = ["baseline", "rkd_da", "darkrank", "pwr_diff", "pwr_exp", "pwr
 FROM_BASELINE_METHODS = ["baseline", "control", "rkd_d", "rkd_a", "rkd_da", "darkrank", "rkd_da_alone",
                          "darkrank_alone", "hkd", "pwr_diff_m01", "pwr_diff_std", "pwr_diff", "pwr_exp_m01",
                          "pwr_exp_std", "pwr_exp", "pwr_exp_cos", "pwr_ranknet", "pwr_exp_cosface",
-                         "pwr_exp_cosface_hkd", "ekd", "coupleface"]
+                         "pwr_exp_cosface_hkd", "ekd", "coupleface", "proxylesskd", "adadistill"]
 
 # --size presets: steps, eval_every, seeds, resolution, width, batch; protocol "scratch" (every method from scratch)
 # or "from_baseline" (the paper's: the baseline trained base_steps once per seed, every other row continues from
@@ -386,7 +392,18 @@ def train_one(method: str, seed: int, cfg: Dict[str, Any], train: Tuple[np.ndarr
     opt = torch.optim.SGD([{"params": backbone.parameters()}, {"params": pfc.parameters()}], lr=cfg["lr"],
                           momentum=0.9, weight_decay=5e-4)
     terms = []
+    on_end = []
+    if method == "proxylesskd":  # the teacher's classifier (its class means over these identities), frozen
+        with torch.no_grad():
+            pfc.weight.copy_(class_means(cache_path, labels, keys).to(device))
+        pfc.weight.requires_grad_(False)
     for name, weight, params in heads:
+        if name == "adadistill":  # the loss itself, over partial FC's weight as the centres (the package's way)
+            from insightface_pwr.integration.arcface_torch.centres import install_adadistill
+            module, bypass = install_adadistill(pfc, dict(params), num_classes, 128, method)
+            terms.append(HeadTerm(name, weight, "embeddings", module, module, uses_labels=True))
+            on_end.append(bypass.close)
+            continue
         head = create_head(name, **params).to(device)
         spec = get_head_spec(name)
         terms.append(HeadTerm(name, weight, spec.consumes, head, head,
@@ -401,7 +418,8 @@ def train_one(method: str, seed: int, cfg: Dict[str, Any], train: Tuple[np.ndarr
     res = cfg["resolution"]
     hooks = DistillHooks(teacher=CachedTeacher(TeacherCache(cache_path)), terms=terms,
                          classification_weight=cls_weight, rank=0, world_size=1, output=str(run_dir), resume=False,
-                         frequent=every, formula="L = " + formula, input_size=(res, res), logits=logits)
+                         frequent=every, formula="L = " + formula, input_size=(res, res), logits=logits,
+                         on_end=on_end)
     head_params = hooks.parameters()
     if head_params:
         opt.param_groups.insert(len(opt.param_groups) - 1, {**opt.defaults, "params": head_params})
