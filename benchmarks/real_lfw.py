@@ -834,6 +834,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="table and plot folder")
     p.add_argument("--tag", default=None, help="output name suffix (default: none for --size cpu, else the size)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="write every finished run's backbone as DIR/<method>_seed<k>/model.pt (tiny_mbf24 at width 24, "
+                        "tiny_mbf at 16) for `insightface-pwr report DIR/* --network ... --image-size ... --resize`")
     p.add_argument("--claim", action="store_true",
                    help="share the runs with other processes started with the same options and --claim (each "
                         "run is claimed with a lock file in --work; a crashed run's .claim file must be removed)")
@@ -1009,6 +1012,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                "as the package's PartialFCLogits makes them (CosFace margin and scale on both sides)"
                                if any(h[0] == "hkd" for m in args.methods for h in METHODS[m][2])
                                else "HKD left out: no teacher classifier over these identities exists")])
+    if args.export:  # every finished run's backbone as a work folder for `insightface-pwr report`
+        for r in results:
+            root = base_root if (from_baseline and r["method"] == "baseline") else run_root
+            state = root / f"{r['method']}_s{r['seed']}.pt"
+            if state.is_file():
+                folder = Path(args.export) / f"{r['method']}_seed{r['seed']}"
+                folder.mkdir(parents=True, exist_ok=True)
+                backbone = torch.load(state, map_location="cpu", weights_only=True)["backbone"]
+                torch.save(backbone, folder / f".model.pt.tmp{os.getpid()}")
+                os.replace(folder / f".model.pt.tmp{os.getpid()}", folder / "model.pt")
+        log(f"exported the runs' backbones to {args.export} (network tiny_mbf{'24' if cfg['width'] == 24 else ''}, "
+            f"{cfg['resolution']}px)")
     md = write_table(results, teacher, cfg, args.methods, args.out / f"{stem}.md", f"{stem}.png", header,
                      from_baseline)
     if from_baseline:

@@ -38,6 +38,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arcface-root", default=None, help="arcface_torch directory (for --network)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per model call (x2 with their mirrors)")
     parser.add_argument("--image-size", type=int, default=112)
+    parser.add_argument("--resize", action="store_true",
+                        help="resize the faces to --image-size (PIL bilinear, antialiased) instead of refusing "
+                             "another size: for students trained at a lower resolution")
     parser.add_argument("--device", default="cpu", help="torch device (cuda[:N] also selects onnxruntime's CUDA "
                                                         "provider; default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of the model (default: torch's)")
@@ -66,7 +69,8 @@ def load_model(spec: str, args: argparse.Namespace):
 def make_store(model, args: argparse.Namespace):
     """The embedding store (each distinct image once, decoding overlapped) of ``model`` with ``args``' options."""
     from ..eval.embedding_store import EmbeddingStore
-    return EmbeddingStore(model, args.image_size, args.batch_size, args.decode_threads, not args.no_progress)
+    return EmbeddingStore(model, args.image_size, args.batch_size, args.decode_threads, not args.no_progress,
+                          resize=getattr(args, "resize", False))
 
 
 def timing_line(spec: str, model, store) -> str:

@@ -31,11 +31,15 @@ def image_key(data: Encoded) -> bytes:
     return hashlib.sha1(data.tobytes() if isinstance(data, np.ndarray) else bytes(data)).digest()
 
 
-def _decode_batch(items: Sequence[Tuple[Encoded, str, object]], size: int) -> torch.Tensor:
-    """``2B x 3 x size x size`` uint8: the B images, then their mirrors."""
+def _decode_batch(items: Sequence[Tuple[Encoded, str, object]], size: int, resize: bool = False) -> torch.Tensor:
+    """``2B x 3 x size x size`` uint8: the B images, then their mirrors (``resize``: images of another size are
+    resized, PIL bilinear with antialiasing, for students trained at a lower resolution; else they are an error)."""
     out = np.empty((2 * len(items), 3, size, size), dtype=np.uint8)
     for i, (data, source, record) in enumerate(items):
         img = decode_image(data, source=source, record=record)
+        if resize and img.shape[:2] != (size, size):
+            from PIL import Image
+            img = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
         if img.shape[:2] != (size, size):
             raise DataFileError(source, f"image is {img.shape[0]}x{img.shape[1]}, expected {size}x{size} aligned "
                                         f"faces (--image-size)", record)
@@ -52,10 +56,11 @@ class EmbeddingStore:
     spent inside the model, so ``wall_seconds / model_seconds`` is the overhead of decoding and bookkeeping."""
 
     def __init__(self, model: Callable[[torch.Tensor], np.ndarray], image_size: int = 112, batch_size: int = 64,
-                 decode_threads: Optional[int] = None, progress: bool = True):
+                 decode_threads: Optional[int] = None, progress: bool = True, resize: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.image_size, self.batch_size, self.progress = model, image_size, batch_size, progress
+        self.resize = bool(resize)
         self.decode_threads = decode_threads or max(1, min(4, (os.cpu_count() or 2) // 2))
         self._index: Dict[bytes, int] = {}
         self._plain: List[np.ndarray] = []
@@ -99,11 +104,11 @@ class EmbeddingStore:
         bar = progress_bar(len(todo), desc, "img", self.progress)
         ahead = self.decode_threads + 1
         with ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode") as pool:
-            futures = [pool.submit(_decode_batch, b, self.image_size) for b in batches[:ahead]]
+            futures = [pool.submit(_decode_batch, b, self.image_size, self.resize) for b in batches[:ahead]]
             for i, batch in enumerate(batches):
                 x = futures[i].result()
                 if i + ahead < len(batches):  # keep the decoders busy while the model runs
-                    futures.append(pool.submit(_decode_batch, batches[i + ahead], self.image_size))
+                    futures.append(pool.submit(_decode_batch, batches[i + ahead], self.image_size, self.resize))
                 out = np.asarray(self.model(x), dtype=np.float32)
                 if out.ndim != 2 or out.shape[0] != len(x):
                     raise ValueError(f"the model returned shape {out.shape} for {len(x)} images (expected N x D)")

@@ -101,10 +101,15 @@ def aggregate(entries: Sequence[Dict], sets: Sequence[str]) -> List[Dict]:
         for s in sets:
             vals = [m["metrics"][s]["accuracy_flip"] for m in members if s in m["metrics"]]
             if vals:
-                cells[s] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "min": float(min(vals)),
+                # sample standard deviation (ddof 1) over the seeds, as the benchmarks report it; 0 for one seed
+                cells[s] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                            "min": float(min(vals)),
                             "max": float(max(vals)), "n": len(vals)}
         paper = RECIPE_ROWS.get(recipe)
-        rows.append({"recipe": recipe, "label": members[0].get("label", recipe), "paper_row": paper,
+        label = members[0].get("label", recipe)
+        if len(members) > 1 and label == members[0]["name"]:  # a work folder's name: the recipe, not its seed 0
+            label = recipe
+        rows.append({"recipe": recipe, "label": label, "paper_row": paper,
                      "paper": dict(zip(PAPER_COLUMNS, PAPER_TABLE[paper])) if paper else None,
                      "seeds": [split_seed(m["name"])[1] for m in members], "runs": [m["name"] for m in members],
                      "cells": cells})
@@ -128,7 +133,7 @@ def format_markdown(rows: Sequence[Dict], sets: Sequence[str], title: str, notes
         lines.append("| " + " | ".join([r["label"], *[_cell(r["cells"].get(s)) for s in sets],
                                         r["paper_row"] or "-", *paper]) + " |")
     lines += ["", "Cells: 10-fold verification accuracy (%) of flip-summed embeddings; with several seeds "
-                  "mean ± std over the seeds (n = seeds). Paper: Nikitin et al., GraphiCon 2020, Table 1 "
+                  "mean ± sample std over the seeds (n = seeds). Paper: Nikitin et al., GraphiCon 2020, Table 1 "
                   "(ResNet50 teacher, ResNet18 student, MS1M)."]
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

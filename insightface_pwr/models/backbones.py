@@ -72,6 +72,8 @@ class TinyMobileFaceNet(nn.Module):
 BACKBONES: Dict[str, Callable[..., nn.Module]] = {
     "tiny_cnn": lambda num_features: TinyCNN(num_features),
     "tiny_mbf": lambda num_features: TinyMobileFaceNet(num_features),
+    # the real-LFW benchmark's students: width 16 (the scratch preset) and 24 (the from-baseline preset)
+    "tiny_mbf24": lambda num_features: TinyMobileFaceNet(num_features, width=24),
 }
 
 
