@@ -25,7 +25,10 @@ AdaDistillLoss`) does on the GLOBAL batch, with the centres sharded:
    recipe's ``margin_list``;
 4. partial FC's own ``dist_cross_entropy`` (the global softmax over all ranks' classes; it returns each rank the
    gradient of its own logits, and the all-gather's backward sums them onto each sample's rank: the same
-   convention as partial FC's loss, so DDP's average gives the exact gradient of the global loss).
+   convention as partial FC's loss, so DDP's average gives the exact gradient of the global loss). One
+   difference from the local head's ``F.cross_entropy``: partial FC's cross-entropy, like upstream's, clamps the
+   target probability at 1e-30, so a sample's loss VALUE is capped at about 69 (hit with s = 64 and centres far
+   from the sample); the gradient is the same.
 
 The centres are partial FC's weight: upstream's ``checkpoint_gpu_{rank}.pt`` saves them (``state_dict_softmax_fc``)
 and its resume restores them exactly; the term itself has no state. On one process (and ``sample_rate`` 1) this is
