@@ -74,7 +74,8 @@ def teacher_dir(tmp_path_factory):
 
 def _recipe(teacher: str, margins, sample_rate: float, head) -> dict:
     cfg = dict(network="tiny_cnn", embedding_size=D, margin_list=margins, sample_rate=sample_rate, rec="synthetic",
-               num_classes=C, num_image=1000, num_epoch=2, warmup_epoch=0, val_targets=[], output="unused",
+               num_classes=C, num_image=1000, num_epoch=2, warmup_epoch=0, val_targets=[],
+               output=str(Path(teacher) / "runs"),  # a temporary folder (the hooks lock it), never the working one
                frequent=1)
     if head is not None:
         cfg["distill"] = dict(teacher=dict(weights=str(Path(teacher) / "model.pt"), network="tiny_cnn",
@@ -275,13 +276,13 @@ def test_arcface_margin_round_trip_is_the_only_difference(upstream_tree):
             assert diff > 0  # the round trip is visible in float32 (else the tolerance above would be unneeded)
 
 
-def test_build_hooks_needs_no_total_step(upstream_tree):
+def test_build_hooks_needs_no_total_step(upstream_tree, teacher_dir):
     """The patched train_v2.py calls build_hooks BEFORE it sets cfg.total_step / warmup_step / total_batch_size, and
     hooks.lr_scheduler after: the lr schedule factory must read them lazily (an edict raises on a missing key)."""
     from insightface_pwr.integration.arcface_torch.build import build_hooks
     src = (upstream_tree / "train_v2.py").read_text()
     assert src.index("build_hooks(cfg") < src.index("cfg.total_step =") < src.index("distill_hooks.lr_scheduler(")
-    cfg = _recipe("unused", COSFACE, 1.0, None)
+    cfg = _recipe(str(teacher_dir), COSFACE, 1.0, None)
     cfg.lr_schedule = {"kind": "poly", "power": 2.0}
     validate_recipe(cfg)
     assert "total_step" not in cfg
