@@ -91,6 +91,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from insightface_pwr.distill.batch_keys import BATCH_KEYS  # noqa: E402
+from insightface_pwr.distill.checkpoint import atomic_save  # noqa: E402
+from insightface_pwr.infra.atomic import AtomicFile, atomic_write_bytes  # noqa: E402
 from insightface_pwr.data.dataset import FaceDataset  # noqa: E402
 from insightface_pwr.data.images import decode_image  # noqa: E402
 from insightface_pwr.data.paths import shared_dir  # noqa: E402
@@ -191,21 +193,9 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
-    np.save(tmp, array, allow_pickle=False)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with AtomicFile(path) as f:  # the package's atomic writer
+        np.save(f.file, array, allow_pickle=False)
 
 
 # ------------------------------------------------------------------------------------------------ data and teacher
@@ -478,10 +468,7 @@ def train_one(method: str, seed: int, cfg: Dict[str, Any], train: Tuple[np.ndarr
     wall = time.monotonic() - t0
     save_state = save_state or run_dir.parent / f"{method}_s{seed}.pt"  # every run's final weights, in --work
     if save_state is not None:
-        save_state.parent.mkdir(parents=True, exist_ok=True)
-        tmp = save_state.with_name(f".{save_state.name}.tmp{os.getpid()}")
-        torch.save({"backbone": backbone.state_dict(), "partial_fc": pfc.state_dict()}, tmp)
-        os.replace(tmp, save_state)
+        atomic_save({"backbone": backbone.state_dict(), "partial_fc": pfc.state_dict()}, save_state)
     return {"method": method, "label": label, "seed": seed, "formula": "L = " + formula, "curve": curve,
             "final": curve[-1], "wall_s": wall, "eval_s": eval_time, "train_s_per_step": (wall - eval_time) / steps,
             "steps": steps, "from_baseline": init is not None}
@@ -760,9 +747,8 @@ def write_bars(results: List[Dict[str, Any]], methods: List[str], teacher_acc: f
             d.line([px(a.min()), y0 + 4, px(a.max()), y0 + 4], fill="black", width=1)
     d.text((left, h - 18), f"lfw_dev accuracy (%, flip); black line: baseline, grey: control; teacher "
                            f"{teacher_acc * 100:.2f}%", fill="black")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with AtomicFile(path) as f:
+        img.save(f.file, format="PNG")
 
 
 def _pil_plot(series: List[Tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]], teacher: float,
@@ -1018,10 +1004,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             state = root / f"{r['method']}_s{r['seed']}.pt"
             if state.is_file():
                 folder = Path(args.export) / f"{r['method']}_seed{r['seed']}"
-                folder.mkdir(parents=True, exist_ok=True)
-                backbone = torch.load(state, map_location="cpu", weights_only=True)["backbone"]
-                torch.save(backbone, folder / f".model.pt.tmp{os.getpid()}")
-                os.replace(folder / f".model.pt.tmp{os.getpid()}", folder / "model.pt")
+                atomic_save(torch.load(state, map_location="cpu", weights_only=True)["backbone"], folder / "model.pt")
         log(f"exported the runs' backbones to {args.export} (network tiny_mbf{'24' if cfg['width'] == 24 else ''}, "
             f"{cfg['resolution']}px)")
     md = write_table(results, teacher, cfg, args.methods, args.out / f"{stem}.md", f"{stem}.png", header,

@@ -39,14 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
 
 
-def _torch_model(path: Path, network: str, embedding_size: int, image_size_note: str = ""):
-    from ..eval.embedding_models import TorchEmbeddingModel
-    from ..integration.arcface_torch.upstream import model_factory
-    from ..models.weights import load_backbone
-    module = load_backbone(path, network, model_factory(), "model", fp16=False, num_features=embedding_size)
-    return TorchEmbeddingModel(module, 127.5, 127.5)
-
-
 def _runs(work_dir: Path, args: argparse.Namespace) -> List[Dict]:
     """``[{"name", "label", "model_path", "network", "embedding_size"}]`` and, for a demo folder, its sets."""
     if (work_dir / "runs").is_dir() and (work_dir / "results.json").is_file():
@@ -84,7 +76,8 @@ def _runs(work_dir: Path, args: argparse.Namespace) -> List[Dict]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..eval.evaluate import load_sets
+    from ..eval.evaluate import load_checkpoint_model, load_sets
+    from ..integration.arcface_torch.upstream import model_factory
     from ..eval.report import evaluate_entry, split_seed, write_report
 
     if args.threads:
@@ -99,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     for r in runs:
         if "image_size" in r:
             args.image_size = r["image_size"]
-        model = _torch_model(Path(r["model_path"]), r["network"], r["embedding_size"])
+        model = load_checkpoint_model(Path(r["model_path"]), r["network"], model_factory(), r["embedding_size"])
         store = make_store(model, args)
         metrics, roc = evaluate_entry(store, sets, args.folds)
         print(timing_line(r["name"], model, store), file=sys.stderr)
