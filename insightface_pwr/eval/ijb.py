@@ -32,7 +32,8 @@ from .embedding_store import EmbeddingStore
 from .verification_metrics import roc_auc, tpr_at_fpr
 
 __all__ = ["IJBError", "read_ijb_meta", "template_features", "pair_scores", "evaluate_ijb", "IJBResult",
-           "IJB_FPRS", "evaluate_ijb_1n", "identification_1n", "IJB1NResult", "IJB_RANKS", "IJB_FPIRS"]
+           "IJB_FPRS", "read_ijb_faces", "evaluate_ijb_1n", "identification_1n", "IJB1NResult", "IJB_RANKS",
+           "IJB_FPIRS"]
 
 IJB_FPRS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -63,15 +64,13 @@ def _table(path: Path, columns: int, kinds: Sequence[type]) -> List[Tuple]:
     return rows
 
 
-def read_ijb_meta(root: Path, name: str) -> Dict[str, np.ndarray]:
-    """``names, templates, medias, faceness (or None), t1, t2, label`` from ``root/meta``."""
+def read_ijb_faces(root: Path, name: str) -> Dict[str, Optional[np.ndarray]]:
+    """``names, templates, medias`` of ``meta/NAME_face_tid_mid.txt`` and, when ``meta/NAME_name_5pts_score.txt``
+    is there, ``faceness`` and ``landmarks`` (else None): what both protocols read."""
     meta = root / "meta"
     faces = _table(meta / f"{name}_face_tid_mid.txt", 3, (str, int, int))
-    pairs = _table(meta / f"{name}_template_pair_label.txt", 3, (int, int, int))
     out = {"names": np.array([r[0] for r in faces]), "templates": np.array([r[1] for r in faces]),
-           "medias": np.array([r[2] for r in faces]), "t1": np.array([r[0] for r in pairs]),
-           "t2": np.array([r[1] for r in pairs]), "label": np.array([r[2] for r in pairs]), "faceness": None,
-           "landmarks": None}
+           "medias": np.array([r[2] for r in faces]), "faceness": None, "landmarks": None}
     score_file = meta / f"{name}_name_5pts_score.txt"
     if score_file.is_file():
         lines = [ln.split() for ln in score_file.read_text().splitlines() if ln.strip()]
@@ -80,6 +79,16 @@ def read_ijb_meta(root: Path, name: str) -> Dict[str, np.ndarray]:
                            f"({len(lines)} lines vs {len(faces)})")
         out["faceness"] = np.array([float(a[-1]) for a in lines])
         out["landmarks"] = _landmarks(lines, score_file)
+    return out
+
+
+def read_ijb_meta(root: Path, name: str) -> Dict[str, np.ndarray]:
+    """``names, templates, medias, faceness (or None), landmarks (or None), t1, t2, label`` from ``root/meta``."""
+    meta = root / "meta"
+    out = read_ijb_faces(root, name)
+    pairs = _table(meta / f"{name}_template_pair_label.txt", 3, (int, int, int))
+    out.update(t1=np.array([r[0] for r in pairs]), t2=np.array([r[1] for r in pairs]),
+               label=np.array([r[2] for r in pairs]))
     unknown = set(out["t1"].tolist() + out["t2"].tolist()) - set(out["templates"].tolist())
     if unknown:
         raise IJBError(f"{str(meta / (name + '_template_pair_label.txt'))!r}: template ids without faces: "
@@ -260,16 +269,7 @@ def evaluate_ijb_1n(store: EmbeddingStore, root: str, name: str = "ijbc", images
     base = Path(os.fspath(root))
     name = name.lower()
     meta_dir = base / "meta"
-    faces = _table(meta_dir / f"{name}_face_tid_mid.txt", 3, (str, int, int))
-    meta = {"names": np.array([r[0] for r in faces]), "templates": np.array([r[1] for r in faces]),
-            "medias": np.array([r[2] for r in faces]), "faceness": None, "landmarks": None}
-    score_file = meta_dir / f"{name}_name_5pts_score.txt"
-    if score_file.is_file():
-        lines = [ln.split() for ln in score_file.read_text().splitlines() if ln.strip()]
-        if len(lines) != len(faces):
-            raise IJBError(f"{str(score_file)!r}: {len(lines)} lines for {len(faces)} faces")
-        meta["faceness"] = np.array([float(a[-1]) for a in lines])
-        meta["landmarks"] = _landmarks(lines, score_file)
+    meta = read_ijb_faces(base, name)
     halves = ("G1", "G2") if name == "ijbc" else ("S1", "S2")
     gallery: Dict[int, int] = {}
     for h in halves:
