@@ -132,9 +132,9 @@ class DistillHooks:
             raise ValueError(f"the images are {tuple(img.shape[-2:])} (H, W) but config.distill.teacher.input_size "
                              f"is {self.input_size}; set it to the training image size")
         if not self.terms:  # e.g. ProxylessKD alone: the teacher lives in partial FC's weight, not called per step
-            values = [loss.detach().float(), (self.classification_weight * loss).detach().float()]
-            self._record(torch.stack(values).double())
-            return self.classification_weight * loss
+            total = self.classification_weight * loss
+            self._record(torch.stack([loss.detach().float(), total.detach().float()]).double())
+            return total
         teacher_embeddings = self.teacher(img)
         if teacher_embeddings.shape[0] != local_embeddings.shape[0]:
             raise ValueError(f"teacher gave {teacher_embeddings.shape[0]} embeddings for a batch of "
