@@ -13,10 +13,8 @@ our figures are printed. Target: raw reads at least as fast as MXNet.
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 COMMON = r'''

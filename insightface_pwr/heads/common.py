@@ -15,7 +15,8 @@ from typing import Any, Iterable
 
 import torch
 
-__all__ = ["MX_L2_EPS", "at_least_float32", "l2_normalize_mx", "huber", "check_choice", "check_positive",
+__all__ = ["MX_L2_EPS", "at_least_float32", "l2_normalize_mx", "l2_normalize_mx_scale", "l2_normalize_mx_backward",
+           "huber", "check_choice", "check_positive",
            "check_nonnegative", "check_int"]
 
 MX_L2_EPS = 1e-10  # MXNet L2Normalization's eps, added to the sum of squares under the square root
@@ -29,6 +30,17 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
 def l2_normalize_mx(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """x / sqrt(sum(x^2, dim) + 1e-10), as MXNet's ``L2Normalization``."""
     return x * torch.rsqrt((x * x).sum(dim=dim, keepdim=True) + MX_L2_EPS)
+
+
+def l2_normalize_mx_scale(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``l2_normalize_mx(x)`` for rows, the row scales 1 / sqrt(|x|^2 + 1e-10) (n, 1)): for a hand backward."""
+    r = torch.rsqrt((x * x).sum(dim=1, keepdim=True) + MX_L2_EPS)
+    return x * r, r
+
+
+def l2_normalize_mx_backward(xn: torch.Tensor, r: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """d loss / d x from d loss / d xn for ``xn, r = l2_normalize_mx_scale(x)``: r (g - xn (xn . g)) per row."""
+    return (grad - xn * (xn * grad).sum(dim=1, keepdim=True)).mul_(r)
 
 
 def huber(x: torch.Tensor, delta: float = 1.0) -> torch.Tensor:

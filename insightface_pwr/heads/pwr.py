@@ -43,10 +43,10 @@ import torch
 
 from .registry import register_head
 from .base import EmbeddingHead, zero_loss
-from .common import l2_normalize_mx
-from .pwr_fast import EXP_RANGE, exp_fits, pwr_loss
+from .common import l2_normalize_mx, l2_normalize_mx_backward, l2_normalize_mx_scale
+from .pwr_fast import EXP_RANGE, exp_fits, pwr_sum_grad_count
 from .pwr_math import INVERSIONS, MARGINS, METHODS, pwr_loss_dense, resolve_method
-from .relations import RELATIONS, distance_matrix
+from .relations import RELATIONS, pair_index, relation_vector, relation_vector_backward
 
 __all__ = ["PairwiseRankingLoss", "pwr_loss_dense", "INVERSIONS", "MARGINS"]
 
@@ -92,16 +92,44 @@ class PairwiseRankingLoss(EmbeddingHead):
         """The pair relation vectors (s, t) of the embeddings normalised as the PWR authors' MXNet code does
         (``L2Normalization``: x / sqrt(|x|^2 + 1e-10)). The 1e-10 matters for identical rows: their cosine distance
         is then ~1e-10 / |x|^2, the reference's value, instead of a +-1e-16 left to BLAS rounding (which decides
-        whether two such pairs tie)."""
-        n = student.shape[0]
-        iu = torch.triu_indices(n, n, offset=1, device=student.device)
-        flat = iu[0] * n + iu[1]  # the pairs i < j, row-major (as ``relations.pairwise_relations``)
-        del iu  # one int64 index kept for the backward, not two
-        return (distance_matrix(l2_normalize_mx(student), self.relation).reshape(-1).index_select(0, flat),
-                distance_matrix(l2_normalize_mx(teacher), self.relation).reshape(-1).index_select(0, flat))
+        whether two such pairs tie). Differentiable (autograd); the head's own step uses ``_PWRHead``."""
+        flat = pair_index(student.shape[0], student.device)[0]  # the pairs i < j, row-major
+        return (relation_vector(l2_normalize_mx(student), self.relation, flat)[0],
+                relation_vector(l2_normalize_mx(teacher), self.relation, flat)[0])
 
     def compute_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        s, t = self.relations(student, teacher)
-        if s.numel() == 0:  # N < 2 (a shape, not a value: no host read)
+        if student.shape[0] < 2:  # no pair (a shape, not a value: no host read)
             return zero_loss(student)
-        return pwr_loss(s, t, self.inversion, self.margin, self.p, self.beta, self._method, self.tile)
+        if self._method == "dense":
+            return pwr_loss_dense(*self.relations(student, teacher), self.inversion, self.margin, self.p, self.beta)
+        return _PWRHead.apply(student, teacher, self)
+
+
+class _PWRHead(torch.autograd.Function):
+    """The whole head (normalisation, relations, the fast or tiled sum) as one autograd node: the forward also
+    computes d loss / d student (the sum's gradient comes with it, the relations' and the normalisation's
+    backward are two matrix products), so the backward is one multiplication and no N x N intermediate is kept
+    for it. About 40 tensor operations fewer per step than autograd through the same steps. Not twice
+    differentiable."""
+
+    @staticmethod
+    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor,  # type: ignore[override]
+                head: PairwiseRankingLoss) -> torch.Tensor:
+        index = pair_index(student.shape[0], student.device)
+        xn, r = l2_normalize_mx_scale(student)
+        s, saved = relation_vector(xn, head.relation, index[0])
+        t = relation_vector(l2_normalize_mx(teacher), head.relation, index[0])[0]
+        total, grad, count = pwr_sum_grad_count(s, t, head.inversion, head.margin, head.p, head.beta, head._method,
+                                                head.tile)
+        denom = count.clamp(min=1).to(torch.float64)  # C = 0: every sum is 0, so is the loss
+        if ctx.needs_input_grad[0]:
+            g = (grad / denom).to(student.dtype)
+            ctx.save_for_backward(l2_normalize_mx_backward(
+                xn, r, relation_vector_backward(xn, head.relation, s, saved, g, index)))
+        return (total / denom).to(student.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out, None, None

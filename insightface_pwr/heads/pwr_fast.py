@@ -62,7 +62,7 @@ from .base import debug_checks_enabled
 from .pwr_math import (MAX_FAST_POWER, METHODS, binom_row, is_decomposable, pair_count, pwr_loss_dense,
                        pwr_sum_and_grad_tiled, resolve_margin, resolve_method, tie_runs)
 
-__all__ = ["pwr_loss", "pair_count", "is_decomposable", "resolve_method", "pwr_sum_and_grad_fast", "exp_fits",
+__all__ = ["pwr_loss", "pwr_sum_grad_count", "pair_count", "is_decomposable", "resolve_method", "pwr_sum_and_grad_fast", "exp_fits",
            "pwr_sum_and_grad_tiled", "MAX_FAST_POWER", "METHODS", "EXP_RANGE"]
 
 EXP_RANGE = 1400.0  # beta * (value range) beyond which the shifted exp features leave float64's normal range
@@ -359,6 +359,16 @@ class _PWRSumFunction(torch.autograd.Function):
         return grad * grad_out.to(grad.dtype), None, None
 
 
+def pwr_sum_grad_count(s: torch.Tensor, t: torch.Tensor, inversion: str, margin: Union[float, str], p: float,
+                       beta: float, method: str, tile: int = 4096) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the float64 SUM of l over the pairs t_p > t_q, its float64 gradient d sum / d s, the int64 count C) by
+    ``method`` ``fast`` or ``tiled`` (no host read)."""
+    if method == "fast":
+        return pwr_sum_and_grad_fast(s, t, inversion, margin, p, beta)
+    total, grad = pwr_sum_and_grad_tiled(s, t, inversion, margin, p, beta, tile)
+    return total, grad, pair_count(t)
+
+
 def pwr_loss(s: torch.Tensor, t: torch.Tensor, inversion: str = "exp", margin: Union[float, str] = "teacher_diff",
              p: float = 1.0, beta: float = 1.0, method: str = "auto", tile: int = 4096) -> torch.Tensor:
     """The PWR loss (the mean of l over the ordered pairs t_p > t_q) of relation vectors ``s`` (student, with
@@ -370,11 +380,6 @@ def pwr_loss(s: torch.Tensor, t: torch.Tensor, inversion: str = "exp", margin: U
     method = resolve_method(method, inversion, p)
     if method == "dense":
         return pwr_loss_dense(s, t, inversion, margin, p, beta)
-    t = t.detach()
-    if method == "fast":
-        total, grad, count = pwr_sum_and_grad_fast(s, t, inversion, margin, p, beta)
-    else:
-        count = pair_count(t)
-        total, grad = pwr_sum_and_grad_tiled(s, t, inversion, margin, p, beta, tile)
+    total, grad, count = pwr_sum_grad_count(s, t.detach(), inversion, margin, p, beta, method, tile)
     denom = count.clamp(min=1).to(torch.float64)  # C = 0: every sum is 0, so is the loss
     return _PWRSumFunction.apply(s, total / denom, (grad / denom).to(s.dtype))

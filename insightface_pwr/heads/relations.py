@@ -9,10 +9,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["RELATIONS", "distance_matrix", "pairwise_relations", "normalize", "upper_indices"]
+__all__ = ["RELATIONS", "distance_matrix", "pairwise_relations", "normalize", "upper_indices", "pair_index",
+           "relation_vector", "relation_vector_backward"]
 
 RELATIONS = ("euclidean", "cosine")
 EUCLIDEAN_EPS = 1e-12
+_PAIR_INDEX: dict = {}  # (n, device) -> (flat i n + j, flat j n + i) of the pairs i < j; a few recent sizes
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -42,3 +44,46 @@ def pairwise_relations(x: torch.Tensor, relation: str) -> torch.Tensor:
     """The M = N(N-1)/2 relation values of the pairs i < j (row-major), as a vector."""
     i, j = upper_indices(x.shape[0], x.device)
     return distance_matrix(x, relation)[i, j]
+
+
+def pair_index(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat positions i n + j and j n + i of the pairs i < j (row-major) in an n x n matrix (int64, cached
+    for a few recent (n, device): a batch size rarely changes)."""
+    key = (n, str(device))
+    idx = _PAIR_INDEX.get(key)
+    if idx is None:
+        i, j = upper_indices(n, device)
+        idx = _PAIR_INDEX[key] = (i * n + j, j * n + i)
+        while len(_PAIR_INDEX) > 4:
+            _PAIR_INDEX.pop(next(iter(_PAIR_INDEX)))
+    return idx
+
+
+def relation_vector(x: torch.Tensor, relation: str, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the M pair relations of the rows of ``x`` at ``flat`` (``pair_index``), what the backward needs: for
+    euclidean the pairs' unclamped squared distances, else the relations themselves)."""
+    prod = torch.mm(x, x.t())
+    if relation == "cosine":
+        rel = torch.sub(1.0, prod.view(-1).index_select(0, flat))
+        return rel, rel
+    if relation == "euclidean":
+        sq = (x * x).sum(dim=1)
+        u = (sq[:, None] + sq[None, :] - 2.0 * prod).view(-1).index_select(0, flat)
+        return u.clamp(min=EUCLIDEAN_EPS).sqrt(), u
+    raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
+
+
+def relation_vector_backward(x: torch.Tensor, relation: str, rel: torch.Tensor, saved: torch.Tensor,
+                             grad: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """d loss / d x from d loss / d rel (``grad``, M) for ``rel, saved = relation_vector(x, relation, index[0])``:
+    the pair gradients fill a symmetric n x n matrix K, then cosine: -K x; euclidean (d = sqrt(max(u, eps)), the
+    clamp passing no gradient below eps): with H = K / d, rowsum(H) x - H x."""
+    n = x.shape[0]
+    if relation == "euclidean":
+        grad = torch.where(saved >= EUCLIDEAN_EPS, grad / rel, 0.0)
+    k = torch.zeros(n * n, dtype=x.dtype, device=x.device)
+    k.index_copy_(0, index[0], grad).index_copy_(0, index[1], grad)
+    k = k.view(n, n)
+    if relation == "cosine":
+        return torch.mm(k, x).neg_()
+    return torch.addmm(x * k.sum(dim=1, keepdim=True), k, x, alpha=-1.0)

@@ -148,6 +148,39 @@ def test_head_methods_agree_on_embeddings(relation: str, inversion: str, margin)
         assert_close_rel(grad, grads[0], "head embedding grad")
 
 
+@pytest.mark.parametrize("relation", ["cosine", "euclidean"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_head_hand_backward_equals_autograd_with_duplicate_rows(relation: str, dtype) -> None:
+    """The fast / tiled head computes d loss / d student by hand (relations and normalisation backward, in one
+    autograd node); autograd through ``relations`` and ``pwr_loss`` is the reference, with duplicated student
+    rows in float64 (euclidean distance at its clamp: no gradient there; in float32 the rounding leaves such a
+    distance at ~1e-4 and its gradient is rounding noise either way), a zero row, and a head whose student
+    needs no gradient (the loss only)."""
+    g = torch.Generator().manual_seed(3)
+    student = torch.randn(30, 8, generator=g, dtype=torch.float64)
+    if dtype == torch.float64:
+        student[5] = student[2]
+    student[7] = 0.0
+    student = student.to(dtype)
+    teacher = torch.randn(30, 12, generator=g, dtype=torch.float64).to(dtype)
+    for method in ("fast", "tiled"):
+        head = create_head("pwr", method=method, relation=relation, tile=64)
+        x = student.clone().requires_grad_(True)
+        loss = head(student=x, teacher=teacher)
+        (3.0 * loss).backward()
+        y = student.clone().requires_grad_(True)
+        ref = pwr_loss(*head.relations(y, teacher), "exp", "teacher_diff", method=method, tile=64)
+        (3.0 * ref).backward()
+        torch.testing.assert_close(loss, ref.detach(), rtol=1e-12 if dtype == torch.float64 else 1e-6, atol=0)
+        torch.testing.assert_close(x.grad, y.grad, rtol=1e-9 if dtype == torch.float64 else 1e-4,
+                                   atol=1e-14 if dtype == torch.float64 else 1e-7)
+        if relation == "euclidean":
+            assert y.grad[5].abs().sum() > 0  # (the pair (2, 5) passes no gradient, the others do)
+        with torch.no_grad():
+            assert torch.equal(head(student=student, teacher=teacher), loss.detach())
+        assert not head(student=student, teacher=teacher).requires_grad
+
+
 def test_method_resolution_never_approximates_silently() -> None:
     assert resolve_method("auto", "exp", 1.0) == "fast"
     assert resolve_method("auto", "power", 3.0) == "fast"
