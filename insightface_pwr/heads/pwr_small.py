@@ -44,6 +44,8 @@ DENSE_LEVELS = 0  # > 0: the tree's lowest levels by blocks, in groups of 2^DENS
 # the per-level launches dominate (not measured)
 _DENSE_CHUNK = 8192  # items per dense step on a CPU (masks of 8192 x 32 float64: 2 MB, cache-sized)
 _DENSE_CHUNK_GPU = 1 << 18  # elsewhere (fewer launches; 32 MB of masks)
+_MASKS: dict = {}  # (B, L, device) -> a (B, L, L) float64 scratch buffer of the small path, kept: a fresh one
+# costs its page faults on every call (~0.1-0.3 ms at N = 92)
 _CONSTS: dict = {}  # (B, L, device) -> the constant tensors of that block shape (a few kB each)
 
 
@@ -75,6 +77,16 @@ def _consts(B: int, L: int, groups: int, dev: torch.device):
     return c
 
 
+def _mask_buffer(B: int, L: int, dev: torch.device) -> torch.Tensor:
+    key = (B, L, str(dev))
+    buf = _MASKS.get(key)
+    if buf is None:
+        buf = _MASKS[key] = torch.empty(B, L, L, dtype=_F64, device=dev)
+        while len(_MASKS) > 4:
+            _MASKS.pop(next(iter(_MASKS)))
+    return buf
+
+
 def block_sums(v: torch.Tensor, Fm: torch.Tensor, eu: int, vperm: torch.Tensor, B: int, L: int,
                groups: int = 1, mask: torch.Tensor = None,
                Fv: torch.Tensor = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +112,7 @@ def block_sums(v: torch.Tensor, Fm: torch.Tensor, eu: int, vperm: torch.Tensor, 
     # the dense masks M[i, j] (item i dominates item j), float straight from the comparisons, one half after the
     # other in one cache-sized buffer
     if mask is None or mask.shape[0] != B:
-        mask = torch.empty(B, L, L, dtype=_F64, device=v.device)
+        mask = _mask_buffer(B, L, v.device)
     tbf = tb.to(_F64).view(B, L)
     for h in range(2):
         half = slice(h * B, (h + 1) * B)
