@@ -59,7 +59,7 @@ import torch
 
 from . import pwr_small
 from .base import debug_checks_enabled
-from .pwr_math import (MAX_FAST_POWER, METHODS, binom_row, is_decomposable, pair_count, pwr_loss_dense,
+from .pwr_math import (BITS32, MAX_FAST_POWER, METHODS, binom_row, teacher_words, ts_order_keys, is_decomposable, pair_count, pwr_loss_dense,
                        pwr_sum_and_grad_tiled, resolve_margin, resolve_method, tie_runs)
 
 __all__ = ["pwr_loss", "pwr_sum_grad_count", "pair_count", "is_decomposable", "resolve_method", "pwr_sum_and_grad_fast", "exp_fits",
@@ -77,15 +77,6 @@ def exp_fits(beta: float, margin: Union[float, str]) -> bool:
     return beta * (4.0 + const) <= EXP_RANGE
 
 
-_BITS32 = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _order_key32(x: torch.Tensor) -> torch.Tensor:
-    """int64 keys in [-2^31, 2^31) with the order of ``x`` rounded to float32 (exact for 32-bit and narrower)."""
-    k = (x.float() + 0.0).view(torch.int32).to(torch.int64)
-    return k ^ ((k >> 31) & 0x7FFFFFFF)
-
-
 def _order_key(x: torch.Tensor) -> torch.Tensor:
     """int64 keys with the order of the float64 ``x`` (equal values, -0.0 and +0.0 included, get equal keys)."""
     b = (x + 0.0).view(torch.int64)
@@ -99,9 +90,9 @@ def _setup_single(v: torch.Tensor, s: torch.Tensor, t: torch.Tensor, n: int) -> 
     m = v.numel()
     dev = v.device
     ranks = torch.arange(m, device=dev)
-    if t.dtype in _BITS32 and s.dtype in _BITS32:  # one sort on (t, s): at equal t, v's order is s's order
-        t_sorted, t_perm = torch.sort((_order_key32(t) << 32) | (_order_key32(s) + 0x80000000))
-        t_sorted >>= 32
+    if t.dtype in BITS32 and s.dtype in BITS32:  # one sort on (t, s): at equal t, v's order is s's order
+        t_sorted, t_perm = torch.sort(ts_order_keys(t, s))
+        t_sorted = teacher_words(t_sorted)
     else:  # 64 bits: dense t ranks, v ranks, then (t rank, v rank)
         v_rank = torch.empty_like(ranks).scatter_(0, torch.sort(_order_key(v))[1], ranks)
         t_sorted, t_perm = torch.sort(_order_key(t.to(torch.float64)))

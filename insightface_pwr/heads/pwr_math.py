@@ -24,12 +24,30 @@ from .base import zero_loss
 
 __all__ = ["INVERSIONS", "MARGINS", "METHODS", "MAX_FAST_POWER", "resolve_margin", "inversion_loss",
            "inversion_and_grad", "pwr_loss_dense", "pwr_sum_and_grad_tiled", "pair_count", "tie_runs",
-           "is_decomposable", "resolve_method"]
+           "is_decomposable", "resolve_method", "BITS32", "ts_order_keys", "teacher_words"]
 
 INVERSIONS = ("diff", "power", "exp", "ranknet")
 MARGINS = ("teacher_std", "teacher_diff")
 METHODS = ("auto", "fast", "tiled", "dense")
 MAX_FAST_POWER = 8
+BITS32 = (torch.float32, torch.float16, torch.bfloat16)  # dtypes whose values float32 holds exactly
+
+
+def ts_order_keys(t: torch.Tensor, s: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(int64 keys ordering the relations by (t, s) for 32-bit or narrower t and s, their teacher words): each
+    key is two int32 words, the high one t's bits and the low one s's, made order-preserving (a negative float's
+    magnitude bits flipped; the low word's sign bit flipped too, as it counts unsigned). Equal values (-0.0 and
+    +0.0 included) get equal words. The teacher word of a sorted key vector ``k`` is ``k.view(torch.int32)[1::2]``
+    (little-endian)."""
+    k = (torch.stack((s.float(), t.float()), dim=1) + 0.0).view(torch.int32)  # (M, 2): [s, t] (-0.0 -> +0.0)
+    flip = (k >> 31).bitwise_and_(0x7FFFFFFF)
+    flip[:, 0].bitwise_xor_(-0x80000000)
+    return k.bitwise_xor_(flip).view(torch.int64).view(-1)
+
+
+def teacher_words(keys: torch.Tensor) -> torch.Tensor:
+    """The teacher (high) words of ``ts_order_keys`` keys, as an int32 view."""
+    return keys.view(torch.int32)[1::2]
 
 
 def resolve_margin(margin: Union[float, str], t: torch.Tensor) -> Tuple[float, Union[float, torch.Tensor]]:

@@ -31,14 +31,13 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from .pwr_math import binom_row, pair_count
+from .pwr_math import BITS32, binom_row, pair_count, teacher_words, ts_order_keys
 
-__all__ = ["SMALL_M", "DENSE_LEVELS", "block_shape", "block_sums", "dense_groups", "order_key32",
+__all__ = ["SMALL_M", "DENSE_LEVELS", "block_shape", "block_sums", "dense_groups",
            "pwr_sum_and_grad_blocks"]
 
 SMALL_M = 7000  # up to this many items the blocks beat the tree on a CPU (N <= 118 at one item per relation)
 _F64 = torch.float64
-_BITS32 = (torch.float32, torch.float16, torch.bfloat16)
 DENSE_LEVELS = 0  # > 0: the tree's lowest levels by blocks, in groups of 2^DENSE_LEVELS items (pwr_fast._run_tree);
 # off: on a CPU no setting (4 .. 12) beat the tree's own levels (benchmarks/RESULTS.md); a knob for devices where
 # the per-level launches dominate (not measured)
@@ -190,12 +189,6 @@ def dense_groups(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, S: int,
         seg.add_(gi)
 
 
-def order_key32(x: torch.Tensor) -> torch.Tensor:
-    """int64 keys in [-2^31, 2^31) with the order of ``x`` rounded to float32 (exact for 32-bit and narrower)."""
-    k = ((x if x.dtype == torch.float32 else x.float()) + 0.0).view(torch.int32).to(torch.int64)  # (-0.0 = +0.0)
-    return k ^ ((k >> 31) & 0x7FFFFFFF)
-
-
 def _features(val: torch.Tensor, k: int, beta: float, center, n: int) -> Tuple[torch.Tensor, int]:
     """(Fm (E, n), eu): rows :eu the key features U, rows eu: the query features W of the values ``val`` (zero past
     them); summed over e, U_e(a) W_e(b) is l(a - b) for a > b. exp: U = exp(beta (a - c)), W = (exp(beta (c - b)),
@@ -240,10 +233,9 @@ def pwr_sum_and_grad_blocks(qry: torch.Tensor, key: torch.Tensor, s: torch.Tenso
     m, dev = qry.numel(), qry.device
     if single:
         # the t order, teacher ties by ascending value (= by s)
-        if t.dtype in _BITS32 and s.dtype in _BITS32:  # one sort of (t, s) keys
-            kk = order_key32(torch.stack((t, s)))
-            ts, perm = torch.sort((kk[0] << 32) | (kk[1] + 0x80000000))
-            count = _count_sorted(ts >> 32)
+        if t.dtype in BITS32 and s.dtype in BITS32:  # one sort of (t, s) keys
+            ts, perm = torch.sort(ts_order_keys(t, s))
+            count = _count_sorted(teacher_words(ts))
         else:  # a stable sort by t of the value order
             v_perm = torch.sort(qry)[1]
             ts, t_perm = torch.sort(t[v_perm], stable=True)

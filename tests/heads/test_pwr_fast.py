@@ -250,3 +250,22 @@ def test_cpu_chunked_tree_equals_dense(monkeypatch, inversion: str, p: float) ->
     s, t = relations(700, "both", seed=21)
     check_against_dense(s, t, inversion, "teacher_diff", p, 1.0, "fast")
     check_against_dense(s, t, inversion, 0.1, p, 1.0, "fast")
+
+
+def test_ts_order_keys_sort_lexicographically_with_signed_zeros_and_infinities() -> None:
+    """The packed (t, s) keys of float32 relations order as the pairs (t, s) do (checked pair by pair against
+    Python's tuple order), equal pairs (-0.0 = +0.0) get equal keys, and the teacher words of the sorted keys
+    change exactly where the sorted teacher values change."""
+    from insightface_pwr.heads.pwr_math import teacher_words, ts_order_keys
+    g = torch.Generator().manual_seed(5)
+    t, s = torch.randn(600, generator=g), torch.randn(600, generator=g)
+    t[::7], s[::11] = t[3], s[5]
+    t[5], t[6], s[8], s[9], t[10], s[12] = -0.0, 0.0, -0.0, 0.0, float("inf"), -float("inf")
+    keys = ts_order_keys(t, s).tolist()
+    pairs = [(float(a), float(b)) for a, b in zip(t, s)]
+    order = sorted(range(600), key=lambda i: pairs[i])
+    for a, b in zip(order, order[1:]):
+        assert keys[a] == keys[b] if pairs[a] == pairs[b] else keys[a] < keys[b], (pairs[a], pairs[b])
+    sorted_keys, perm = torch.sort(torch.tensor(keys))
+    words = teacher_words(sorted_keys)
+    assert torch.equal(words[1:] != words[:-1], t[perm][1:] != t[perm][:-1])
