@@ -89,11 +89,11 @@ def _setup_single(v: torch.Tensor, s: torch.Tensor, t: torch.Tensor, n: int) -> 
     each t position), C)."""
     m = v.numel()
     dev = v.device
-    ranks = torch.arange(m, device=dev)
     if t.dtype in BITS32 and s.dtype in BITS32:  # one sort on (t, s): at equal t, v's order is s's order
         t_sorted, t_perm = torch.sort(ts_order_keys(t, s))
         t_sorted = teacher_words(t_sorted)
     else:  # 64 bits: dense t ranks, v ranks, then (t rank, v rank)
+        ranks = torch.arange(m, device=dev)
         v_rank = torch.empty_like(ranks).scatter_(0, torch.sort(_order_key(v))[1], ranks)
         t_sorted, t_perm = torch.sort(_order_key(t.to(torch.float64)))
         dense_t = torch.zeros(m, dtype=torch.int64, device=dev)

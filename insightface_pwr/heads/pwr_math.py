@@ -129,18 +129,16 @@ def tie_runs(x_sorted: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def pair_count(t: torch.Tensor, t_sorted: torch.Tensor = None) -> torch.Tensor:
-    """#{(p, q): t_p > t_q} exactly (ties excluded), as an int64 0-d tensor (no host read): with the sorted t,
-    a run of g equal values contributes g^2 = sum over its elements of 2 (rank - run start) + 1, so
-    C = (M^2 - sum g^2) / 2 = M (M - 1) / 2 - sum over elements of (rank - run start)."""
+    """#{(p, q): t_p > t_q} exactly (ties excluded), as an int64 0-d tensor (no host read): over the sorted t, the
+    sum of the ranks where each element's run of equal values starts (the number of smaller values), from one
+    comparison with the neighbour and a running max (int32 positions below 2^31). ``t_sorted``: the sorted
+    values (or any order-preserving keys of them), if at hand."""
     m = t.numel()
     if m < 2:
         return torch.zeros((), dtype=torch.int64, device=t.device)
     ts = torch.sort(t.reshape(-1)).values if t_sorted is None else t_sorted
-    idx = torch.arange(m, device=t.device)
-    new = torch.ones(m, dtype=torch.bool, device=t.device)
-    torch.ne(ts[1:], ts[:-1], out=new[1:])
-    start = torch.where(new, idx, 0).cummax(0).values
-    return m * (m - 1) // 2 - (idx - start).sum()
+    idx = torch.arange(1, m, dtype=torch.int32 if m < 2**31 else torch.int64, device=t.device)
+    return torch.where(ts[1:] != ts[:-1], idx, 0).cummax(0).values.sum(dtype=torch.int64)
 
 
 def pwr_sum_and_grad_tiled(s: torch.Tensor, t: torch.Tensor, inversion: str, margin: Union[float, str],

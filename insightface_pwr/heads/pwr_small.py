@@ -217,13 +217,6 @@ def _total_and_grad(T: torch.Tensor, R: torch.Tensor, Fm: torch.Tensor, eu: int,
     return (U * R).sum(), torch.matmul(c, U[:k] * R[1:] - W[1:] * T[:k])
 
 
-def _count_sorted(ts: torch.Tensor) -> torch.Tensor:
-    """C = #{(p, q): t_p > t_q} from the sorted teacher values (or order keys): the sum over the elements of
-    the rank where their run of equal values starts (int64 0-d tensor)."""
-    idx = torch.arange(1, ts.numel(), device=ts.device)
-    return torch.where(torch.ne(ts[1:], ts[:-1]), idx, 0).cummax(0).values.sum()
-
-
 def pwr_sum_and_grad_blocks(qry: torch.Tensor, key: torch.Tensor, s: torch.Tensor, t: torch.Tensor,
                             single: bool, k: int, beta: float,
                             center) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -235,12 +228,12 @@ def pwr_sum_and_grad_blocks(qry: torch.Tensor, key: torch.Tensor, s: torch.Tenso
         # the t order, teacher ties by ascending value (= by s)
         if t.dtype in BITS32 and s.dtype in BITS32:  # one sort of (t, s) keys
             ts, perm = torch.sort(ts_order_keys(t, s))
-            count = _count_sorted(teacher_words(ts))
+            count = pair_count(t, teacher_words(ts))
         else:  # a stable sort by t of the value order
             v_perm = torch.sort(qry)[1]
             ts, t_perm = torch.sort(t[v_perm], stable=True)
             perm = v_perm[t_perm]
-            count = _count_sorted(ts)
+            count = pair_count(t, ts)
         B, L = block_shape(m)
         n = B * L
         val = qry[perm]
