@@ -58,6 +58,7 @@ from typing import Tuple, Union
 import torch
 
 from . import pwr_small
+from .pwr_wide import wide_levels_exp_single
 from .base import debug_checks_enabled
 from .pwr_math import (BITS32, MAX_FAST_POWER, METHODS, binom_row, teacher_words, ts_order_keys, is_decomposable, pair_count, pwr_loss_dense,
                        pwr_sum_and_grad_tiled, resolve_margin, resolve_method, tie_runs)
@@ -245,17 +246,25 @@ def _run_tree(code, f, levels: int, k: int, beta: float, single: bool):
     acc = torch.zeros(n, dtype=torch.float64, device=dev)
     tot = torch.zeros((), dtype=torch.float64, device=dev)
     cnt = torch.zeros((), dtype=torch.float64, device=dev)  # exact: integers below 2^53
-    work = _Work(n, 7 if (single and not k) else (9 if not k else 12 + k + 1), dev)
     dense = min(pwr_small.DENSE_LEVELS, levels, _CHUNK_LEVELS)
     if dev.type == "cpu" and levels > _CHUNK_LEVELS:
         # the top levels over the whole arrays; below, every group of 2^_CHUNK_LEVELS items is independent:
         # finishing it chunk by chunk keeps its working set in cache (memory traffic dominates on a CPU)
-        orig = (code, f, acc)
-        code, f, acc = _tree_pass(code, f, acc, levels, k, beta, single, tot, cnt, work, stop=_CHUNK_LEVELS)
-        if code.data_ptr() != orig[0].data_ptr():  # the results lie in the work's second copies: swap them
-            work.bufs["c"][0], work.bufs["f"][5], work.bufs["f"][6] = orig
         size = 1 << _CHUNK_LEVELS
-        cwork = work.head(size)
+        if single and k == 0:  # the wide levels chunk by chunk too (pwr_wide.py): chunk-sized scratch
+            cwork = _Work(size, 5, dev)
+            second = (torch.empty_like(code), torch.empty_like(f), torch.empty_like(acc))
+            (code, f, acc), free = wide_levels_exp_single(code, f, acc, levels, _CHUNK_LEVELS, beta, tot, cnt,
+                                                          second, cwork.bufs)
+            cwork.bufs["f"] += [free[1][:size], free[2][:size]]
+            cwork.bufs["c"] = [free[0][:size]]
+        else:
+            work = _Work(n, 7 if (single and not k) else (9 if not k else 12 + k + 1), dev)
+            orig = (code, f, acc)
+            code, f, acc = _tree_pass(code, f, acc, levels, k, beta, single, tot, cnt, work, stop=_CHUNK_LEVELS)
+            if code.data_ptr() != orig[0].data_ptr():  # the results lie in the work's second copies: swap them
+                work.bufs["c"][0], work.bufs["f"][5], work.bufs["f"][6] = orig
+            cwork = work.head(size)
         out = torch.empty(size, dtype=torch.float64, device=dev)  # a chunk's acc in t order (the chunk's range)
         for c0 in range(0, n, size):
             sl = slice(c0, c0 + size)
@@ -267,6 +276,7 @@ def _run_tree(code, f, levels: int, k: int, beta: float, single: bool):
             elif res[2].data_ptr() != acc[sl].data_ptr():
                 acc[sl].copy_(res[2])
         return acc, tot, cnt
+    work = _Work(n, 7 if (single and not k) else (9 if not k else 12 + k + 1), dev)
     res = _tree_pass(code, f, acc, levels, k, beta, single, tot, cnt, work, stop=dense)
     if not dense:
         return res[2], tot, cnt
