@@ -115,10 +115,16 @@ class _PWRHead(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student: torch.Tensor, teacher: torch.Tensor,  # type: ignore[override]
                 head: PairwiseRankingLoss) -> torch.Tensor:
-        index = pair_index(student.shape[0], student.device)
-        xn, r = l2_normalize_mx_scale(student)
-        s, saved = relation_vector(xn, head.relation, index[0])
-        t = relation_vector(l2_normalize_mx(teacher), head.relation, index[0])[0]
+        n = student.shape[0]
+        index = pair_index(n, student.device)
+        if teacher.shape[1] == student.shape[1]:  # both at once (7 operations fewer)
+            xn, r = l2_normalize_mx_scale(torch.cat((student, teacher)))
+            (s, t), saved = relation_vector(xn.view(2, n, -1), head.relation, index[0])
+            xn, r, saved = xn[:n], r[:n], saved[0]
+        else:
+            xn, r = l2_normalize_mx_scale(student)
+            s, saved = relation_vector(xn, head.relation, index[0])
+            t = relation_vector(l2_normalize_mx(teacher), head.relation, index[0])[0]
         total, grad, count = pwr_sum_grad_count(s, t, head.inversion, head.margin, head.p, head.beta, head._method,
                                                 head.tile)
         denom = count.clamp(min=1).to(torch.float64)  # C = 0: every sum is 0, so is the loss

@@ -61,14 +61,15 @@ def pair_index(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor
 
 def relation_vector(x: torch.Tensor, relation: str, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(the M pair relations of the rows of ``x`` at ``flat`` (``pair_index``), what the backward needs: for
-    euclidean the pairs' unclamped squared distances, else the relations themselves)."""
-    prod = torch.mm(x, x.t())
+    euclidean the pairs' unclamped squared distances, else the relations themselves). ``x`` (n, d), or (b, n, d)
+    for b batches at once (then (b, M) each)."""
+    prod = torch.matmul(x, x.transpose(-1, -2))
     if relation == "cosine":
-        rel = torch.sub(1.0, prod.view(-1).index_select(0, flat))
+        rel = torch.sub(1.0, prod.flatten(-2).index_select(-1, flat))
         return rel, rel
     if relation == "euclidean":
-        sq = (x * x).sum(dim=1)
-        u = (sq[:, None] + sq[None, :] - 2.0 * prod).view(-1).index_select(0, flat)
+        sq = (x * x).sum(dim=-1)
+        u = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * prod).flatten(-2).index_select(-1, flat)
         return u.clamp(min=EUCLIDEAN_EPS).sqrt(), u
     raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
 

@@ -130,8 +130,8 @@ HEAD_CASES = [dict(inversion="exp", margin="teacher_diff"), dict(inversion="diff
 @pytest.mark.parametrize("params", HEAD_CASES, ids=lambda p: "-".join(str(v) for v in p.values()))
 def test_head_matches_loop(dtype, relation, params):
     head = create_head("pwr", relation=relation, **params)
-    for n, seed in [(5, 0), (4, 1)]:
-        s, t = embeddings(n, 4, 3, dtype, seed)
+    for n, seed, dt in [(5, 0, 3), (4, 1, 3), (5, 2, 4)]:  # (equal widths: the head relates both in one batch)
+        s, t = embeddings(n, 4, dt, dtype, seed)
         x = s.clone().requires_grad_(True)
         out = head(student=x, teacher=t)
         out.backward()

@@ -150,7 +150,8 @@ def test_head_methods_agree_on_embeddings(relation: str, inversion: str, margin)
 
 @pytest.mark.parametrize("relation", ["cosine", "euclidean"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_head_hand_backward_equals_autograd_with_duplicate_rows(relation: str, dtype) -> None:
+@pytest.mark.parametrize("teacher_dim", [8, 12])  # (equal widths: both normalised and related in one batch)
+def test_head_hand_backward_equals_autograd_with_duplicate_rows(relation: str, dtype, teacher_dim: int) -> None:
     """The fast / tiled head computes d loss / d student by hand (relations and normalisation backward, in one
     autograd node); autograd through ``relations`` and ``pwr_loss`` is the reference, with duplicated student
     rows in float64 (euclidean distance at its clamp: no gradient there; in float32 the rounding leaves such a
@@ -162,7 +163,7 @@ def test_head_hand_backward_equals_autograd_with_duplicate_rows(relation: str, d
         student[5] = student[2]
     student[7] = 0.0
     student = student.to(dtype)
-    teacher = torch.randn(30, 12, generator=g, dtype=torch.float64).to(dtype)
+    teacher = torch.randn(30, teacher_dim, generator=g, dtype=torch.float64).to(dtype)
     for method in ("fast", "tiled"):
         head = create_head("pwr", method=method, relation=relation, tile=64)
         x = student.clone().requires_grad_(True)
