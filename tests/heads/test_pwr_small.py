@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import insightface_pwr.heads.pwr_fast as pwr_fast
 import insightface_pwr.heads.pwr_small as pwr_small
 from insightface_pwr.heads.pwr_fast import pwr_loss, pwr_sum_and_grad_fast
 from insightface_pwr.heads.pwr_math import pwr_loss_dense
@@ -103,7 +104,6 @@ def test_block_sums_equal_brute_force(B: int, L: int, groups: int) -> None:
 def test_tree_with_dense_lowest_levels_equals_dense(monkeypatch, dense_levels, chunk, inversion, p, beta) -> None:
     """The tree (blocks off) finishing its lowest levels densely (``dense_groups``), in sub-chunks, and with the
     CPU chunking of the low levels forced small (then the dense levels stop at the chunk's)."""
-    import insightface_pwr.heads.pwr_fast as pwr_fast
 
     monkeypatch.setattr(pwr_small, "SMALL_M", 0)
     monkeypatch.setattr(pwr_small, "DENSE_LEVELS", dense_levels)
@@ -116,16 +116,18 @@ def test_tree_with_dense_lowest_levels_equals_dense(monkeypatch, dense_levels, c
     check_against_dense(s, t, inversion, 0.125, p, beta, "fast")
 
 
-@pytest.mark.parametrize("small_m", [0, 10**9], ids=["tree", "blocks"])
+@pytest.mark.parametrize("small_m,chunk", [(0, 16), (0, 2), (10**9, 16)], ids=["tree", "chunked-tree", "blocks"])
 @pytest.mark.parametrize("params", [dict(inversion="exp", margin="teacher_diff"), dict(inversion="diff", margin=0.1),
                                     dict(inversion="power", p=3.0, margin="teacher_std"),
                                     dict(inversion="exp", margin=0.0)],
                          ids=lambda p: "-".join(str(v) for v in p.values()))
-def test_both_fast_algorithms_do_not_sync(monkeypatch, small_m: int, params: dict) -> None:
-    """test_no_host_sync's batches are small enough for the blocks: the tree (with its dense levels) too."""
+def test_both_fast_algorithms_do_not_sync(monkeypatch, small_m: int, chunk: int, params: dict) -> None:
+    """test_no_host_sync's batches are small enough for the blocks: the tree (with its dense levels) too, and
+    with chunks of 4 items, the CPU's chunked levels (and the wide levels of pwr_wide.py)."""
     from test_no_host_sync import count_syncs
 
     monkeypatch.setattr(pwr_small, "SMALL_M", small_m)
-    monkeypatch.setattr(pwr_small, "DENSE_LEVELS", 2)
+    monkeypatch.setattr(pwr_small, "DENSE_LEVELS", 2 if chunk > 2 else 0)
+    monkeypatch.setattr(pwr_fast, "_CHUNK_LEVELS", chunk)
     calls = count_syncs("pwr", method="fast", **params)
     assert calls == [], f"pwr fast ({'tree' if small_m == 0 else 'blocks'}) {params}: host syncs {calls}"
