@@ -18,7 +18,8 @@ Printed in the same run, per N:
 - ops: the number of torch function calls of one forward + backward (a ``TorchFunctionMode`` that stays active
   inside the backward), a CPU proxy for GPU kernel launches: metadata queries (``.shape``, ``.dim()``) are not
   counted, view-only calls (``view``, slicing, ``detach``) are counted apart ("views"). The autograd engine's own
-  C++ backward kernels (of matmul, indexing) are not seen: add about 5.
+  C++ kernels are not seen (the head's backward is one multiplication). Above 2^16 items the CPU finishes the
+  tree's groups chunk by chunk (cache-sized): a "#" line then gives the count of the path a GPU runs (no chunks).
 Time: median over ``--repeats`` runs (wall clock, ``torch.set_num_threads(--threads)``, default one thread), and the
 process CPU time (a loaded machine shows as wall >> cpu). ``--device cuda`` times with CUDA events and reports
 torch.cuda.max_memory_allocated instead.
@@ -43,7 +44,7 @@ if "--low-mmap" in sys.argv and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None
 import torch  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
-from insightface_pwr.heads import pwr_small  # noqa: E402
+from insightface_pwr.heads import pwr_fast, pwr_small  # noqa: E402
 from insightface_pwr.heads.registry import create_head  # noqa: E402
 
 _META = {"dim", "numel", "size", "data_ptr", "stride", "is_floating_point", "is_complex", "element_size",
@@ -128,30 +129,37 @@ def _reset_peak() -> bool:
 
 def measure(fn: Callable[[], None], repeats: int, device: str) -> Tuple[float, Optional[float], float]:
     """(median wall seconds, peak extra MB, median process CPU seconds) of ``fn`` (one warm-up call first).
-    CPU seconds (all threads) tell how much of the wall time a loaded machine took away."""
+    CPU seconds (all threads) tell how much of the wall time a loaded machine took away. The timed calls run
+    back to back with nothing else measured; the peak memory comes from two more calls (resetting the peak
+    through /proc/self/clear_refs costs the next call page-table work: ~0.1 ms at N = 8, ~0.3 ms at N = 92)."""
     fn()
     times, peaks, cpus = [], [], []
     for _ in range(repeats):
         if device == "cuda":
             torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
-            peaks.append((torch.cuda.max_memory_allocated() - base) / 2**20)
         else:
-            ok = _reset_peak()
-            base = _rss_kb("VmRSS")
             t0, c0 = time.perf_counter(), time.process_time()
             fn()
             times.append(time.perf_counter() - t0)
             cpus.append(time.process_time() - c0)
-            if ok:
-                peaks.append((_rss_kb("VmHWM") - base) / 1024)
+    for _ in range(2):
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            fn()
+            torch.cuda.synchronize()
+            peaks.append((torch.cuda.max_memory_allocated() - base) / 2**20)
+        elif _reset_peak():
+            base = _rss_kb("VmRSS")
+            fn()
+            peaks.append((_rss_kb("VmHWM") - base) / 1024)
     return statistics.median(times), (max(peaks) if peaks else None), statistics.median(cpus or [float("nan")])
 
 
@@ -222,9 +230,19 @@ def main(argv: Optional[list] = None) -> int:
         else:
             tiled_cell = f"{'(est %.0f s)' % est:>24}"
         mb = mb_fast if mb_fast is not None else float("nan")
+        device_ops = ops
+        if args.device == "cpu" and 2 * m > (1 << pwr_fast._CHUNK_LEVELS):  # what a GPU would launch: no chunks
+            saved_chunk, pwr_fast._CHUNK_LEVELS = pwr_fast._CHUNK_LEVELS, 64
+            try:
+                device_ops = count_ops(fast)[0]
+            finally:
+                pwr_fast._CHUNK_LEVELS = saved_chunk
         print(f"{n:5d} {m:8d} | {t_floor * 1e3:9.2f} {c_floor * 1e3:8.2f} | {t_fast * 1e3:9.2f} {c_fast * 1e3:8.2f} "
               f"{t_fast / t_floor:7.2f} {c_fast / c_floor:6.2f} {mb:7.1f} {mb * 2**20 / m:6.0f} {ops:5d} {views:5d} | "
               f"{dense_cell} | {tiled_cell}", flush=True)
+        if device_ops != ops:
+            print(f"#   N = {n}: {device_ops} ops on a GPU's path (the CPU finishes groups of 2^"
+                  f"{pwr_fast._CHUNK_LEVELS} items chunk by chunk: {ops})", flush=True)
         if args.compare and args.device == "cpu":  # the fast path's alternatives, same run
             for label, attr, value in (("tree (blocks off)", "SMALL_M", 0),
                                        ("tree, lowest 10 levels by blocks", "DENSE_LEVELS", 10)):
