@@ -167,6 +167,7 @@ def _tree_pass(code, f, acc, levels: int, k: int, beta: float, single: bool, tot
         binom_k, binom_k1 = binom_row(k), binom_row(k - 1)
         vq, gq, gk = fb[9], fb[10], fb[11]
         pw = fb[12:12 + k + 1]
+    kb, right_right = None, 0  # (positions in a group; pairs of right items the counts include)
     for lev in range(levels, stop, -1):
         width, half = 1 << lev, 1 << (lev - 1)
         rows = n >> lev
@@ -225,9 +226,11 @@ def _tree_pass(code, f, acc, levels: int, k: int, beta: float, single: bool, tot
         # right one to half - 1 + cr = (k - cr) + (half - 1 + cr - (k - cr)) (float64: exact; scatters in the row)
         torch.cumsum(r.view(shape), 1, out=Cv)
         if single and k == 0:  # the right items before each left one: its dominated pairs (minus the rights')
-            cnt.add_(C.sum() - rows * half * (half + 1) // 2)
-        kb = torch.arange(width, dtype=torch.float64, device=code.device, out=B[:width])
-        torch.sub(kb, Cv, out=Av)
+            cnt.add_(C.sum())
+            right_right += rows * half * (half + 1) // 2
+        if kb is None or kb.numel() < width:
+            kb = torch.arange(width, dtype=torch.float64, device=code.device)
+        torch.sub(kb[:width], Cv, out=Av)
         torch.sub(Cv, Av, out=Dv).add_(half - 1.0)
         A.addcmul_(r, D)
         dest.copy_(A)
@@ -236,6 +239,8 @@ def _tree_pass(code, f, acc, levels: int, k: int, beta: float, single: bool, tot
         f2.view(shape).scatter_(1, dv, f.view(shape))
         acc2.view(shape).scatter_(1, dv, acc.view(shape))
         code, code2, f, f2, acc, acc2 = code2, code, f2, f, acc2, acc
+    if right_right:
+        cnt.sub_(float(right_right))
     return code, f, acc
 
 
