@@ -18,7 +18,7 @@ Printed in the same run, per N:
 - ops: the number of torch function calls of one forward + backward (a ``TorchFunctionMode`` that stays active
   inside the backward), a CPU proxy for GPU kernel launches: metadata queries (``.shape``, ``.dim()``) are not
   counted, view-only calls (``view``, slicing, ``detach``) are counted apart ("views"). The autograd engine's own
-  C++ kernels are not seen (the head's backward is one multiplication). Above 2^16 items the CPU finishes the
+  C++ kernels are not seen (the head's backward is one multiplication). Above 2^15 items the CPU finishes the
   tree's groups chunk by chunk (cache-sized): a "#" line then gives the count of the path a GPU runs (no chunks).
 Time: median over ``--repeats`` runs (wall clock, ``torch.set_num_threads(--threads)``, default one thread), and the
 process CPU time (a loaded machine shows as wall >> cpu). ``--device cuda`` times with CUDA events and reports
