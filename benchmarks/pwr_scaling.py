@@ -44,7 +44,7 @@ if "--low-mmap" in sys.argv and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None
 import torch  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
-from insightface_pwr.heads import pwr_fast, pwr_small  # noqa: E402
+from insightface_pwr.heads import pwr_small, pwr_tree  # noqa: E402
 from insightface_pwr.heads.registry import create_head  # noqa: E402
 
 _META = {"dim", "numel", "size", "data_ptr", "stride", "is_floating_point", "is_complex", "element_size",
@@ -231,18 +231,18 @@ def main(argv: Optional[list] = None) -> int:
             tiled_cell = f"{'(est %.0f s)' % est:>24}"
         mb = mb_fast if mb_fast is not None else float("nan")
         device_ops = ops
-        if args.device == "cpu" and 2 * m > (1 << pwr_fast._CHUNK_LEVELS):  # what a GPU would launch: no chunks
-            saved_chunk, pwr_fast._CHUNK_LEVELS = pwr_fast._CHUNK_LEVELS, 64
+        if args.device == "cpu" and 2 * m > (1 << pwr_tree.CHUNK_LEVELS):  # what a GPU would launch: no chunks
+            saved_chunk, pwr_tree.CHUNK_LEVELS = pwr_tree.CHUNK_LEVELS, 64
             try:
                 device_ops = count_ops(fast)[0]
             finally:
-                pwr_fast._CHUNK_LEVELS = saved_chunk
+                pwr_tree.CHUNK_LEVELS = saved_chunk
         print(f"{n:5d} {m:8d} | {t_floor * 1e3:9.2f} {c_floor * 1e3:8.2f} | {t_fast * 1e3:9.2f} {c_fast * 1e3:8.2f} "
               f"{t_fast / t_floor:7.2f} {c_fast / c_floor:6.2f} {mb:7.1f} {mb * 2**20 / m:6.0f} {ops:5d} {views:5d} | "
               f"{dense_cell} | {tiled_cell}", flush=True)
         if device_ops != ops:
             print(f"#   N = {n}: {device_ops} ops on a GPU's path (the CPU finishes groups of 2^"
-                  f"{pwr_fast._CHUNK_LEVELS} items chunk by chunk: {ops})", flush=True)
+                  f"{pwr_tree.CHUNK_LEVELS} items chunk by chunk: {ops})", flush=True)
         if args.compare and args.device == "cpu":  # the fast path's alternatives, same run
             for label, attr, value in (("tree (blocks off)", "SMALL_M", 0),
                                        ("tree, lowest 10 levels by blocks", "DENSE_LEVELS", 10)):

@@ -46,11 +46,9 @@ groups of a cache-sized chunk at once (``dense_groups``: the rank in the group s
 default: on a CPU it does not beat the tree's own levels.
 
 Cost: two int64 sorts of M keys (float32 relations, one item per relation; four for float64, three plus searches
-for pair items), then log2(n) levels of about 20 vectorised O(n) operations. On a CPU the groups of 2^15 items
-(``_CHUNK_LEVELS``) are finished one chunk at a time (cache-sized working set, every temporary allocated once), and
-for ``exp`` with one item per relation the wider levels run chunk by chunk too (``pwr_wide.py``): three float64 /
-int32 vectors of n entries and their second copies at the peak (72 bytes per relation at N = 4096, head included;
-about 11 vectors, 116 bytes, on the unchunked path). The gradient is computed in the forward and stored: the
+for pair items), then log2(n) levels of about 25 vectorised O(n) operations (``pwr_tree.py``; on a CPU in
+cache-sized chunks: three vectors of n entries and their second copies at the peak, 79 bytes per relation at
+N = 4096 for exp with teacher-diff, head included). The gradient is computed in the forward and stored: the
 backward is one multiplication.
 """
 from __future__ import annotations
@@ -60,16 +58,15 @@ from typing import Tuple, Union
 import torch
 
 from . import pwr_small
-from .pwr_wide import wide_levels_exp_single
+from .pwr_tree import run_tree
 from .base import debug_checks_enabled
-from .pwr_math import (BITS32, MAX_FAST_POWER, METHODS, binom_row, teacher_words, ts_order_keys, is_decomposable, pair_count, pwr_loss_dense,
+from .pwr_math import (BITS32, MAX_FAST_POWER, METHODS, teacher_words, ts_order_keys, is_decomposable, pair_count, pwr_loss_dense,
                        pwr_sum_and_grad_tiled, resolve_margin, resolve_method, tie_runs)
 
 __all__ = ["pwr_loss", "pwr_sum_grad_count", "pair_count", "is_decomposable", "resolve_method", "pwr_sum_and_grad_fast", "exp_fits",
            "pwr_sum_and_grad_tiled", "MAX_FAST_POWER", "METHODS", "EXP_RANGE"]
 
 EXP_RANGE = 1400.0  # beta * (value range) beyond which the shifted exp features leave float64's normal range
-_CHUNK_LEVELS = 15  # CPU: finish groups of 2^15 items one at a time (cache-sized working set; 16: 2-4% slower)
 _I64_MAX = 0x7FFFFFFFFFFFFFFF
 
 
@@ -139,159 +136,6 @@ def _setup_pairs(qry: torch.Tensor, key: torch.Tensor, t: torch.Tensor, n: int):
     return code, a_sorted, b_sorted, kpos, qpos, t_perm, qpos_sorted, g, count
 
 
-class _Work:
-    """The temporaries of ``_tree_pass``, allocated once; ``head(size)`` views their first ``size`` entries."""
-
-    def __init__(self, n: int, nf: int, dev: torch.device, bufs: dict = None) -> None:
-        if bufs is None:
-            bufs = dict(f=[torch.empty(n, dtype=torch.float64, device=dev) for _ in range(nf)],
-                        i=[torch.empty(n, dtype=torch.int64, device=dev)],
-                        c=[torch.empty(n, dtype=torch.int32, device=dev)])
-        self.bufs = bufs
-
-    def head(self, size: int) -> "_Work":
-        return _Work(0, 0, torch.device("cpu"), {k: [b[:size] for b in v] for k, v in self.bufs.items()})
-
-
-def _tree_pass(code, f, acc, levels: int, k: int, beta: float, single: bool, tot, cnt, work: _Work,
-               stop: int = 0):
-    """The top-down pass (module docstring) over levels ``levels`` .. ``stop`` + 1, in arranged order: ``code``
-    (int32: t position, or 2 t position + key flag), ``f`` (exp: exp(beta (v - c)) for single items and keys,
-    exp(beta (c - b)) for query items; power: value - c), ``acc`` (+= each item's gradient sum). Adds the pair
-    sum of exp(beta x) (exp) or of x^k (power) into ``tot`` and, for exp, the dominated pair count into ``cnt``
-    (in place). Returns (code, f, acc) as reached (the inputs' storage is reused as scratch)."""
-    n = code.numel()
-    fb, (dest,), (code2,) = (work.bufs[x] for x in ("f", "i", "c"))
-    A, B, C, D, r, f2, acc2 = fb[:7]
-    if not single or k:
-        mk, mq = fb[7], fb[8]
-    if k:
-        binom_k, binom_k1 = binom_row(k), binom_row(k - 1)
-        vq, gq, gk = fb[9], fb[10], fb[11]
-        pw = fb[12:12 + k + 1]
-    kb, right_right = None, 0  # (positions in a group; pairs of right items the counts include)
-    for lev in range(levels, stop, -1):
-        width, half = 1 << lev, 1 << (lev - 1)
-        rows = n >> lev
-        shape = (rows, width)
-        Av, Bv, Cv, Dv = A.view(shape), B.view(shape), C.view(shape), D.view(shape)
-        torch.bitwise_right_shift(code, lev - 1 if single else lev, out=code2)  # the split bit: right half
-        r.copy_(code2.bitwise_and_(1))  # (code2 is scratch until the scatter)
-        if not single:  # masks: left keys, right queries
-            torch.bitwise_and(code, 1, out=code2)
-            mk.copy_(code2)
-            torch.mul(mk, r, out=mq)
-            mk.sub_(mq)
-            torch.sub(r, mq, out=mq)
-        elif k:
-            torch.sub(1.0, r, out=mk)
-            mq.copy_(r)
-        if k == 0:  # exp: A = left keys' features, B = right queries' features
-            if single:
-                torch.addcmul(f, f, r, value=-1.0, out=A)
-                torch.div(r, f, out=B)
-            else:
-                torch.mul(f, mk, out=A)
-                torch.mul(f, mq, out=B)
-            torch.cumsum(Av, 1, out=Cv)
-            torch.cumsum(Bv, 1, out=Dv)  # right queries' features before each left key (value < a)
-            acc.addcmul_(A, D, value=beta)
-            tot.add_(torch.dot(A, D))
-            torch.sub(Cv[:, -1:].clone(), Cv, out=Cv)  # left keys' features after each right query (value > b)
-            acc.addcmul_(B, C, value=-beta)
-            if not single:
-                torch.cumsum(mq.view(shape), 1, out=Cv)
-                cnt.add_(torch.dot(mk, C))
-        else:  # (a' - b')^k by the binomial expansion; keys' sums after each query, queries' sums before each key
-            torch.add(mk, mq, out=pw[0])
-            for e in range(1, k + 1):
-                torch.mul(pw[e - 1], f, out=pw[e])
-            vq.zero_()
-            gq.zero_()
-            gk.zero_()
-            for e in range(k + 1):
-                torch.mul(pw[e], mk, out=A)
-                torch.cumsum(Av, 1, out=Cv)
-                torch.sub(Cv[:, -1:].clone(), Cv, out=Cv)  # S_e = sum of a'^e over the left keys dominating
-                vq.add_(torch.mul(C, pw[k - e], out=A), alpha=binom_k[e] * (-1.0) ** (k - e))
-                if e <= k - 1:
-                    sign = binom_k1[e] * (-1.0) ** (k - 1 - e)
-                    gq.add_(torch.mul(C, pw[k - 1 - e], out=A), alpha=sign)
-                    torch.mul(pw[k - 1 - e], mq, out=A)
-                    torch.cumsum(Av, 1, out=Dv)
-                    gk.add_(D.mul_(pw[e]), alpha=sign)
-            tot.add_(torch.dot(vq, mq))
-            gk.mul_(mk).sub_(gq.mul_(mq))
-            acc.add_(gk, alpha=float(k))
-        # stable partition of every group by the split bit (each half has `half` items, still in value order):
-        # with cr = inclusive count of right items and k = index in the group, a left item moves to k - cr and a
-        # right one to half - 1 + cr = (k - cr) + (half - 1 + cr - (k - cr)) (float64: exact; scatters in the row)
-        torch.cumsum(r.view(shape), 1, out=Cv)
-        if single and k == 0:  # the right items before each left one: its dominated pairs (minus the rights')
-            cnt.add_(C.sum())
-            right_right += rows * half * (half + 1) // 2
-        if kb is None or kb.numel() < width:
-            kb = torch.arange(width, dtype=torch.float64, device=code.device)
-        torch.sub(kb[:width], Cv, out=Av)
-        torch.sub(Cv, Av, out=Dv).add_(half - 1.0)
-        A.addcmul_(r, D)
-        dest.copy_(A)
-        dv = dest.view(shape)
-        code2.view(shape).scatter_(1, dv, code.view(shape))
-        f2.view(shape).scatter_(1, dv, f.view(shape))
-        acc2.view(shape).scatter_(1, dv, acc.view(shape))
-        code, code2, f, f2, acc, acc2 = code2, code, f2, f, acc2, acc
-    if right_right:
-        cnt.sub_(float(right_right))
-    return code, f, acc
-
-
-def _run_tree(code, f, levels: int, k: int, beta: float, single: bool):
-    """The whole pass (chunked on a CPU), its lowest ``pwr_small.DENSE_LEVELS`` levels done densely group by group
-    (``pwr_small.dense_groups``). Returns (acc in t order, tot, cnt)."""
-    n, dev = code.numel(), code.device
-    acc = torch.zeros(n, dtype=torch.float64, device=dev)
-    tot = torch.zeros((), dtype=torch.float64, device=dev)
-    cnt = torch.zeros((), dtype=torch.float64, device=dev)  # exact: integers below 2^53
-    dense = min(pwr_small.DENSE_LEVELS, levels, _CHUNK_LEVELS)
-    if dev.type == "cpu" and levels > _CHUNK_LEVELS:
-        # the top levels over the whole arrays; below, every group of 2^_CHUNK_LEVELS items is independent:
-        # finishing it chunk by chunk keeps its working set in cache (memory traffic dominates on a CPU)
-        size = 1 << _CHUNK_LEVELS
-        if single and k == 0:  # the wide levels chunk by chunk too (pwr_wide.py): chunk-sized scratch
-            cwork = _Work(size, 5, dev)
-            second = (torch.empty_like(code), torch.empty_like(f), torch.empty_like(acc))
-            (code, f, acc), free = wide_levels_exp_single(code, f, acc, levels, _CHUNK_LEVELS, beta, tot, cnt,
-                                                          second, cwork.bufs)
-            cwork.bufs["f"] += [free[1][:size], free[2][:size]]
-            cwork.bufs["c"] = [free[0][:size]]
-        else:
-            work = _Work(n, 7 if (single and not k) else (9 if not k else 12 + k + 1), dev)
-            orig = (code, f, acc)
-            code, f, acc = _tree_pass(code, f, acc, levels, k, beta, single, tot, cnt, work, stop=_CHUNK_LEVELS)
-            if code.data_ptr() != orig[0].data_ptr():  # the results lie in the work's second copies: swap them
-                work.bufs["c"][0], work.bufs["f"][5], work.bufs["f"][6] = orig
-            cwork = work.head(size)
-        out = torch.empty(size, dtype=torch.float64, device=dev)  # a chunk's acc in t order (the chunk's range)
-        for c0 in range(0, n, size):
-            sl = slice(c0, c0 + size)
-            res = _tree_pass(code[sl], f[sl], acc[sl], _CHUNK_LEVELS, k, beta, single, tot, cnt, cwork,
-                             stop=dense)
-            if dense:
-                pwr_small.dense_groups(*res, dense, k, beta, single, tot, out, base=c0)
-                acc[sl].copy_(out)
-            elif res[2].data_ptr() != acc[sl].data_ptr():
-                acc[sl].copy_(res[2])
-        return acc, tot, cnt
-    work = _Work(n, 7 if (single and not k) else (9 if not k else 12 + k + 1), dev)
-    res = _tree_pass(code, f, acc, levels, k, beta, single, tot, cnt, work, stop=dense)
-    if not dense:
-        return res[2], tot, cnt
-    out = work.bufs["f"][0]  # (scratch of the pass, free now: the pass returns its inputs' storage or f2, acc2)
-    pwr_small.dense_groups(*res, dense, k, beta, single, tot, out)
-    return out, tot, cnt
-
-
 def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, margin: Union[float, str],
                           p: float = 1.0, beta: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The SUM of l(x_pq) over the pairs t_p > t_q (float64 0-d tensor), its gradient d sum / d s (float64,
@@ -334,7 +178,7 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
                                                                                        device=dev)
         f[:m] = torch.exp((v_val - center) * beta) if k == 0 else v_val - center
         del v_val, qry, key
-        acc, tot, cnt = _run_tree(code, f, levels, k, beta, True, )
+        acc, tot, cnt = run_tree(code, f, levels, k, beta, True)
         grad_t = acc[:m]
     else:
         code, a_sorted, b_sorted, kpos, qpos, t_perm, qpos_sorted, g, count = _setup_pairs(qry, key, t, n)
@@ -344,7 +188,7 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
         else:
             f.scatter_(0, kpos, a_sorted - center).scatter_(0, qpos, b_sorted - center)
         del a_sorted, b_sorted, kpos, qpos, qry, key
-        acc, tot, cnt = _run_tree(code, f, levels, k, beta, False)
+        acc, tot, cnt = run_tree(code, f, levels, k, beta, False)
         grad_t = acc.index_select(0, qpos_sorted) + acc.index_select(0, qpos_sorted + g)
     total = tot - cnt if k == 0 else tot
     grad = torch.empty(m, dtype=torch.float64, device=dev).scatter_(0, t_perm.to(torch.int64), grad_t)

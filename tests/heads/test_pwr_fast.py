@@ -241,12 +241,14 @@ def test_no_ordered_pair_count_is_a_tensor() -> None:
     assert pair_count(torch.tensor([1.0, -0.0, 0.0])).item() == 2
 
 
-@pytest.mark.parametrize("inversion,p", [("exp", 1.0), ("power", 3.0)])
+@pytest.mark.parametrize("inversion,p", [("exp", 1.0), ("power", 3.0), ("diff", 1.0), ("power", 2.0)])
 def test_cpu_chunked_tree_equals_dense(monkeypatch, inversion: str, p: float) -> None:
-    """The CPU path finishes the low tree levels chunk by chunk; force tiny chunks so that it runs here."""
+    """The CPU path runs the tree in chunks (whole groups below a chunk, chunk by chunk within the wider groups);
+    force chunks of 8 items so that both run here, for one item and for two items per relation."""
     import insightface_pwr.heads.pwr_fast as pwr_fast
+    import insightface_pwr.heads.pwr_tree as pwr_tree
 
-    monkeypatch.setattr(pwr_fast, "_CHUNK_LEVELS", 3)
+    monkeypatch.setattr(pwr_tree, "CHUNK_LEVELS", 3)
     monkeypatch.setattr(pwr_fast.pwr_small, "SMALL_M", 0)  # (700 relations: the tree, not the blocks)
     s, t = relations(700, "both", seed=21)
     check_against_dense(s, t, inversion, "teacher_diff", p, 1.0, "fast")

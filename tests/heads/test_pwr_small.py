@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import insightface_pwr.heads.pwr_fast as pwr_fast
 import insightface_pwr.heads.pwr_small as pwr_small
+import insightface_pwr.heads.pwr_tree as pwr_tree
 from insightface_pwr.heads.pwr_fast import pwr_loss, pwr_sum_and_grad_fast
 from insightface_pwr.heads.pwr_math import pwr_loss_dense
 from test_pwr_fast import FAST, MARGINS, TIES, assert_close_rel, check_against_dense, relations
@@ -111,7 +111,7 @@ def test_tree_with_dense_lowest_levels_equals_dense(monkeypatch, dense_levels, c
     s, t = relations(300, "both", seed=dense_levels + chunk)
     for margin in ("teacher_diff", 0.125, "teacher_std"):
         check_against_dense(s, t, inversion, margin, p, beta, "fast")
-    monkeypatch.setattr(pwr_fast, "_CHUNK_LEVELS", 3)
+    monkeypatch.setattr(pwr_tree, "CHUNK_LEVELS", 3)
     check_against_dense(s, t, inversion, "teacher_diff", p, beta, "fast")
     check_against_dense(s, t, inversion, 0.125, p, beta, "fast")
 
@@ -123,11 +123,11 @@ def test_tree_with_dense_lowest_levels_equals_dense(monkeypatch, dense_levels, c
                          ids=lambda p: "-".join(str(v) for v in p.values()))
 def test_both_fast_algorithms_do_not_sync(monkeypatch, small_m: int, chunk: int, params: dict) -> None:
     """test_no_host_sync's batches are small enough for the blocks: the tree (with its dense levels) too, and
-    with chunks of 4 items, the CPU's chunked levels (and the wide levels of pwr_wide.py)."""
+    with chunks of 4 items, the CPU's chunked and wide levels (pwr_tree.py)."""
     from test_no_host_sync import count_syncs
 
     monkeypatch.setattr(pwr_small, "SMALL_M", small_m)
     monkeypatch.setattr(pwr_small, "DENSE_LEVELS", 2 if chunk > 2 else 0)
-    monkeypatch.setattr(pwr_fast, "_CHUNK_LEVELS", chunk)
+    monkeypatch.setattr(pwr_tree, "CHUNK_LEVELS", chunk)
     calls = count_syncs("pwr", method="fast", **params)
     assert calls == [], f"pwr fast ({'tree' if small_m == 0 else 'blocks'}) {params}: host syncs {calls}"
