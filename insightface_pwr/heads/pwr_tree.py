@@ -30,6 +30,7 @@ from .pwr_math import binom_row
 __all__ = ["CHUNK_LEVELS", "run_tree"]
 
 CHUNK_LEVELS = 15  # CPU: chunks of 2^15 items (cache-sized working set; 2^16: 2-4 % slower, 2^14: 4 % slower)
+_KEEP_POSITIONS = 1 << 16  # in-group positions kept up to this width; wider (unchunked) levels write them in scratch
 _F64 = torch.float64
 
 
@@ -53,8 +54,8 @@ class _Work:
         return v
 
     def positions(self, width: int, scratch: torch.Tensor) -> torch.Tensor:
-        """0 .. width - 1 (float64): kept up to 2^16, else written into ``scratch``."""
-        if width > 1 << 16:
+        """0 .. width - 1 (float64): kept up to ``_KEEP_POSITIONS``, else written into ``scratch``."""
+        if width > _KEEP_POSITIONS:
             return torch.arange(width, dtype=_F64, device=scratch.device, out=scratch[:width])
         if self.kb is None or self.kb.numel() < width:
             self.kb = torch.arange(width, dtype=_F64, device=scratch.device)

@@ -255,6 +255,21 @@ def test_cpu_chunked_tree_equals_dense(monkeypatch, inversion: str, p: float) ->
     check_against_dense(s, t, inversion, 0.1, p, 1.0, "fast")
 
 
+@pytest.mark.parametrize("inversion,p", [("exp", 1.0), ("power", 2.0)])
+def test_unchunked_tree_with_positions_in_scratch_equals_dense(monkeypatch, inversion: str, p: float) -> None:
+    """Off a CPU the tree runs unchunked and writes the in-group positions of its widest levels into scratch (a
+    kept vector of n positions would cost 8 bytes per item): force both here."""
+    import insightface_pwr.heads.pwr_fast as pwr_fast
+    import insightface_pwr.heads.pwr_tree as pwr_tree
+
+    monkeypatch.setattr(pwr_tree, "CHUNK_LEVELS", 64)
+    monkeypatch.setattr(pwr_tree, "_KEEP_POSITIONS", 4)
+    monkeypatch.setattr(pwr_fast.pwr_small, "SMALL_M", 0)
+    s, t = relations(300, "both", seed=22)
+    check_against_dense(s, t, inversion, "teacher_diff", p, 1.0, "fast")
+    check_against_dense(s, t, inversion, 0.1, p, 1.0, "fast")
+
+
 def test_ts_order_keys_sort_lexicographically_with_signed_zeros_and_infinities() -> None:
     """The packed (t, s) keys of float32 relations order as the pairs (t, s) do (checked pair by pair against
     Python's tuple order), equal pairs (-0.0 = +0.0) get equal keys, and the teacher words of the sorted keys
