@@ -93,7 +93,7 @@ class PairwiseRankingLoss(EmbeddingHead):
         (``L2Normalization``: x / sqrt(|x|^2 + 1e-10)). The 1e-10 matters for identical rows: their cosine distance
         is then ~1e-10 / |x|^2, the reference's value, instead of a +-1e-16 left to BLAS rounding (which decides
         whether two such pairs tie). Differentiable (autograd); the head's own step uses ``_PWRHead``."""
-        flat = pair_index(student.shape[0], student.device)[0]  # the pairs i < j, row-major
+        flat = pair_index(student.shape[0], student.device)  # the pairs i < j, row-major
         return (relation_vector(l2_normalize_mx(student), self.relation, flat)[0],
                 relation_vector(l2_normalize_mx(teacher), self.relation, flat)[0])
 
@@ -116,22 +116,22 @@ class _PWRHead(torch.autograd.Function):
     def forward(ctx, student: torch.Tensor, teacher: torch.Tensor,  # type: ignore[override]
                 head: PairwiseRankingLoss) -> torch.Tensor:
         n = student.shape[0]
-        index = pair_index(n, student.device)
+        flat = pair_index(n, student.device)
         if teacher.shape[1] == student.shape[1]:  # both at once (7 operations fewer)
             xn, r = l2_normalize_mx_scale(torch.cat((student, teacher)))
-            (s, t), saved = relation_vector(xn.view(2, n, -1), head.relation, index[0])
+            (s, t), saved = relation_vector(xn.view(2, n, -1), head.relation, flat)
             xn, r, saved = xn[:n], r[:n], saved[0]
         else:
             xn, r = l2_normalize_mx_scale(student)
-            s, saved = relation_vector(xn, head.relation, index[0])
-            t = relation_vector(l2_normalize_mx(teacher), head.relation, index[0])[0]
+            s, saved = relation_vector(xn, head.relation, flat)
+            t = relation_vector(l2_normalize_mx(teacher), head.relation, flat)[0]
         total, grad, count = pwr_sum_grad_count(s, t, head.inversion, head.margin, head.p, head.beta, head._method,
                                                 head.tile)
         denom = count.clamp(min=1).to(torch.float64)  # C = 0: every sum is 0, so is the loss
         if ctx.needs_input_grad[0]:
             g = (grad / denom).to(student.dtype)
             ctx.save_for_backward(l2_normalize_mx_backward(
-                xn, r, relation_vector_backward(xn, head.relation, s, saved, g, index)))
+                xn, r, relation_vector_backward(xn, head.relation, s, saved, g, flat)))
         return (total / denom).to(student.dtype)
 
     @staticmethod

