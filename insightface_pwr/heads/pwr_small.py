@@ -43,8 +43,8 @@ DENSE_LEVELS = 0  # > 0: the tree's lowest levels by blocks, in groups of 2^DENS
 # the per-level launches dominate (not measured)
 _DENSE_CHUNK = 8192  # items per dense step on a CPU (masks of 8192 x 32 float64: 2 MB, cache-sized)
 _DENSE_CHUNK_GPU = 1 << 18  # elsewhere (fewer launches; 32 MB of masks)
-_MASKS: dict = {}  # (B, L, device) -> a (B, L, L) float64 scratch buffer of the small path, kept: a fresh one
-# costs its page faults on every call (~0.1-0.3 ms at N = 92)
+_BUFFERS: dict = {}  # (name, shape, device) -> a float64 scratch buffer of the small path (the mask, the grid),
+# kept: fresh ones cost their page faults on every call (~0.15 ms at N = 92 for both)
 _CONSTS: dict = {}  # (B, L, device) -> the constant tensors of that block shape (a few kB each)
 
 
@@ -76,13 +76,14 @@ def _consts(B: int, L: int, groups: int, dev: torch.device):
     return c
 
 
-def _mask_buffer(B: int, L: int, dev: torch.device) -> torch.Tensor:
-    key = (B, L, str(dev))
-    buf = _MASKS.get(key)
+def _buffer(name: str, shape: Tuple[int, ...], dev: torch.device) -> torch.Tensor:
+    """A float64 scratch buffer of this shape, kept between calls (a fresh one costs its page faults each call)."""
+    key = (name, shape, str(dev))
+    buf = _BUFFERS.get(key)
     if buf is None:
-        buf = _MASKS[key] = torch.empty(B, L, L, dtype=_F64, device=dev)
-        while len(_MASKS) > 4:
-            _MASKS.pop(next(iter(_MASKS)))
+        buf = _BUFFERS[key] = torch.empty(shape, dtype=_F64, device=dev)
+        while len(_BUFFERS) > 8:
+            _BUFFERS.pop(next(iter(_BUFFERS)))
     return buf
 
 
@@ -111,7 +112,7 @@ def block_sums(v: torch.Tensor, Fm: torch.Tensor, eu: int, vperm: torch.Tensor, 
     # the dense masks M[i, j] (item i dominates item j), float straight from the comparisons, one half after the
     # other in one cache-sized buffer
     if mask is None or mask.shape[0] != B:
-        mask = _mask_buffer(B, L, v.device)
+        mask = _buffer("mask", (B, L, L), v.device)
     tbf = tb.to(_F64).view(B, L)
     for h in range(2):
         half = slice(h * B, (h + 1) * B)
@@ -131,7 +132,7 @@ def block_sums(v: torch.Tensor, Fm: torch.Tensor, eu: int, vperm: torch.Tensor, 
     P = B // groups + 1
     cell = torch.add(vbr, tb, alpha=P)
     idx = torch.cat((cell.expand(eu, n), (cw - cell).expand(ew, n)))  # U's, W's cell
-    grid = torch.zeros(E, groups * P * P, dtype=_F64, device=v.device)
+    grid = _buffer("grid", (E, groups * P * P), v.device).zero_()
     grid[:, P + 1:].scatter_add_(1, idx, Fv)
     g = grid.view(E, groups, P, P).cumsum_(2).cumsum_(3).view(E, groups * P * P).gather(1, idx)
     T[1].add_(g[:eu])
