@@ -15,11 +15,11 @@ dL/ds_r = (sum over queries p dominated by key r of l'(a_r - b_p) - sum over key
 l'(a_q - b_r)) / C needs the same kind of sums from both sides.
 
 The dominance sums come from one top-down pass over a binary tree on the t order (``pwr_tree.py``; log2(n) levels, n
-the item count rounded up to a power of two). At each level the items are arranged group by group (a group = 2^level consecutive
-t positions), each group in value order. In every group the right half's queries receive the suffix sums of the
-left half's keys (a segmented cumsum on a (groups, width) view) and the left half's keys the prefix sums of the
-right half's queries; a stable partition by the next t bit (one cumsum, one scatter per carried vector) gives the
-next level's arrangement, and after the last level the t order. Every pair (q, p) with t-position(q) <
+the item count rounded up to a power of two). At each level the items are arranged group by group (a group = 2^level
+consecutive t positions), each group in value order. In every group the right half's queries receive the suffix sums
+of the left half's keys (a segmented cumsum on a (groups, width) view) and the left half's keys the prefix sums of
+the right half's queries; a stable partition by the next t bit (one cumsum, one scatter per carried vector) gives
+the next level's arrangement, and after the last level the t order. Every pair (q, p) with t-position(q) <
 t-position(p) meets at exactly one level: the one where they split.
 
 Items. When a = b (``teacher_diff``, or a zero constant margin) ONE item per relation is both key and query: the t
