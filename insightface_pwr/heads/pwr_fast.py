@@ -60,11 +60,11 @@ import torch
 from . import pwr_small
 from .pwr_tree import run_tree
 from .base import debug_checks_enabled
-from .pwr_math import (BITS32, MAX_FAST_POWER, METHODS, teacher_words, ts_order_keys, is_decomposable, pair_count, pwr_loss_dense,
-                       pwr_sum_and_grad_tiled, resolve_margin, resolve_method, tie_runs)
+from .pwr_math import (BITS32, MAX_FAST_POWER, METHODS, is_decomposable, pair_count, pwr_loss_dense,
+                       pwr_sum_and_grad_tiled, resolve_margin, resolve_method, teacher_words, tie_runs, ts_order_keys)
 
-__all__ = ["pwr_loss", "pwr_sum_grad_count", "pair_count", "is_decomposable", "resolve_method", "pwr_sum_and_grad_fast", "exp_fits",
-           "pwr_sum_and_grad_tiled", "MAX_FAST_POWER", "METHODS", "EXP_RANGE"]
+__all__ = ["pwr_loss", "pwr_sum_grad_count", "pair_count", "is_decomposable", "resolve_method",
+           "pwr_sum_and_grad_fast", "exp_fits", "pwr_sum_and_grad_tiled", "MAX_FAST_POWER", "METHODS", "EXP_RANGE"]
 
 EXP_RANGE = 1400.0  # beta * (value range) beyond which the shifted exp features leave float64's normal range
 _I64_MAX = 0x7FFFFFFFFFFFFFFF
