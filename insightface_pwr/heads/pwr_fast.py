@@ -83,6 +83,11 @@ def _order_key(x: torch.Tensor) -> torch.Tensor:
     return b ^ ((b >> 63) & _I64_MAX)
 
 
+def _key_values(keys: torch.Tensor) -> torch.Tensor:
+    """The float64 values of ``_order_key`` keys (-0.0 comes back as +0.0): the same bit map, applied again."""
+    return (keys ^ ((keys >> 63) & _I64_MAX)).view(torch.float64)
+
+
 def _setup_single(v: torch.Tensor, s: torch.Tensor, t: torch.Tensor, n: int) -> Tuple[torch.Tensor, ...]:
     """One item per relation (key value = query value = v, monotone in s at equal t). Returns (code = t position
     of each item in value order (int32, pads M..n-1 last), v in value order (float64, M), t order (relation of
@@ -103,12 +108,12 @@ def _setup_single(v: torch.Tensor, s: torch.Tensor, t: torch.Tensor, n: int) -> 
         del dense_t, v_rank
     count = pair_count(t, t_sorted)
     del t_sorted
-    # value order, value ties by t position: a stable sort of the values in t order
-    v_t = v.index_select(0, t_perm)
-    vo = torch.sort(_order_key(v_t), stable=True)[1]
+    # value order, value ties by t position: a stable sort of the values in t order; the sorted keys give the
+    # values back (the key map is its own inverse), a sequential pass instead of a gather
+    v_keys, vo = torch.sort(_order_key(v.index_select(0, t_perm)), stable=True)
     code = torch.arange(n, dtype=torch.int32, device=dev)
     code[:m] = vo
-    return code, v_t.index_select(0, vo), t_perm, count
+    return code, _key_values(v_keys), t_perm, count
 
 
 def _setup_pairs(qry: torch.Tensor, key: torch.Tensor, t: torch.Tensor, n: int):
