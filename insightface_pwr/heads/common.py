@@ -40,7 +40,7 @@ def l2_normalize_mx_scale(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def l2_normalize_mx_backward(xn: torch.Tensor, r: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """d loss / d x from d loss / d xn for ``xn, r = l2_normalize_mx_scale(x)``: r (g - xn (xn . g)) per row."""
-    return (grad - xn * (xn * grad).sum(dim=1, keepdim=True)).mul_(r)
+    return torch.addcmul(grad, xn, (xn * grad).sum(dim=1, keepdim=True), value=-1.0).mul_(r)
 
 
 def huber(x: torch.Tensor, delta: float = 1.0) -> torch.Tensor:

@@ -127,9 +127,9 @@ class _PWRHead(torch.autograd.Function):
             t = relation_vector(l2_normalize_mx(teacher), head.relation, flat)[0]
         total, grad, count = pwr_sum_grad_count(s, t, head.inversion, head.margin, head.p, head.beta, head._method,
                                                 head.tile)
-        denom = count.clamp(min=1).to(torch.float64)  # C = 0: every sum is 0, so is the loss
+        denom = count.clamp(min=1)  # C = 0: every sum is 0, so is the loss (float64 / int64: float64)
         if ctx.needs_input_grad[0]:
-            g = (grad / denom).to(student.dtype)
+            g = grad.div_(denom).to(student.dtype)
             ctx.save_for_backward(l2_normalize_mx_backward(
                 xn, r, relation_vector_backward(xn, head.relation, s, saved, g, flat)))
         return (total / denom).to(student.dtype)

@@ -39,7 +39,8 @@ def ts_order_keys(t: torch.Tensor, s: torch.Tensor) -> Tuple[torch.Tensor, torch
     magnitude bits flipped; the low word's sign bit flipped too, as it counts unsigned). Equal values (-0.0 and
     +0.0 included) get equal words. The teacher word of a sorted key vector ``k`` is ``k.view(torch.int32)[1::2]``
     (little-endian)."""
-    k = (torch.stack((s.float(), t.float()), dim=1) + 0.0).view(torch.int32)  # (M, 2): [s, t] (-0.0 -> +0.0)
+    pair = (s, t) if s.dtype == t.dtype == torch.float32 else (s.float(), t.float())
+    k = (torch.stack(pair, dim=1) + 0.0).view(torch.int32)  # (M, 2): [s, t] (-0.0 -> +0.0)
     flip = (k >> 31).bitwise_and_(0x7FFFFFFF)
     flip[:, 0].bitwise_xor_(-0x80000000)
     return k.bitwise_xor_(flip).view(torch.int64).view(-1)

@@ -45,7 +45,8 @@ _DENSE_CHUNK = 8192  # items per dense step on a CPU (masks of 8192 x 32 float64
 _DENSE_CHUNK_GPU = 1 << 18  # elsewhere (fewer launches; 32 MB of masks)
 _BUFFERS: dict = {}  # (name, shape, device) -> a float64 scratch buffer of the small path (the mask, the grid),
 # kept: fresh ones cost their page faults on every call (~0.15 ms at N = 92 for both)
-_CONSTS: dict = {}  # (B, L, device) -> the constant tensors of that block shape (a few kB each)
+_CONSTS: dict = {}  # (B, L, groups, device) -> the constant tensors of that block shape (a few kB each); also the
+# exp feature scales per beta
 
 
 def block_shape(n_items: int) -> Tuple[int, int]:
@@ -190,6 +191,17 @@ def dense_groups(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, S: int,
         seg.add_(gi)
 
 
+def _exp_scales(beta: float, dev: torch.device) -> torch.Tensor:
+    """[[beta], [-beta], [-1]] (float64, kept per beta and device: a tensor built per call is one more operation)."""
+    key = ("exp", beta, str(dev))
+    c = _CONSTS.get(key)
+    if c is None:
+        c = _CONSTS[key] = torch.tensor([[beta], [-beta], [-1.0]], dtype=_F64, device=dev)
+        if len(_CONSTS) > 16:
+            _CONSTS.pop(next(iter(_CONSTS)))
+    return c
+
+
 def _features(val: torch.Tensor, k: int, beta: float, center, n: int) -> Tuple[torch.Tensor, int]:
     """(Fm (E, n), eu): rows :eu the key features U, rows eu: the query features W of the values ``val`` (zero past
     them); summed over e, U_e(a) W_e(b) is l(a - b) for a > b. exp: U = exp(beta (a - c)), W = (exp(beta (c - b)),
@@ -198,7 +210,7 @@ def _features(val: torch.Tensor, k: int, beta: float, center, n: int) -> Tuple[t
     m, dev = val.numel(), val.device
     z = val - center
     if k == 0:
-        c = torch.tensor([[beta], [-beta], [-1.0]], dtype=_F64, device=dev)
+        c = _exp_scales(beta, dev)
         return F.pad(torch.cat((torch.exp(z * c[:2]), c[2:].expand(1, m))), (0, n - m)), 1
     pw = torch.arange(k + 1, dtype=_F64, device=dev).unsqueeze(1)
     binom = torch.tensor(binom_row(k), dtype=_F64, device=dev).unsqueeze(1)
