@@ -91,8 +91,8 @@ def _level(code, f, acc, lev: int, k: int, beta: float, single: bool, tot, cnt, 
             pv = prefix.view(shape)
             torch.sub(pv[:, -1:].clone(), pv, out=pv)
 
-    torch.bitwise_right_shift(code, lev - 1 if single else lev, out=bits)  # the split bit: right half
-    r.copy_(bits.bitwise_and_(1))
+    torch.bitwise_and(code, 1 << (lev - 1 if single else lev), out=bits)  # the split bit: right half
+    torch.ne(bits, 0, out=r)
     if not single or k:
         mk, mq = fb[5], fb[6]
     if not single:  # masks: left keys, right queries
@@ -114,11 +114,11 @@ def _level(code, f, acc, lev: int, k: int, beta: float, single: bool, tot, cnt, 
         scan(A, C, 0)
         scan(B, D, "b")  # right queries' features before each left key (value < a)
         acc.addcmul_(A, D, value=beta)
-        tot.add_(torch.dot(A, D))
+        tot.addmv_(A.view(1, -1), D)  # (a dot product into tot: one operation)
         suffix(C, 0)  # left keys' features after each right query (value > b)
         acc.addcmul_(B, C, value=-beta)
         if not single:
-            cnt.add_(torch.dot(mk, scan(mq, C, "q")))
+            cnt.addmv_(mk.view(1, -1), scan(mq, C, "q"))
     else:  # (a' - b')^k by the binomial expansion; keys' sums after each query, queries' sums before each key
         binom_k, binom_k1 = binom_row(k), binom_row(k - 1)
         vq, gq, gk = fb[7:10]
@@ -138,7 +138,7 @@ def _level(code, f, acc, lev: int, k: int, beta: float, single: bool, tot, cnt, 
                 gq.add_(torch.mul(C, pw[k - 1 - e], out=A), alpha=sign)
                 torch.mul(pw[k - 1 - e], mq, out=A)
                 gk.add_(scan(A, D, ("b", e)).mul_(pw[e]), alpha=sign)
-        tot.add_(torch.dot(vq, mq))
+        tot.addmv_(vq.view(1, -1), mq)
         gk.mul_(mk).sub_(gq.mul_(mq))
         acc.add_(gk, alpha=float(k))
     # stable partition of every group by the split bit (each half has `half` items, still in value order): with
@@ -238,8 +238,8 @@ def run_tree(code, f, levels: int, k: int, beta: float, single: bool):
     (``pwr_small.dense_groups``). Returns (acc in t order, tot, cnt)."""
     n, dev = code.numel(), code.device
     acc = torch.zeros(n, dtype=_F64, device=dev)
-    tot = torch.zeros((), dtype=_F64, device=dev)
-    cnt = torch.zeros((), dtype=_F64, device=dev)  # exact: integers below 2^53
+    tot = torch.zeros(1, dtype=_F64, device=dev)  # (1,): dot products accumulate by addmv_
+    cnt = torch.zeros(1, dtype=_F64, device=dev)  # exact: integers below 2^53
     chunk = CHUNK_LEVELS
     dense = min(pwr_small.DENSE_LEVELS, levels, chunk)
     second = (torch.empty_like(code), torch.empty_like(f), torch.empty_like(acc))
@@ -258,11 +258,11 @@ def run_tree(code, f, levels: int, k: int, beta: float, single: bool):
                 acc[sl].copy_(out)
             elif res[2].data_ptr() != acc[sl].data_ptr():
                 acc[sl].copy_(res[2])
-        return acc, tot, cnt
+        return acc, tot.view(()), cnt.view(())
     work = _Work(n, k, single, dev)
     res, free = _tree_pass(code, f, acc, levels, k, beta, single, tot, cnt, work, second, stop=dense)
     if not dense:
-        return res[2], tot, cnt
+        return res[2], tot.view(()), cnt.view(())
     out = free[2]  # (free now)
     pwr_small.dense_groups(*res, dense, k, beta, single, tot, out)
-    return out, tot, cnt
+    return out, tot.view(()), cnt.view(())
