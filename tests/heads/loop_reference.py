@@ -5,7 +5,7 @@ Imported by the test files of this folder as ``from loop_reference import ...`` 
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -40,12 +40,13 @@ def huber(x, delta: float):
 
 
 def assert_matches_reference(head: Callable[..., torch.Tensor], ref_fn: Callable, s: torch.Tensor, t: torch.Tensor,
-                             tol: dict) -> None:
-    """The head's loss on (student s, teacher t) and its gradient w.r.t. s equal ``ref_fn(s, t)`` and the reference's
-    gradient within ``tol`` (kwargs of torch.testing.assert_close). A reference that does not depend on s (no pair
-    to compare) has gradient zero. The head's output must be a 0-dim tensor of s's dtype."""
+                             tol: dict, labels: Optional[torch.Tensor] = None, nan_value_ok: bool = False) -> None:
+    """The head's loss on (student s, teacher t[, labels]) and its gradient w.r.t. s equal ``ref_fn(s, t)`` and the
+    reference's gradient within ``tol`` (kwargs of torch.testing.assert_close). A reference that does not depend on
+    s (no pair to compare) has gradient zero. The head's output must be a 0-dim tensor of s's dtype.
+    ``nan_value_ok``: a NaN loss matches a NaN reference (the gradients must still be equal numbers)."""
     s1 = s.clone().requires_grad_(True)
-    out = head(student=s1, teacher=t)
+    out = head(student=s1, teacher=t) if labels is None else head(student=s1, teacher=t, labels=labels)
     out.backward()
     s2 = s.clone().requires_grad_(True)
     ref = ref_fn(s2, t)
@@ -55,7 +56,8 @@ def assert_matches_reference(head: Callable[..., torch.Tensor], ref_fn: Callable
     else:
         g_ref = torch.zeros_like(s)
     assert out.dtype == s.dtype and out.dim() == 0
-    torch.testing.assert_close(out.detach(), torch.as_tensor(ref, dtype=s.dtype).detach(), **tol)
+    torch.testing.assert_close(out.detach(), torch.as_tensor(ref, dtype=s.dtype).detach(), equal_nan=nan_value_ok,
+                               **tol)
     torch.testing.assert_close(s1.grad, g_ref, **tol)
 
 
