@@ -11,15 +11,26 @@ and parameter checks.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
-__all__ = ["MX_L2_EPS", "at_least_float32", "l2_normalize_mx", "l2_normalize_mx_scale", "l2_normalize_mx_backward",
+__all__ = ["MX_L2_EPS", "kept", "at_least_float32", "l2_normalize_mx", "l2_normalize_mx_scale", "l2_normalize_mx_backward",
            "huber", "check_choice", "check_positive",
            "check_nonnegative", "check_int"]
 
 MX_L2_EPS = 1e-10  # MXNet L2Normalization's eps, added to the sum of squares under the square root
+
+
+def kept(store: dict, key: Any, make: Callable[[], Any], limit: int) -> Any:
+    """``store[key]``, made by ``make()`` on first use; beyond ``limit`` entries the oldest go (the small per-shape
+    caches of constants and scratch buffers: a batch's shape rarely changes)."""
+    value = store.get(key)
+    if value is None:
+        value = store[key] = make()
+        while len(store) > limit:
+            store.pop(next(iter(store)))
+    return value
 
 
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:

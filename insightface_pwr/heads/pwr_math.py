@@ -33,10 +33,10 @@ MAX_FAST_POWER = 8
 BITS32 = (torch.float32, torch.float16, torch.bfloat16)  # dtypes whose values float32 holds exactly
 
 
-def ts_order_keys(t: torch.Tensor, s: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(int64 keys ordering the relations by (t, s) for 32-bit or narrower t and s, their teacher words): each
-    key is two int32 words, the high one t's bits and the low one s's, made order-preserving (a negative float's
-    magnitude bits flipped; the low word's sign bit flipped too, as it counts unsigned). Equal values (-0.0 and
+def ts_order_keys(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordering the relations by (t, s), for 32-bit or narrower t and s: each key is two int32 words,
+    the high one t's bits and the low one s's, made order-preserving (a negative float's magnitude bits flipped;
+    the low word's sign bit flipped too, as it counts unsigned). Equal values (-0.0 and
     +0.0 included) get equal words. The teacher word of a sorted key vector ``k`` is ``k.view(torch.int32)[1::2]``
     (little-endian)."""
     pair = (s, t) if s.dtype == t.dtype == torch.float32 else (s.float(), t.float())

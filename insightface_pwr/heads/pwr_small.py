@@ -31,6 +31,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
+from .common import kept
 from .pwr_math import BITS32, binom_row, pair_count, teacher_words, ts_order_keys
 
 __all__ = ["SMALL_M", "DENSE_LEVELS", "block_shape", "block_sums", "dense_groups",
@@ -60,9 +61,7 @@ def _consts(B: int, L: int, groups: int, dev: torch.device):
     """[strict upper; strict lower] triangles (2, 1, L, L) float64; per value rank, the constant part of its U
     cell (the reversed value-block in its group plus the group's offset: ``block_sums``); the constant of the W
     cells (a number, or per rank with several groups). Cached per shape."""
-    key = (B, L, groups, str(dev))
-    c = _CONSTS.get(key)
-    if c is None:
+    def make():
         up = torch.ones(L, L, dtype=_F64, device=dev).triu_(1)
         bg, P = B // groups, B // groups + 1
         vbr = torch.arange(B * L - 1, -1, -1, device=dev) >> (L.bit_length() - 1)  # (B - 1) - value-block
@@ -71,21 +70,14 @@ def _consts(B: int, L: int, groups: int, dev: torch.device):
             grp = torch.arange(B * L, device=dev) // (bg * L)
             vbr = vbr - (groups - 1 - grp) * bg + grp * (P * P - bg * P)  # local reversed block + group offset
             cw = cw + 2 * grp * P * P
-        c = _CONSTS[key] = (torch.stack((up, up.t())).unsqueeze(1), vbr, cw)
-        if len(_CONSTS) > 16:
-            _CONSTS.pop(next(iter(_CONSTS)))
-    return c
+        return torch.stack((up, up.t())).unsqueeze(1), vbr, cw
+
+    return kept(_CONSTS, (B, L, groups, str(dev)), make, 16)
 
 
 def _buffer(name: str, shape: Tuple[int, ...], dev: torch.device) -> torch.Tensor:
     """A float64 scratch buffer of this shape, kept between calls (a fresh one costs its page faults each call)."""
-    key = (name, shape, str(dev))
-    buf = _BUFFERS.get(key)
-    if buf is None:
-        buf = _BUFFERS[key] = torch.empty(shape, dtype=_F64, device=dev)
-        while len(_BUFFERS) > 8:
-            _BUFFERS.pop(next(iter(_BUFFERS)))
-    return buf
+    return kept(_BUFFERS, (name, shape, str(dev)), lambda: torch.empty(shape, dtype=_F64, device=dev), 8)
 
 
 def block_sums(v: torch.Tensor, Fm: torch.Tensor, eu: int, vperm: torch.Tensor, B: int, L: int,
@@ -193,13 +185,8 @@ def dense_groups(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, S: int,
 
 def _exp_scales(beta: float, dev: torch.device) -> torch.Tensor:
     """[[beta], [-beta], [-1]] (float64, kept per beta and device: a tensor built per call is one more operation)."""
-    key = ("exp", beta, str(dev))
-    c = _CONSTS.get(key)
-    if c is None:
-        c = _CONSTS[key] = torch.tensor([[beta], [-beta], [-1.0]], dtype=_F64, device=dev)
-        if len(_CONSTS) > 16:
-            _CONSTS.pop(next(iter(_CONSTS)))
-    return c
+    return kept(_CONSTS, ("exp", beta, str(dev)),
+                lambda: torch.tensor([[beta], [-beta], [-1.0]], dtype=_F64, device=dev), 16)
 
 
 def _features(val: torch.Tensor, k: int, beta: float, center, n: int) -> Tuple[torch.Tensor, int]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .common import kept
+
 __all__ = ["RELATIONS", "distance_matrix", "pairwise_relations", "normalize", "upper_indices", "pair_index",
            "relation_vector", "relation_vector_backward"]
 
@@ -49,14 +51,11 @@ def pairwise_relations(x: torch.Tensor, relation: str) -> torch.Tensor:
 def pair_index(n: int, device: torch.device) -> torch.Tensor:
     """The flat positions i n + j of the pairs i < j (row-major) in an n x n matrix (int64; cached for a few recent
     (n, device): a batch size rarely changes, and ``triu_indices`` takes 8 ms at n = 1024, 120 ms at 4096)."""
-    key = (n, str(device))
-    flat = _PAIR_INDEX.get(key)
-    if flat is None:
+    def make() -> torch.Tensor:
         i, j = upper_indices(n, device)
-        flat = _PAIR_INDEX[key] = i * n + j
-        while len(_PAIR_INDEX) > 4:
-            _PAIR_INDEX.pop(next(iter(_PAIR_INDEX)))
-    return flat
+        return i * n + j
+
+    return kept(_PAIR_INDEX, (n, str(device)), make, 4)
 
 
 def relation_vector(x: torch.Tensor, relation: str, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
