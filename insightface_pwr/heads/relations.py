@@ -31,9 +31,19 @@ def distance_matrix(x: torch.Tensor, relation: str) -> torch.Tensor:
     if relation == "cosine":
         return 1.0 - prod
     if relation == "euclidean":
-        sq = (x * x).sum(dim=1)
-        return (sq[:, None] + sq[None, :] - 2.0 * prod).clamp(min=EUCLIDEAN_EPS).sqrt()
+        return _clamped_sqrt(_squared_distances(x, prod))
     raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
+
+
+def _squared_distances(x: torch.Tensor, prod: torch.Tensor) -> torch.Tensor:
+    """|a_i|^2 + |a_j|^2 - 2 a_i.a_j from the rows of ``x`` and their products ``prod`` (batched over leading dims)."""
+    sq = (x * x).sum(dim=-1)
+    return sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * prod
+
+
+def _clamped_sqrt(u: torch.Tensor) -> torch.Tensor:
+    """The euclidean distance from the squared one: sqrt(max(u, 1e-12)) (the reference codes' clamp)."""
+    return u.clamp(min=EUCLIDEAN_EPS).sqrt()
 
 
 def upper_indices(n: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,9 +77,8 @@ def relation_vector(x: torch.Tensor, relation: str, flat: torch.Tensor) -> tuple
         rel = torch.sub(1.0, prod.flatten(-2).index_select(-1, flat))
         return rel, rel
     if relation == "euclidean":
-        sq = (x * x).sum(dim=-1)
-        u = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * prod).flatten(-2).index_select(-1, flat)
-        return u.clamp(min=EUCLIDEAN_EPS).sqrt(), u
+        u = _squared_distances(x, prod).flatten(-2).index_select(-1, flat)
+        return _clamped_sqrt(u), u
     raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
 
 
