@@ -124,7 +124,7 @@ def _setup_pairs(qry: torch.Tensor, key: torch.Tensor, t: torch.Tensor, n: int):
     dev = qry.device
     t_sorted, t_perm = torch.sort(_order_key(t.to(torch.float64)))
     r0, g = tie_runs(t_sorted)
-    count = m * (m - 1) // 2 - (torch.arange(m, device=dev) - r0).sum()
+    count = r0.sum()  # C = the sum of the run starts (pwr_math.pair_count)
     del t_sorted
     # a run of g equal t starting at sorted rank r0 puts its g queries at 2 r0 .. 2 r0 + g - 1, its keys after
     qpos_sorted = torch.arange(m, device=dev) + r0

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .base import zero_loss
 
 __all__ = ["INVERSIONS", "MARGINS", "METHODS", "MAX_FAST_POWER", "resolve_margin", "inversion_loss",
-           "inversion_and_grad", "pwr_loss_dense", "pwr_sum_and_grad_tiled", "pair_count", "tie_runs",
+           "inversion_and_grad", "pwr_loss_dense", "pwr_sum_and_grad_tiled", "pair_count", "run_starts", "tie_runs",
            "is_decomposable", "resolve_method", "BITS32", "ts_order_keys", "teacher_words"]
 
 INVERSIONS = ("diff", "power", "exp", "ranknet")
@@ -113,6 +113,23 @@ def pwr_loss_dense(s: torch.Tensor, t: torch.Tensor, inversion: str = "exp",
     return torch.where(mask, terms, torch.zeros_like(terms)).sum() / count
 
 
+def _run_heads(x_sorted: torch.Tensor) -> torch.Tensor:
+    """True where a run of equal values starts in a sorted vector (one comparison with the neighbour)."""
+    new = torch.ones(x_sorted.numel(), dtype=torch.bool, device=x_sorted.device)
+    torch.ne(x_sorted[1:], x_sorted[:-1], out=new[1:])
+    return new
+
+
+def _starts(heads: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.where(heads, torch.arange(heads.numel(), dtype=dtype, device=heads.device), 0).cummax(0).values
+
+
+def run_starts(x_sorted: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """For each element of a sorted vector, the rank where its run of equal values starts (= the number of smaller
+    values), from one comparison with the neighbour and a running max (no host read)."""
+    return _starts(_run_heads(x_sorted), dtype)
+
+
 def tie_runs(x_sorted: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """For each element of a sorted vector: the rank where its run of equal values starts and the run's length
     (int64), from comparisons with the neighbours (no ``unique_consecutive``: no host read)."""
@@ -120,9 +137,8 @@ def tie_runs(x_sorted: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     idx = torch.arange(m, device=x_sorted.device)
     if m < 2:
         return idx, torch.ones_like(idx)
-    new = torch.ones(m, dtype=torch.bool, device=x_sorted.device)
-    torch.ne(x_sorted[1:], x_sorted[:-1], out=new[1:])
-    start = torch.where(new, idx, 0).cummax(0).values
+    new = _run_heads(x_sorted)
+    start = _starts(new, torch.int64)
     last = torch.ones_like(new)
     last[:-1] = new[1:]
     end = torch.where(last, idx, m - 1).flip(0).cummin(0).values.flip(0)
@@ -130,16 +146,14 @@ def tie_runs(x_sorted: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def pair_count(t: torch.Tensor, t_sorted: torch.Tensor = None) -> torch.Tensor:
-    """#{(p, q): t_p > t_q} exactly (ties excluded), as an int64 0-d tensor (no host read): over the sorted t, the
-    sum of the ranks where each element's run of equal values starts (the number of smaller values), from one
-    comparison with the neighbour and a running max (int32 positions below 2^31). ``t_sorted``: the sorted
-    values (or any order-preserving keys of them), if at hand."""
+    """#{(p, q): t_p > t_q} exactly (ties excluded), as an int64 0-d tensor (no host read): the sum over the sorted
+    t of the run starts (each element's number of smaller values; int32 ranks below 2^31). ``t_sorted``: the
+    sorted values (or any order-preserving keys of them), if at hand."""
     m = t.numel()
     if m < 2:
         return torch.zeros((), dtype=torch.int64, device=t.device)
     ts = torch.sort(t.reshape(-1)).values if t_sorted is None else t_sorted
-    idx = torch.arange(1, m, dtype=torch.int32 if m < 2**31 else torch.int64, device=t.device)
-    return torch.where(ts[1:] != ts[:-1], idx, 0).cummax(0).values.sum(dtype=torch.int64)
+    return run_starts(ts, torch.int32 if m < 2**31 else torch.int64).sum(dtype=torch.int64)
 
 
 def pwr_sum_and_grad_tiled(s: torch.Tensor, t: torch.Tensor, inversion: str, margin: Union[float, str],
