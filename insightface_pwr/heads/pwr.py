@@ -44,7 +44,7 @@ import torch
 from .registry import register_head
 from .base import EmbeddingHead, zero_loss
 from .common import l2_normalize_mx, l2_normalize_mx_backward, l2_normalize_mx_scale
-from .pwr_fast import EXP_RANGE, exp_fits, pwr_sum_grad_count
+from .pwr_fast import EXP_RANGE, exp_fits, pwr_sum_grad_count, with_grad
 from .pwr_math import INVERSIONS, MARGINS, METHODS, pwr_loss_dense, resolve_method
 from .relations import RELATIONS, pair_index, relation_vector, relation_vector_backward
 
@@ -92,7 +92,7 @@ class PairwiseRankingLoss(EmbeddingHead):
         """The pair relation vectors (s, t) of the embeddings normalised as the PWR authors' MXNet code does
         (``L2Normalization``: x / sqrt(|x|^2 + 1e-10)). The 1e-10 matters for identical rows: their cosine distance
         is then ~1e-10 / |x|^2, the reference's value, instead of a +-1e-16 left to BLAS rounding (which decides
-        whether two such pairs tie). Differentiable (autograd); the head's own step uses ``_PWRHead``."""
+        whether two such pairs tie). Differentiable (autograd); the head's own step uses ``_step``."""
         flat = pair_index(student.shape[0], student.device)  # the pairs i < j, row-major
         return (relation_vector(l2_normalize_mx(student), self.relation, flat)[0],
                 relation_vector(l2_normalize_mx(teacher), self.relation, flat)[0])
@@ -102,40 +102,31 @@ class PairwiseRankingLoss(EmbeddingHead):
             return zero_loss(student)
         if self._method == "dense":
             return pwr_loss_dense(*self.relations(student, teacher), self.inversion, self.margin, self.p, self.beta)
-        return _PWRHead.apply(student, teacher, self)
+        need_grad = student.requires_grad and torch.is_grad_enabled()
+        value, grad = self._step(student.detach(), teacher, need_grad)  # (by hand: nothing for autograd to record)
+        return value if grad is None else with_grad(student, value, grad)
 
-
-class _PWRHead(torch.autograd.Function):
-    """The whole head (normalisation, relations, the fast or tiled sum) as one autograd node: the forward also
-    computes d loss / d student (the sum's gradient comes with it, the relations' and the normalisation's
-    backward are two matrix products), so the backward is one multiplication and no N x N intermediate is kept
-    for it. About 40 tensor operations fewer per step than autograd through the same steps. Not twice
-    differentiable."""
-
-    @staticmethod
-    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor,  # type: ignore[override]
-                head: PairwiseRankingLoss) -> torch.Tensor:
+    def _step(self, student: torch.Tensor, teacher: torch.Tensor,
+              need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The loss of the fast or tiled method and, if ``need_grad``, d loss / d student, computed by hand: the
+        sum's gradient comes with the sum; the relations' and the normalisation's backward are two matrix products.
+        The head's step is then one autograd node whose backward is one multiplication, and no N x N intermediate
+        is kept for it (about 40 tensor operations fewer per step than autograd through the same steps)."""
         n = student.shape[0]
         flat = pair_index(n, student.device)
         if teacher.shape[1] == student.shape[1]:  # both at once (7 operations fewer)
             xn, r = l2_normalize_mx_scale(torch.cat((student, teacher)))
-            (s, t), saved = relation_vector(xn.view(2, n, -1), head.relation, flat)
+            (s, t), saved = relation_vector(xn.view(2, n, -1), self.relation, flat)
             xn, r, saved = xn[:n], r[:n], saved[0]
         else:
             xn, r = l2_normalize_mx_scale(student)
-            s, saved = relation_vector(xn, head.relation, flat)
-            t = relation_vector(l2_normalize_mx(teacher), head.relation, flat)[0]
-        total, grad, count = pwr_sum_grad_count(s, t, head.inversion, head.margin, head.p, head.beta, head._method,
-                                                head.tile)
+            s, saved = relation_vector(xn, self.relation, flat)
+            t = relation_vector(l2_normalize_mx(teacher), self.relation, flat)[0]
+        total, grad, count = pwr_sum_grad_count(s, t, self.inversion, self.margin, self.p, self.beta, self._method,
+                                                self.tile)
         denom = count.clamp(min=1)  # C = 0: every sum is 0, so is the loss (float64 / int64: float64)
-        if ctx.needs_input_grad[0]:
+        dx = None
+        if need_grad:
             g = grad.div_(denom).to(student.dtype)
-            ctx.save_for_backward(l2_normalize_mx_backward(
-                xn, r, relation_vector_backward(xn, head.relation, s, saved, g, flat)))
-        return (total / denom).to(student.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        (grad,) = ctx.saved_tensors
-        return grad * grad_out, None, None
+            dx = l2_normalize_mx_backward(xn, r, relation_vector_backward(xn, self.relation, s, saved, g, flat))
+        return (total / denom).to(student.dtype), dx

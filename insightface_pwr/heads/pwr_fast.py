@@ -63,7 +63,7 @@ from .base import debug_checks_enabled
 from .pwr_math import (BITS32, MAX_FAST_POWER, METHODS, is_decomposable, pair_count, pwr_loss_dense,
                        pwr_sum_and_grad_tiled, resolve_margin, resolve_method, teacher_words, tie_runs, ts_order_keys)
 
-__all__ = ["pwr_loss", "pwr_sum_grad_count", "pair_count", "is_decomposable", "resolve_method",
+__all__ = ["pwr_loss", "pwr_sum_grad_count", "with_grad", "pair_count", "is_decomposable", "resolve_method",
            "pwr_sum_and_grad_fast", "exp_fits", "pwr_sum_and_grad_tiled", "MAX_FAST_POWER", "METHODS", "EXP_RANGE"]
 
 EXP_RANGE = 1400.0  # beta * (value range) beyond which the shifted exp features leave float64's normal range
@@ -201,19 +201,24 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
 
 
 class _PWRSumFunction(torch.autograd.Function):
-    """The loss (a float64 0-d tensor) with a gradient computed in the forward by the sub-quadratic (or tiled)
-    pass and stored: the backward is one multiplication. Not twice differentiable."""
+    """A loss value with its gradient w.r.t. ``s`` computed in the forward and stored: the backward is one
+    multiplication. Not twice differentiable (``with_grad``)."""
 
     @staticmethod
     def forward(ctx, s: torch.Tensor, value: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(grad)
-        return value.to(s.dtype)
+        return value if value.dtype == s.dtype else value.to(s.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return grad * grad_out.to(grad.dtype), None, None
+        return grad * (grad_out if grad_out.dtype == grad.dtype else grad_out.to(grad.dtype)), None, None
+
+
+def with_grad(x: torch.Tensor, value: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``value`` (cast to x's dtype) as a function of ``x`` whose gradient is ``grad`` (computed already)."""
+    return _PWRSumFunction.apply(x, value, grad)
 
 
 def pwr_sum_grad_count(s: torch.Tensor, t: torch.Tensor, inversion: str, margin: Union[float, str], p: float,
@@ -239,4 +244,4 @@ def pwr_loss(s: torch.Tensor, t: torch.Tensor, inversion: str = "exp", margin: U
         return pwr_loss_dense(s, t, inversion, margin, p, beta)
     total, grad, count = pwr_sum_grad_count(s, t.detach(), inversion, margin, p, beta, method, tile)
     denom = count.clamp(min=1).to(torch.float64)  # C = 0: every sum is 0, so is the loss
-    return _PWRSumFunction.apply(s, total / denom, (grad / denom).to(s.dtype))
+    return with_grad(s, total / denom, (grad / denom).to(s.dtype))
