@@ -116,8 +116,8 @@ class PairwiseRankingLoss(EmbeddingHead):
         flat = pair_index(n, student.device)
         if teacher.shape[1] == student.shape[1]:  # both at once (7 operations fewer)
             xn, r = l2_normalize_mx_scale(torch.cat((student, teacher)))
-            (s, t), saved = relation_vector(xn.view(2, n, -1), self.relation, flat)
-            xn, r, saved = xn[:n], r[:n], saved[0]
+            rel, saved = relation_vector(xn.view(2, n, -1), self.relation, flat)
+            s, t, xn, r, saved = rel[0], rel[1], xn[:n], r[:n], saved[0]
         else:
             xn, r = l2_normalize_mx_scale(student)
             s, saved = relation_vector(xn, self.relation, flat)

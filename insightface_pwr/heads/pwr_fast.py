@@ -169,11 +169,11 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     if k == 0 and debug_checks_enabled() and float(beta * (hi - lo)) > EXP_RANGE:
         raise ValueError(f"pwr fast path (exp): beta * (value range) = {beta} * {float(hi - lo):.4g} exceeds "
                          f"{EXP_RANGE} (float64 exp would leave its normal range); use method='tiled'")
-    center = (hi + lo) * 0.5
+    twice_c = hi + lo  # (the middle c of the range, doubled: x - c is one subtraction with alpha 0.5)
     del s64  # (s, qry and key hold what is needed)
     n_items = m if single else 2 * m
     if n_items <= pwr_small.SMALL_M:  # a fixed number of operations (pwr_small.py), faster at these sizes
-        return pwr_small.pwr_sum_and_grad_blocks(qry, key, s.detach().reshape(-1), t, single, k, beta, center)
+        return pwr_small.pwr_sum_and_grad_blocks(qry, key, s.detach().reshape(-1), t, single, k, beta, twice_c)
     levels = max(1, (n_items - 1).bit_length())
     n = 1 << levels
     if single:
@@ -181,7 +181,8 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
         t_perm = t_perm.to(torch.int32)  # half the memory while the pass runs
         f = torch.ones(n, dtype=torch.float64, device=dev) if k == 0 else torch.zeros(n, dtype=torch.float64,
                                                                                        device=dev)
-        f[:m] = torch.exp((v_val - center) * beta) if k == 0 else v_val - center
+        z = torch.sub(v_val, twice_c, alpha=0.5)
+        f[:m] = torch.exp(z.mul_(beta)) if k == 0 else z
         del v_val, qry, key
         acc, tot, cnt = run_tree(code, f, levels, k, beta, True)
         grad_t = acc[:m]
@@ -189,9 +190,11 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
         code, a_sorted, b_sorted, kpos, qpos, t_perm, qpos_sorted, g, count = _setup_pairs(qry, key, t, n)
         f = torch.zeros(n, dtype=torch.float64, device=dev)
         if k == 0:
-            f.scatter_(0, kpos, torch.exp((a_sorted - center) * beta)).scatter_(0, qpos, torch.exp((center - b_sorted) * beta))
+            f.scatter_(0, kpos, torch.exp(torch.sub(a_sorted, twice_c, alpha=0.5).mul_(beta)))
+            f.scatter_(0, qpos, torch.exp(torch.sub(b_sorted, twice_c, alpha=0.5).mul_(-beta)))
         else:
-            f.scatter_(0, kpos, a_sorted - center).scatter_(0, qpos, b_sorted - center)
+            f.scatter_(0, kpos, torch.sub(a_sorted, twice_c, alpha=0.5))
+            f.scatter_(0, qpos, torch.sub(b_sorted, twice_c, alpha=0.5))
         del a_sorted, b_sorted, kpos, qpos, qry, key
         acc, tot, cnt = run_tree(code, f, levels, k, beta, False)
         grad_t = acc.index_select(0, qpos_sorted) + acc.index_select(0, qpos_sorted + g)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import zero_loss
+from .common import kept
 
 __all__ = ["INVERSIONS", "MARGINS", "METHODS", "MAX_FAST_POWER", "resolve_margin", "inversion_loss",
            "inversion_and_grad", "pwr_loss_dense", "pwr_sum_and_grad_tiled", "pair_count", "run_starts", "tie_runs",
@@ -113,15 +114,28 @@ def pwr_loss_dense(s: torch.Tensor, t: torch.Tensor, inversion: str = "exp",
     return torch.where(mask, terms, torch.zeros_like(terms)).sum() / count
 
 
+_KEEP_RUNS = 1 << 16  # up to this length the run helpers keep their constant-headed buffers (one operation each)
+_RUNS: dict = {}
+
+
+def _small(key: tuple, m: int, make):
+    """``make()``, kept per key for vectors of at most ``_KEEP_RUNS`` entries (its contents are rewritten by
+    every use except what ``make`` set up: the caller consumes it before the next call)."""
+    return kept(_RUNS, key, make, 8) if m <= _KEEP_RUNS else make()
+
+
 def _run_heads(x_sorted: torch.Tensor) -> torch.Tensor:
     """True where a run of equal values starts in a sorted vector (one comparison with the neighbour)."""
-    new = torch.ones(x_sorted.numel(), dtype=torch.bool, device=x_sorted.device)
-    torch.ne(x_sorted[1:], x_sorted[:-1], out=new[1:])
+    m, dev = x_sorted.numel(), x_sorted.device
+    new = _small(("heads", m, str(dev)), m, lambda: torch.ones(m, dtype=torch.bool, device=dev))
+    torch.ne(x_sorted[1:], x_sorted[:-1], out=new[1:])  # (new[0] stays True)
     return new
 
 
 def _starts(heads: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.where(heads, torch.arange(heads.numel(), dtype=dtype, device=heads.device), 0).cummax(0).values
+    m, dev = heads.numel(), heads.device
+    idx = _small(("arange", m, dtype, str(dev)), m, lambda: torch.arange(m, dtype=dtype, device=dev))
+    return torch.where(heads, idx, 0).cummax(0).values
 
 
 def run_starts(x_sorted: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:

@@ -19,7 +19,8 @@ positions and, independently, into B value-blocks of L consecutive value ranks. 
 - in different t-blocks and value-blocks: then vblk(q) > vblk(p) (vblk(q) < vblk(p) would mean a_q <= b_p), and
   the sums come from a B x B grid of the features summed by (t-block, value-block), its 2-D prefix sums and one
   gather per item.
-Every sum is exact (no approximation); no host read; about 45 tensor operations whatever M. ``block_sums`` also
+Every sum is exact (no approximation); no host read; about 40 tensor operations whatever M (the scratch, values
+and features included, is kept per block shape: ``_workspace``, ``_buffer``). ``block_sums`` also
 takes a batch of independent problems (``groups``): with ``DENSE_LEVELS`` > 0 the tree of ``pwr_fast.py`` hands it
 its groups of 2^DENSE_LEVELS items (``dense_groups``) instead of running its lowest levels (off by default).
 """
@@ -59,8 +60,8 @@ def block_shape(n_items: int) -> Tuple[int, int]:
 
 def _consts(B: int, L: int, groups: int, dev: torch.device):
     """[strict upper; strict lower] triangles (2, 1, L, L) float64; per value rank, the constant part of its U
-    cell (the reversed value-block in its group plus the group's offset: ``block_sums``); the constant of the W
-    cells (a number, or per rank with several groups). Cached per shape."""
+    cell (the reversed value-block in its group plus the group's offset: ``block_sums``) and of its W cell (the
+    constant of the W cells minus the former). Cached per shape."""
     def make():
         up = torch.ones(L, L, dtype=_F64, device=dev).triu_(1)
         bg, P = B // groups, B // groups + 1
@@ -70,52 +71,51 @@ def _consts(B: int, L: int, groups: int, dev: torch.device):
             grp = torch.arange(B * L, device=dev) // (bg * L)
             vbr = vbr - (groups - 1 - grp) * bg + grp * (P * P - bg * P)  # local reversed block + group offset
             cw = cw + 2 * grp * P * P
-        return torch.stack((up, up.t())).unsqueeze(1), vbr, cw
+        return torch.stack((up, up.t())).unsqueeze(1), vbr, cw - vbr
 
     return kept(_CONSTS, (B, L, groups, str(dev)), make, 16)
 
 
-def _buffer(name: str, shape: Tuple[int, ...], dev: torch.device) -> torch.Tensor:
-    """A float64 scratch buffer of this shape, kept between calls (a fresh one costs its page faults each call)."""
-    return kept(_BUFFERS, (name, shape, str(dev)), lambda: torch.empty(shape, dtype=_F64, device=dev), 8)
+def _buffer(name: str, shape: Tuple[int, ...], dev: torch.device, dtype: torch.dtype = _F64) -> torch.Tensor:
+    """A scratch buffer of this shape, kept between calls (a fresh one costs its page faults each call; the caller
+    consumes what it writes there before the next call)."""
+    return kept(_BUFFERS, (name, shape, dtype, str(dev)), lambda: torch.empty(shape, dtype=dtype, device=dev), 16)
 
 
-def block_sums(v: torch.Tensor, Fm: torch.Tensor, eu: int, vperm: torch.Tensor, B: int, L: int,
-               groups: int = 1, mask: torch.Tensor = None,
-               Fv: torch.Tensor = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The dominance sums of n = B L items in t order with values ``v`` (n,) and features Fm (E, n): rows :eu the
-    key features U, rows eu: the query features W (zero for an item that is not a key, resp. not a query, and for
-    pads); ``vperm`` the value order (t position of each value rank). Returns T (eu, n): for each item the sum of U
-    over the items dominating it, and R (E - eu, n): the sum of W over the items it dominates (q dominates p:
-    earlier in t order and v_q > v_p; the value order must list q after p then, and p after q when v_q = v_p).
-    With ``groups`` > 1 the items form that many independent problems of n / groups consecutive t positions (the
-    value order listing them group by group): only pairs within a group count. ``mask``: a (B, L, L) float64
-    scratch buffer to reuse (one is allocated otherwise); ``Fv``: the features in value order, if at hand."""
-    n, E = B * L, Fm.shape[0]
+def block_sums(Y: torch.Tensor, FF: torch.Tensor, eu: int, vperm: torch.Tensor, B: int, L: int,
+               groups: int = 1, mask: torch.Tensor = None, fv_ready: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The dominance sums of n = B L items in t order. ``Y`` (2, n) float64: row 0 the values v in t order, row 1
+    scratch; ``FF`` (E, 2, n) float64: [:, 0] the features Fm in t order, rows :eu the key features U, rows eu: the
+    query features W (zero for an item that is not a key, resp. not a query, and for pads), [:, 1] the same in value
+    order (written here unless ``fv_ready``); ``vperm`` the value order (t position of each value rank). Returns
+    T (eu, n): for each item the sum of U over the items dominating it, and R (E - eu, n): the sum of W over the
+    items it dominates (q dominates p: earlier in t order and v_q > v_p; the value order must list q after p then,
+    and p after q when v_q = v_p). With ``groups`` > 1 the items form that many independent problems of n / groups
+    consecutive t positions (the value order listing them group by group): only pairs within a group count.
+    ``mask``: a (2 B, L, L) float64 scratch buffer to reuse (a kept one otherwise)."""
+    n, E = B * L, FF.shape[0]
     ew = E - eu
-    tris, vbr, cw = _consts(B, L, groups, v.device)
+    tris, vbr, wbr = _consts(B, L, groups, Y.device)
     tb = vperm >> (L.bit_length() - 1)  # t-block of each value rank
+    torch.mul(tb, -1.0, out=Y[1])  # minus it, float64: row 1 of Y then compares as row 0 does
+    Fv = FF[:, 1]
+    if not fv_ready:
+        torch.gather(FF[:, 0], 1, vperm.expand(E, n), out=Fv)
     # [U, U by value] and [W, W by value] as (2 B, E, L) blocks: T^T = U^T M, R^T = W^T M^T (E x L @ L x L)
-    if Fv is None:
-        Fv = Fm.gather(1, vperm.expand(E, n))
-    XU = torch.cat((Fm[:eu], Fv[:eu]), 1).view(eu, 2 * B, L).transpose(0, 1)
-    XW = torch.cat((Fm[eu:], Fv[eu:]), 1).view(ew, 2 * B, L).transpose(0, 1)
-    out_t = torch.empty(2 * B, eu, L, dtype=_F64, device=v.device)
-    out_r = torch.empty(2 * B, ew, L, dtype=_F64, device=v.device)
-    # the dense masks M[i, j] (item i dominates item j), float straight from the comparisons, one half after the
-    # other in one cache-sized buffer
-    if mask is None or mask.shape[0] != B:
-        mask = _buffer("mask", (B, L, L), v.device)
-    tbf = tb.to(_F64).view(B, L)
-    for h in range(2):
-        half = slice(h * B, (h + 1) * B)
-        if h == 0:  # in one t-block: position i < j and v_i > v_j
-            torch.gt(v.view(B, L, 1), v.view(B, 1, L), out=mask)
-        else:  # in one value-block (value order): rank i > j (so v_i > v_j) and t-block tb_i < tb_j
-            torch.lt(tbf.view(B, L, 1), tbf.view(B, 1, L), out=mask)
-        mask.mul_(tris[h])
-        torch.bmm(XU[half], mask, out=out_t[half])
-        torch.bmm(XW[half], mask.transpose(1, 2), out=out_r[half])
+    XU = FF[:eu].view(eu, 2 * B, L).transpose(0, 1)
+    XW = FF[eu:].view(ew, 2 * B, L).transpose(0, 1)
+    out_t = _buffer("out_t", (2 * B, eu, L), Y.device)
+    out_r = _buffer("out_r", (2 * B, ew, L), Y.device)
+    # the dense masks M[i, j] (item i dominates item j), float straight from one comparison: the first B blocks in
+    # one t-block (position i < j and v_i > v_j), the next B in one value-block (value order: rank i > j, so
+    # v_i > v_j, and t-block tb_i < tb_j)
+    if mask is None or mask.shape[0] != 2 * B:
+        mask = _buffer("mask", (2 * B, L, L), Y.device)
+    Yb = Y.view(2 * B, L)
+    torch.gt(Yb.unsqueeze(2), Yb.unsqueeze(1), out=mask)
+    mask.view(2, B, L, L).mul_(tris)
+    torch.bmm(XU, mask, out=out_t)
+    torch.bmm(XW, mask.transpose(1, 2), out=out_r)
     T = out_t.view(2, B, eu, L).transpose(1, 2).reshape(2, eu, n)  # [t-blocks, value-blocks (value order)]
     R = out_r.view(2, B, ew, L).transpose(1, 2).reshape(2, ew, n)
     # the grid: features summed by (t-block i, value-block k). A query reads the cells i < tb, k > vb; a key the
@@ -123,9 +123,10 @@ def block_sums(v: torch.Tensor, Fm: torch.Tensor, eu: int, vperm: torch.Tensor, 
     # sums are then inclusive 2-D prefix sums read at the item's own cell
     # (with groups: one grid per group, the cells of group g offset by g P^2)
     P = B // groups + 1
-    cell = torch.add(vbr, tb, alpha=P)
-    idx = torch.cat((cell.expand(eu, n), (cw - cell).expand(ew, n)))  # U's, W's cell
-    grid = _buffer("grid", (E, groups * P * P), v.device).zero_()
+    idx = _buffer("cells", (E, n), Y.device, torch.int64)
+    torch.add(vbr.expand(eu, n), tb, alpha=P, out=idx[:eu])  # U's cell
+    torch.sub(wbr.expand(ew, n), tb, alpha=P, out=idx[eu:])  # W's cell
+    grid = _buffer("grid", (E, groups * P * P), Y.device).zero_()
     grid[:, P + 1:].scatter_add_(1, idx, Fv)
     g = grid.view(E, groups, P, P).cumsum_(2).cumsum_(3).view(E, groups * P * P).gather(1, idx)
     T[1].add_(g[:eu])
@@ -147,7 +148,7 @@ def dense_groups(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, S: int,
     dev = code.device
     L = min(G, 32)
     step = min(n, max(G, _DENSE_CHUNK if dev.type == "cpu" else _DENSE_CHUNK_GPU))
-    mask = torch.empty(step // L, L, L, dtype=_F64, device=dev)  # reused by every sub-chunk (fresh pages cost)
+    mask = torch.empty(2 * (step // L), L, L, dtype=_F64, device=dev)  # reused by every sub-chunk (page faults)
     for c0 in range(0, n, step):
         sl = slice(c0, min(n, c0 + step))
         cd, fc = code[sl], f[sl]
@@ -169,14 +170,15 @@ def dense_groups(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, S: int,
                 Fm[:eu] *= kf
                 Fm[eu:] *= 1.0 - kf
         # to t order (within the sub-chunk), the rank in the group as the value
-        rank = torch.arange(m, dtype=_F64, device=dev)
-        v = torch.empty(m, dtype=_F64, device=dev).scatter_(0, rel, rank)
+        Y = torch.empty(2, m, dtype=_F64, device=dev)
+        Y[0].scatter_(0, rel, torch.arange(m, dtype=_F64, device=dev))
         Ft = torch.empty_like(Fm).scatter_(1, rel.expand(Fm.shape[0], m), Fm)
         kmask = None
         if k == 0 and not single:
             Ft, kmask, Fm = Ft[:3], Ft[3], Fm[:3]
-        T, R = block_sums(v, Ft, eu, rel, m // L, L, m // G, mask, Fm)
-        total, gi = _total_and_grad(T, R, Ft, eu, k, beta, kmask)
+        FF = torch.stack((Ft, Fm), 1)  # [t order, value order (the arrangement)]
+        T, R = block_sums(Y, FF, eu, rel, m // L, L, m // G, mask, fv_ready=True)
+        total, gi = _total_and_grad(T, R, FF[:, 0], eu, k, beta, kmask)
         tot.add_(total)
         seg = out[c0:c0 + m]
         seg.scatter_(0, rel, acc[sl])
@@ -184,24 +186,38 @@ def dense_groups(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, S: int,
 
 
 def _exp_scales(beta: float, dev: torch.device) -> torch.Tensor:
-    """[[beta], [-beta], [-1]] (float64, kept per beta and device: a tensor built per call is one more operation)."""
-    return kept(_CONSTS, ("exp", beta, str(dev)),
-                lambda: torch.tensor([[beta], [-beta], [-1.0]], dtype=_F64, device=dev), 16)
+    """[[beta], [-beta]] (float64, kept per beta and device: a tensor built per call is one more operation)."""
+    return kept(_CONSTS, ("exp", beta, str(dev)), lambda: torch.tensor([[beta], [-beta]], dtype=_F64, device=dev), 16)
 
 
-def _features(val: torch.Tensor, k: int, beta: float, center, n: int) -> Tuple[torch.Tensor, int]:
-    """(Fm (E, n), eu): rows :eu the key features U, rows eu: the query features W of the values ``val`` (zero past
-    them); summed over e, U_e(a) W_e(b) is l(a - b) for a > b. exp: U = exp(beta (a - c)), W = (exp(beta (c - b)),
-    -1) (the key's own factor of the -1 is 1); power k: U_e = a'^e, W_e = binom(k, e) (-b')^(k - e)
-    (a' = a - c, b' = b - c)."""
-    m, dev = val.numel(), val.device
-    z = val - center
+def _workspace(B: int, L: int, m: int, E: int, k: int, dev: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(Y (2, n), FF (E, 2, n)) for ``block_sums``, kept per shape: zero past the m items (pads: value 0, no
+    features); for exp (k = 0) FF's last row in t order holds the constant query feature -1 of the m items."""
+    def make():
+        Y = torch.zeros(2, B * L, dtype=_F64, device=dev)
+        FF = torch.zeros(E, 2, B * L, dtype=_F64, device=dev)
+        if k == 0:
+            FF[E - 1, 0, :m] = -1.0
+        return Y, FF
+
+    return kept(_BUFFERS, ("workspace", B, L, m, E, k, str(dev)), make, 8)
+
+
+def _features(out: torch.Tensor, val: torch.Tensor, k: int, beta: float, twice_c) -> int:
+    """Writes into ``out`` (E, m) the key features U (rows :eu) and the query features W (rows eu:) of the values
+    ``val``; returns eu. Summed over e, U_e(a) W_e(b) is l(a - b) for a > b. exp: U = exp(beta (a - c)),
+    W = (exp(beta (c - b)), -1) (the key's own factor of the -1 is 1; that row is the workspace's constant and not
+    written here); power k: U_e = a'^e, W_e = binom(k, e) (-b')^(k - e) (a' = a - c, b' = b - c)."""
+    dev = val.device
+    z = torch.sub(val, twice_c, alpha=0.5)  # (c = twice_c / 2)
     if k == 0:
-        c = _exp_scales(beta, dev)
-        return F.pad(torch.cat((torch.exp(z * c[:2]), c[2:].expand(1, m))), (0, n - m)), 1
+        torch.exp(z * _exp_scales(beta, dev), out=out[:2])
+        return 1
     pw = torch.arange(k + 1, dtype=_F64, device=dev).unsqueeze(1)
     binom = torch.tensor(binom_row(k), dtype=_F64, device=dev).unsqueeze(1)
-    return F.pad(torch.cat((z ** pw, (-z) ** pw.flip(0) * binom)), (0, n - m)), k + 1
+    torch.pow(z, pw, out=out[:k + 1])
+    torch.mul((-z) ** pw.flip(0), binom, out=out[k + 1:])
+    return k + 1
 
 
 def _total_and_grad(T: torch.Tensor, R: torch.Tensor, Fm: torch.Tensor, eu: int, k: int, beta: float,
@@ -210,7 +226,8 @@ def _total_and_grad(T: torch.Tensor, R: torch.Tensor, Fm: torch.Tensor, eu: int,
     (``kmask``: which items are keys, for pair items)."""
     if k == 0:  # sum f_q g_p - 1; d/da = beta f_q g_p, d/db = -beta f_q g_p
         fr = Fm[0] * R[0]
-        return (fr + (R[1] if kmask is None else R[1] * kmask)).sum(), (fr - Fm[1] * T[0]) * beta
+        total = (fr + (R[1] if kmask is None else R[1] * kmask)).sum()
+        return total, torch.addcmul(fr, Fm[1], T[0], value=-1.0).mul_(beta)
     # d/da U_e = e U_{e-1}, d/db W_e = -(e + 1) W_{e+1} (the binomials of W absorb the factors)
     U, W = Fm[:eu], Fm[eu:]
     c = torch.arange(1, k + 1, dtype=_F64, device=R.device)
@@ -219,11 +236,12 @@ def _total_and_grad(T: torch.Tensor, R: torch.Tensor, Fm: torch.Tensor, eu: int,
 
 def pwr_sum_and_grad_blocks(qry: torch.Tensor, key: torch.Tensor, s: torch.Tensor, t: torch.Tensor,
                             single: bool, k: int, beta: float,
-                            center) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                            twice_c) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum, d sum / d s, C) as ``pwr_fast.pwr_sum_and_grad_fast``, from the float64 query and key values
     (``single``: they are equal, monotone in s at equal t), the student values ``s`` and the teacher values
-    ``t``; ``k`` = 0 for exp, else the power (diff: 1)."""
+    ``t``; ``k`` = 0 for exp, else the power (diff: 1); ``twice_c``: twice the middle c of the value range (0-d)."""
     m, dev = qry.numel(), qry.device
+    E = 3 if k == 0 else 2 * (k + 1)
     if single:
         # the t order, teacher ties by ascending value (= by s)
         if t.dtype in BITS32 and s.dtype in BITS32:  # one sort of (t, s) keys
@@ -235,28 +253,32 @@ def pwr_sum_and_grad_blocks(qry: torch.Tensor, key: torch.Tensor, s: torch.Tenso
             perm = v_perm[t_perm]
             count = pair_count(t, ts)
         B, L = block_shape(m)
-        n = B * L
-        val = qry[perm]
-        v = F.pad(val, (0, n - m))  # pads: any value, zero features
-        vperm = torch.sort(v, stable=True)[1]  # value ties by t position
-        Fm, eu = _features(val, k, beta, center, n)
-        total, gi = _total_and_grad(*block_sums(v, Fm, eu, vperm, B, L), Fm, eu, k, beta)
-        return total, torch.empty(m, dtype=_F64, device=dev).index_copy_(0, perm, gi[:m]), count
+        Y, FF = _workspace(B, L, m, E, k, dev)  # (pads: value 0, no features)
+        val = torch.index_select(qry, 0, perm, out=Y[0, :m])
+        vperm = torch.sort(Y[0], stable=True)[1]  # value ties by t position
+        eu = _features(FF[:, 0, :m], val, k, beta, twice_c)
+        total, gi = _total_and_grad(*block_sums(Y, FF, eu, vperm, B, L), FF[:, 0], eu, k, beta)
+        gi = gi[:m]
+        return total, torch.scatter(gi, 0, perm, gi), count  # (every position written: perm is a permutation)
     # a query item and a key item per relation: queries first at equal t (a stable sort of [queries, keys])
     count = pair_count(t)
     perm = torch.sort(t.to(_F64).repeat(2), stable=True)[1]
     kmask = (perm >= m).to(_F64)
-    vals = torch.cat((qry, key))[perm]
     B, L = block_shape(2 * m)
     n = B * L
-    v = F.pad(vals, (0, n - 2 * m))
+    Y, FF = _workspace(B, L, 2 * m, E, -1, dev)
+    vals = torch.index_select(torch.cat((qry, key)), 0, perm, out=Y[0, :2 * m])
     # value order: keys before queries at equal value (a stable sort by value of the items ordered keys first)
     kf = torch.sort(1.0 - kmask, stable=True)[1]
     vperm = kf[torch.sort(vals[kf], stable=True)[1]]
     vperm = torch.cat((vperm, torch.arange(2 * m, n, device=dev)))
-    Fm, eu = _features(vals, k, beta, center, n)
-    Fm[:eu, :2 * m] *= kmask  # keys' features on key items only, queries' on query items
-    Fm[eu:, :2 * m] *= 1.0 - kmask
-    total, gi = _total_and_grad(*block_sums(v, Fm, eu, vperm, B, L), Fm, eu, k, beta, F.pad(kmask, (0, n - 2 * m)))
+    Fm = FF[:, 0, :2 * m]
+    eu = _features(Fm, vals, k, beta, twice_c)
+    if k == 0:
+        Fm[2] = -1.0
+    Fm[:eu] *= kmask  # keys' features on key items only, queries' on query items
+    Fm[eu:] *= 1.0 - kmask
+    total, gi = _total_and_grad(*block_sums(Y, FF, eu, vperm, B, L), FF[:, 0], eu, k, beta,
+                                F.pad(kmask, (0, n - 2 * m)))
     grad = torch.zeros(m, dtype=_F64, device=dev).index_add_(0, perm.remainder(m), gi[:2 * m])
     return total, grad, count

@@ -94,5 +94,5 @@ def relation_vector_backward(x: torch.Tensor, relation: str, rel: torch.Tensor, 
     k = torch.zeros(n * n, dtype=x.dtype, device=x.device).index_copy_(0, flat, grad).view(n, n)
     k.add_(k.t().contiguous())
     if relation == "cosine":
-        return torch.mm(k, x).neg_()
+        return torch.addmm(x, k, x, beta=0.0, alpha=-1.0)  # -K x (beta = 0: the first x is not read)
     return torch.addmm(x * k.sum(dim=1, keepdim=True), k, x, alpha=-1.0)

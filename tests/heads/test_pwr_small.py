@@ -10,7 +10,7 @@ import torch
 import insightface_pwr.heads.pwr_small as pwr_small
 import insightface_pwr.heads.pwr_tree as pwr_tree
 from insightface_pwr.heads.pwr_fast import pwr_loss, pwr_sum_and_grad_fast
-from insightface_pwr.heads.pwr_math import pwr_loss_dense
+from insightface_pwr.heads.pwr_math import pwr_loss_dense, pwr_sum_and_grad_tiled
 from test_pwr_fast import FAST, MARGINS, TIES, assert_close_rel, check_against_dense, relations
 
 
@@ -91,7 +91,10 @@ def test_block_sums_equal_brute_force(B: int, L: int, groups: int) -> None:
     v = torch.randint(0, 5, (n,), generator=g).double()
     Fm = torch.randn(5, n, generator=g, dtype=torch.float64)  # 2 key features, 3 query features
     vperm = torch.cat([torch.sort(v[i * G:(i + 1) * G], stable=True)[1] + i * G for i in range(groups)])
-    T, R = pwr_small.block_sums(v, Fm, 2, vperm, B, L, groups)
+    Y = torch.stack((v, torch.full_like(v, float("nan"))))  # row 1: scratch (overwritten)
+    FF = torch.stack((Fm, torch.full_like(Fm, float("nan"))), 1)  # [:, 1]: the value order (written)
+    T, R = pwr_small.block_sums(Y, FF, 2, vperm, B, L, groups)
+    torch.testing.assert_close(FF[:, 1], Fm[:, vperm], rtol=0, atol=0)
     pos = torch.arange(n)
     grp = pos // G
     dom = ((pos[:, None] < pos[None, :]) & (v[:, None] > v[None, :]) & (grp[:, None] == grp[None, :])).double()
@@ -131,3 +134,19 @@ def test_both_fast_algorithms_do_not_sync(monkeypatch, small_m: int, chunk: int,
     monkeypatch.setattr(pwr_tree, "CHUNK_LEVELS", chunk)
     calls = count_syncs("pwr", method="fast", **params)
     assert calls == [], f"pwr fast ({'tree' if small_m == 0 else 'blocks'}) {params}: host syncs {calls}"
+
+
+@pytest.mark.parametrize("inversion,p,beta", FAST)
+def test_kept_buffers_carry_nothing_between_calls(inversion, p, beta) -> None:
+    """The small path keeps its scratch (values, features, masks, cells) per block shape: calls alternating
+    between sizes of one block shape (pads differ) and between data sets must each equal the dense reference."""
+    assert pwr_small.block_shape(100) == pwr_small.block_shape(97)
+    for m, seed, margin in [(100, 1, "teacher_diff"), (97, 2, "teacher_diff"), (100, 3, 0.125), (97, 4, 0.125),
+                            (100, 5, "teacher_diff"), (50, 6, 0.125), (100, 7, "teacher_diff")]:
+        s, t = relations(m, "both" if seed % 2 else "none", seed=seed)
+        check_against_dense(s, t, inversion, margin, p, beta, "fast")
+        s32, t32 = s.float(), t.float()  # the (t, s) key sort of 32-bit relations, against the tiled sums
+        total, grad, _ = pwr_sum_and_grad_fast(s32, t32, inversion, margin, p, beta)
+        ref_total, ref_grad = pwr_sum_and_grad_tiled(s32.double(), t32.double(), inversion, margin, p, beta)
+        assert_close_rel(total, ref_total, f"sum {inversion} float32 m={m}")
+        assert_close_rel(grad, ref_grad, f"grad {inversion} float32 m={m}")
