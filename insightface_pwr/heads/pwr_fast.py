@@ -46,7 +46,7 @@ groups of a cache-sized chunk at once (``dense_groups``: the rank in the group s
 default: on a CPU it does not beat the tree's own levels.
 
 Cost: two int64 sorts of M keys (float32 relations, one item per relation; four for float64, three plus searches
-for pair items), then log2(n) levels of about 25 vectorised O(n) operations (``pwr_tree.py``; on a CPU in
+for pair items), then log2(n) levels of about 20 vectorised O(n) operations (``pwr_tree.py``; on a CPU in
 cache-sized chunks: three vectors of n entries and their second copies at the peak, 79 bytes per relation at
 N = 4096 for exp with teacher-diff, head included). The gradient is computed in the forward and stored: the
 backward is one multiplication.

@@ -5,7 +5,11 @@ chunk by chunk (``_wide_pass``), and the whole pass (``run_tree``).
 A level, on items arranged group by group (a group = 2^level consecutive t positions, each group in value order):
 the right half's queries get the suffix sums of the left half's key features, the left half's keys the prefix
 sums of the right half's query features (row-wise cumsums on a (groups, width) view), then a stable partition
-by the next t bit (one cumsum, three scatters) gives the next level's arrangement.
+by the next t bit (one cumsum, three scatters) gives the next level's arrangement. Exp with one item per relation
+(PWR-Exp, teacher-diff) takes 19 operations a level: the split bit (2), the two features (2), the two cumsums and
+what they add (4: the suffix sums as the prefix minus the group's total, exactly 0 where nothing follows), the
+count (cumsum, one addmv_), the targets (4: left j - cr, right half - 1 + cr as one addcmul_ over a kept
+j + half - 1) and three scatters; the scratch's shaped views are made once per shape (``_Work.shaped``).
 
 On a CPU every operation of a level streams its vectors through memory, so the work is cut into chunks of
 2^``CHUNK_LEVELS`` items (cache-sized working set, every temporary allocated once):
@@ -45,6 +49,8 @@ class _Work:
         self.dest = torch.empty(n, dtype=torch.int64, device=dev)
         self.bits = torch.empty(n, dtype=torch.int32, device=dev)
         self.kb: Optional[torch.Tensor] = None
+        self._right: dict = {}
+        self._ones: Optional[torch.Tensor] = None
         self._views: dict = {}
 
     def views(self, n: int) -> tuple:
@@ -53,6 +59,29 @@ class _Work:
             v = self._views[n] = ([x[:n] for x in self.f], self.dest[:n], self.bits[:n])
         return v
 
+    def ones(self, n: int) -> torch.Tensor:
+        """A (1, n) row of ones (float64, made once): a sum as one ``addmv_`` into an accumulator."""
+        row = self._views.get(("ones", n))
+        if row is None:
+            if self._ones is None or self._ones.numel() < n:
+                self._ones = torch.ones(1, n, dtype=_F64, device=self.dest.device)
+            row = self._views[("ones", n)] = self._ones[:, :n]
+        return row
+
+    def shaped(self, n: int, rows: int, width: int) -> dict:
+        """The (rows, width) views of ``views(n)``'s float64 scratch by the id of its flat view, plus the dest
+        view ("dest"), the first one as a row ("row0"), the third's last column ("last2") and, with pair masks,
+        the sixth as a row ("row5") (cached: a view costs a microsecond or two, a level needs a dozen)."""
+        key = (n, rows, width)
+        d = self._views.get(key)
+        if d is None:
+            fb, dest, _ = self.views(n)
+            d = self._views[key] = {id(x): x.view(rows, width) for x in fb}
+            d["dest"], d["row0"], d["last2"] = dest.view(rows, width), fb[0].view(1, n), d[id(fb[2])][:, -1:]
+            if len(fb) > 5:
+                d["row5"] = fb[5].view(1, n)
+        return d
+
     def positions(self, width: int, scratch: torch.Tensor) -> torch.Tensor:
         """0 .. width - 1 (float64): kept up to ``_KEEP_POSITIONS``, else written into ``scratch``."""
         if width > _KEEP_POSITIONS:
@@ -60,6 +89,16 @@ class _Work:
         if self.kb is None or self.kb.numel() < width:
             self.kb = torch.arange(width, dtype=_F64, device=scratch.device)
         return self.kb[:width]
+
+    def right_targets(self, width: int, half: int, positions: torch.Tensor) -> torch.Tensor:
+        """j + half - 1 for the positions j = ``positions`` (0 .. width - 1, float64): kept up to
+        ``_KEEP_POSITIONS``, else written over ``positions`` (then in scratch)."""
+        if width > _KEEP_POSITIONS:
+            return positions.add_(half - 1.0)
+        q = self._right.get((width, half))
+        if q is None:
+            q = self._right[(width, half)] = positions + (half - 1.0)
+        return q
 
 
 def _level(code, f, acc, lev: int, k: int, beta: float, single: bool, tot, cnt, work: _Work, rows: int,
@@ -71,13 +110,15 @@ def _level(code, f, acc, lev: int, k: int, beta: float, single: bool, tot, cnt, 
     ``cnt`` (single exp: the right items before each item, without the constant the caller subtracts); leaves the
     group-relative targets of the stable partition in ``work.dest``. Returns the carry for the next chunk of the
     same group (None for whole groups)."""
-    fb, dest, bits = work.views(code.numel())
+    n = code.numel()
+    fb, dest, bits = work.views(n)
+    sh = work.shaped(n, rows, width)
     A, B, C, D, r = fb[:5]
-    half, shape, wide = 1 << (lev - 1), (rows, width), totals is not None
+    half, wide = 1 << (lev - 1), totals is not None
     new: dict = {}
 
     def scan(x: torch.Tensor, out: torch.Tensor, key) -> torch.Tensor:  # row-wise inclusive prefix sums
-        torch.cumsum(x.view(shape), 1, out=out.view(shape))
+        torch.cumsum(sh[id(x)], 1, out=sh[id(out)])
         if wide:
             if carry is not None:
                 out.add_(carry[key])
@@ -88,7 +129,7 @@ def _level(code, f, acc, lev: int, k: int, beta: float, single: bool, tot, cnt, 
         if wide:  # (the prefix continues from the group's earlier chunks)
             torch.sub(totals[e], prefix, out=prefix)
         else:
-            pv = prefix.view(shape)
+            pv = sh[id(prefix)]
             torch.sub(pv[:, -1:].clone(), pv, out=pv)
 
     torch.bitwise_and(code, 1 << (lev - 1 if single else lev), out=bits)  # the split bit: right half
@@ -114,11 +155,16 @@ def _level(code, f, acc, lev: int, k: int, beta: float, single: bool, tot, cnt, 
         scan(A, C, 0)
         scan(B, D, "b")  # right queries' features before each left key (value < a)
         acc.addcmul_(A, D, value=beta)
-        tot.addmv_(A.view(1, -1), D)  # (a dot product into tot: one operation)
-        suffix(C, 0)  # left keys' features after each right query (value > b)
-        acc.addcmul_(B, C, value=-beta)
+        tot.addmv_(sh["row0"], D)  # (a dot product into tot: one operation)
+        # left keys' features after each right query (value > b): the group's total minus the prefix C, into D
+        # (free now; no copy of the totals); exactly 0 where no key follows
+        if wide:
+            torch.sub(C, totals[0], out=D)
+        else:
+            torch.sub(sh[id(C)], sh["last2"], out=sh[id(D)])
+        acc.addcmul_(B, D, value=beta)
         if not single:
-            cnt.addmv_(mk.view(1, -1), scan(mq, C, "q"))
+            cnt.addmv_(sh["row5"], scan(mq, C, "q"))
     else:  # (a' - b')^k by the binomial expansion; keys' sums after each query, queries' sums before each key
         binom_k, binom_k1 = binom_row(k), binom_row(k - 1)
         vq, gq, gk = fb[7:10]
@@ -146,11 +192,15 @@ def _level(code, f, acc, lev: int, k: int, beta: float, single: bool, tot, cnt, 
     # to half - 1 + cr = (j - cr) + (half - 1 + cr - (j - cr)) (float64: exact)
     scan(r, C, "r")
     if single and k == 0:  # the right items before each left one: its dominated pairs (plus the rights')
-        cnt.add_(C.sum())
-    torch.sub(work.positions(width, B), C.view(shape), out=A.view(shape))
+        cnt.addmv_(work.ones(n), C)  # (their sum: one operation)
+    # = (j - cr) + r (q - 2 (j - cr)) with q = j + half - 1 (kept per width), j from the group's (chunk's) start
+    j = work.positions(width, B)
+    torch.sub(j, sh[id(C)], out=sh[id(A)])
     if pos0:
         A.add_(float(pos0))
-    torch.sub(C, A, out=D).add_(half - 1.0)
+    torch.sub(work.right_targets(width, half, j), sh[id(A)], alpha=2.0, out=sh[id(D)])
+    if pos0:
+        D.add_(float(pos0))
     A.addcmul_(r, D)
     dest.copy_(A)
     return new if wide else None
@@ -177,7 +227,7 @@ def _tree_pass(code, f, acc, levels: int, k: int, beta: float, single: bool, tot
         _level(code, f, acc, lev, k, beta, single, tot, cnt, work, rows, width)
         if single and k == 0:
             extra += _right_pairs(rows, width >> 1)
-        dv = work.views(n)[1].view(rows, width)
+        dv = work.shaped(n, rows, width)["dest"]
         code2.view(rows, width).scatter_(1, dv, code.view(rows, width))
         f2.view(rows, width).scatter_(1, dv, f.view(rows, width))
         acc2.view(rows, width).scatter_(1, dv, acc.view(rows, width))
