@@ -7,9 +7,9 @@ the right half's queries get the suffix sums of the left half's key features, th
 sums of the right half's query features (row-wise cumsums on a (groups, width) view), then a stable partition
 by the next t bit (one cumsum, three scatters) gives the next level's arrangement. Exp with one item per relation
 (PWR-Exp, teacher-diff) takes 19 operations a level: the split bit (2), the two features (2), the two cumsums and
-what they add (4: the suffix sums as the prefix minus the group's total, exactly 0 where nothing follows), the
-count (cumsum, one addmv_), the targets (4: left j - cr, right half - 1 + cr as one addcmul_ over a kept
-j + half - 1) and three scatters; the scratch's shaped views are made once per shape (``_Work.shaped``).
+what they add to the gradients and the sum (6: the suffix sums as the prefix minus the group's total, exactly 0
+where nothing follows), the count (cumsum, one addmv_), the targets (4: left j - cr, right half - 1 + cr as one
+addcmul_ over a kept j + half - 1, the int64 copy) and three scatters; the scratch's shaped views are made once per shape (``_Work.shaped``).
 
 On a CPU every operation of a level streams its vectors through memory, so the work is cut into chunks of
 2^``CHUNK_LEVELS`` items (cache-sized working set, every temporary allocated once):
