@@ -43,10 +43,11 @@ _F64 = torch.float64
 DENSE_LEVELS = 0  # > 0: the tree's lowest levels by blocks, in groups of 2^DENSE_LEVELS items (pwr_fast._run_tree);
 # off: on a CPU no setting (4 .. 12) beat the tree's own levels (benchmarks/RESULTS.md); a knob for devices where
 # the per-level launches dominate (not measured)
-_DENSE_CHUNK = 8192  # items per dense step on a CPU (masks of 8192 x 32 float64: 2 MB, cache-sized)
+_DENSE_CHUNK = 8192  # items per dense step on a CPU (both masks: 2 x 8192 x 32 float64, 4 MB)
 _DENSE_CHUNK_GPU = 1 << 18  # elsewhere (fewer launches; 32 MB of masks)
-_BUFFERS: dict = {}  # (name, shape, device) -> a float64 scratch buffer of the small path (the mask, the grid),
-# kept: fresh ones cost their page faults on every call (~0.15 ms at N = 92 for both)
+_BUFFERS: dict = {}  # (name, shape, dtype, device) -> a scratch buffer of the small path (masks, grid, products,
+# cells; six per block shape with the workspace), kept: fresh ones cost their page faults on every call (~0.15 ms at
+# N = 92 for the mask and the grid); up to 32 entries (a few batch sizes at once without reallocating)
 _CONSTS: dict = {}  # (B, L, groups, device) -> the constant tensors of that block shape (a few kB each); also the
 # exp feature scales per beta
 
@@ -79,7 +80,7 @@ def _consts(B: int, L: int, groups: int, dev: torch.device):
 def _buffer(name: str, shape: Tuple[int, ...], dev: torch.device, dtype: torch.dtype = _F64) -> torch.Tensor:
     """A scratch buffer of this shape, kept between calls (a fresh one costs its page faults each call; the caller
     consumes what it writes there before the next call)."""
-    return kept(_BUFFERS, (name, shape, dtype, str(dev)), lambda: torch.empty(shape, dtype=dtype, device=dev), 16)
+    return kept(_BUFFERS, (name, shape, dtype, str(dev)), lambda: torch.empty(shape, dtype=dtype, device=dev), 32)
 
 
 def block_sums(Y: torch.Tensor, FF: torch.Tensor, eu: int, vperm: torch.Tensor, B: int, L: int,
@@ -200,7 +201,7 @@ def _workspace(B: int, L: int, m: int, E: int, k: int, dev: torch.device) -> Tup
             FF[E - 1, 0, :m] = -1.0
         return Y, FF
 
-    return kept(_BUFFERS, ("workspace", B, L, m, E, k, str(dev)), make, 8)
+    return kept(_BUFFERS, ("workspace", B, L, m, E, k, str(dev)), make, 32)
 
 
 def _features(out: torch.Tensor, val: torch.Tensor, k: int, beta: float, twice_c) -> int:
