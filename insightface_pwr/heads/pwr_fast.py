@@ -77,6 +77,12 @@ def exp_fits(beta: float, margin: Union[float, str]) -> bool:
     return beta * (4.0 + const) <= EXP_RANGE
 
 
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """``x`` detached and flat, with no call where it already is (each call is a dispatch at small N)."""
+    x = x.detach() if x.requires_grad else x
+    return x if x.dim() == 1 else x.reshape(-1)
+
+
 def _order_key(x: torch.Tensor) -> torch.Tensor:
     """int64 keys with the order of the float64 ``x`` (equal values, -0.0 and +0.0 included, get equal keys)."""
     b = (x + 0.0).view(torch.int64)
@@ -151,8 +157,8 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
                          f"covers 'diff', 'exp' and 'power' with integer 1 <= p <= {MAX_FAST_POWER}; "
                          f"use method='tiled' (exact, O(M^2) time) instead")
     dev = s.device
-    s64 = s.detach().to(torch.float64).reshape(-1)
-    t = t.detach().reshape(-1)
+    s, t = _flat(s), _flat(t)
+    s64 = s.to(torch.float64)
     m = s64.numel()
     if m < 2:
         return (torch.zeros((), dtype=torch.float64, device=dev), torch.zeros_like(s64),
@@ -173,11 +179,11 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     del s64  # (s, qry and key hold what is needed)
     n_items = m if single else 2 * m
     if n_items <= pwr_small.SMALL_M:  # a fixed number of operations (pwr_small.py), faster at these sizes
-        return pwr_small.pwr_sum_and_grad_blocks(qry, key, s.detach().reshape(-1), t, single, k, beta, twice_c)
+        return pwr_small.pwr_sum_and_grad_blocks(qry, key, s, t, single, k, beta, twice_c)
     levels = max(1, (n_items - 1).bit_length())
     n = 1 << levels
     if single:
-        code, v_val, t_perm, count = _setup_single(qry, s.detach().reshape(-1), t, n)
+        code, v_val, t_perm, count = _setup_single(qry, s, t, n)
         t_perm = t_perm.to(torch.int32)  # half the memory while the pass runs
         f = torch.ones(n, dtype=torch.float64, device=dev) if k == 0 else torch.zeros(n, dtype=torch.float64,
                                                                                        device=dev)

@@ -20,7 +20,7 @@ positions and, independently, into B value-blocks of L consecutive value ranks. 
   the sums come from a B x B grid of the features summed by (t-block, value-block), its 2-D prefix sums and one
   gather per item.
 Every sum is exact (no approximation); no host read; about 40 tensor operations whatever M (the scratch, values
-and features included, is kept per block shape: ``_workspace``, ``_buffer``). ``block_sums`` also
+and features included, is kept per block shape with its views: ``_Space``, ``_workspace``). ``block_sums`` also
 takes a batch of independent problems (``groups``): with ``DENSE_LEVELS`` > 0 the tree of ``pwr_fast.py`` hands it
 its groups of 2^DENSE_LEVELS items (``dense_groups``) instead of running its lowest levels (off by default).
 """
@@ -45,9 +45,9 @@ DENSE_LEVELS = 0  # > 0: the tree's lowest levels by blocks, in groups of 2^DENS
 # the per-level launches dominate (not measured)
 _DENSE_CHUNK = 8192  # items per dense step on a CPU (both masks: 2 x 8192 x 32 float64, 4 MB)
 _DENSE_CHUNK_GPU = 1 << 18  # elsewhere (fewer launches; 32 MB of masks)
-_BUFFERS: dict = {}  # (name, shape, dtype, device) -> a scratch buffer of the small path (masks, grid, products,
-# cells; six per block shape with the workspace), kept: fresh ones cost their page faults on every call (~0.15 ms at
-# N = 92 for the mask and the grid); up to 32 entries (a few batch sizes at once without reallocating)
+_SPACES: dict = {}  # (B, L, m, E, k, device) -> the small path's ``_Space`` for that shape (its masks, grid, products,
+# values and features), kept: fresh buffers cost their page faults on every call (~0.15 ms at N = 92 for the mask
+# and the grid); up to 8 shapes (a few batch sizes at once without reallocating)
 _CONSTS: dict = {}  # (B, L, groups, device) -> the constant tensors of that block shape (a few kB each); also the
 # exp feature scales per beta
 
@@ -77,62 +77,81 @@ def _consts(B: int, L: int, groups: int, dev: torch.device):
     return kept(_CONSTS, (B, L, groups, str(dev)), make, 16)
 
 
-def _buffer(name: str, shape: Tuple[int, ...], dev: torch.device, dtype: torch.dtype = _F64) -> torch.Tensor:
-    """A scratch buffer of this shape, kept between calls (a fresh one costs its page faults each call; the caller
-    consumes what it writes there before the next call)."""
-    return kept(_BUFFERS, (name, shape, dtype, str(dev)), lambda: torch.empty(shape, dtype=dtype, device=dev), 32)
+class _Space:
+    """What ``block_sums`` writes for one block shape (B blocks of L items, ``groups``) and E features (``eu`` of
+    them key features), with the views it uses, made once: ``Y`` (2, n) float64, the values in t order | scratch;
+    ``FF`` (E, 2, n) float64, the features in t order | in value order; the (2 B, L, L) masks, the products, the
+    cells, the grid and the gathered grid sums. The small path keeps one per shape (``_workspace``: a view costs a
+    microsecond or two, the path needs some thirty); ``dense_groups`` makes one per sub-chunk."""
+
+    def __init__(self, Y: torch.Tensor, FF: torch.Tensor, eu: int, B: int, L: int, groups: int = 1,
+                 mask: torch.Tensor = None) -> None:
+        n, E, dev = B * L, FF.shape[0], Y.device
+        ew = E - eu
+        P = B // groups + 1
+        self.n, self.E, self.eu, self.P, self.shift = n, E, eu, P, L.bit_length() - 1
+        self.tris, vbr, wbr = _consts(B, L, groups, dev)
+        self.Y, self.FF, self.y0, self.y1 = Y, FF, Y[0], Y[1]
+        yb = Y.view(2 * B, L)
+        self.ycol, self.yrow = yb.unsqueeze(2), yb.unsqueeze(1)
+        self.f0, self.fv = FF[:, 0], FF[:, 1]
+        # [U, U by value] and [W, W by value] as (2 B, E, L) blocks: T^T = U^T M, R^T = W^T M^T (E x L @ L x L)
+        self.xu = FF[:eu].view(eu, 2 * B, L).transpose(0, 1)
+        self.xw = FF[eu:].view(ew, 2 * B, L).transpose(0, 1)
+        self.mask = torch.empty(2 * B, L, L, dtype=_F64, device=dev) if mask is None else mask
+        self.mask4, self.mask_t = self.mask.view(2, B, L, L), self.mask.transpose(1, 2)
+        self.out_t = torch.empty(2 * B, eu, L, dtype=_F64, device=dev)
+        self.out_r = torch.empty(2 * B, ew, L, dtype=_F64, device=dev)
+        self.t_blocks = self.out_t.view(2, B, eu, L).transpose(1, 2)  # -> (2, eu, n): a view when eu = 1
+        self.r_blocks = self.out_r.view(2, B, ew, L).transpose(1, 2)
+        self.T = self.t_blocks.reshape(2, eu, n) if eu == 1 else None
+        self.t01 = (self.T[0], self.T[1]) if eu == 1 else None
+        self.cells = torch.empty(E, n, dtype=torch.int64, device=dev)
+        self.cells_u, self.cells_w = self.cells[:eu], self.cells[eu:]
+        self.vbr, self.wbr = vbr.expand(eu, n), wbr.expand(ew, n)
+        self.grid = torch.empty(E, groups * P * P, dtype=_F64, device=dev)
+        self.grid_tail, self.grid4 = self.grid[:, P + 1:], self.grid.view(E, groups, P, P)
+        self.g = torch.empty(E, n, dtype=_F64, device=dev)
+        self.g_u, self.g_w = self.g[:eu], self.g[eu:]
 
 
-def block_sums(Y: torch.Tensor, FF: torch.Tensor, eu: int, vperm: torch.Tensor, B: int, L: int,
-               groups: int = 1, mask: torch.Tensor = None, fv_ready: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The dominance sums of n = B L items in t order. ``Y`` (2, n) float64: row 0 the values v in t order, row 1
-    scratch; ``FF`` (E, 2, n) float64: [:, 0] the features Fm in t order, rows :eu the key features U, rows eu: the
-    query features W (zero for an item that is not a key, resp. not a query, and for pads), [:, 1] the same in value
-    order (written here unless ``fv_ready``); ``vperm`` the value order (t position of each value rank). Returns
-    T (eu, n): for each item the sum of U over the items dominating it, and R (E - eu, n): the sum of W over the
-    items it dominates (q dominates p: earlier in t order and v_q > v_p; the value order must list q after p then,
-    and p after q when v_q = v_p). With ``groups`` > 1 the items form that many independent problems of n / groups
-    consecutive t positions (the value order listing them group by group): only pairs within a group count.
-    ``mask``: a (2 B, L, L) float64 scratch buffer to reuse (a kept one otherwise)."""
-    n, E = B * L, FF.shape[0]
-    ew = E - eu
-    tris, vbr, wbr = _consts(B, L, groups, Y.device)
-    tb = vperm >> (L.bit_length() - 1)  # t-block of each value rank
-    torch.mul(tb, -1.0, out=Y[1])  # minus it, float64: row 1 of Y then compares as row 0 does
-    Fv = FF[:, 1]
+def block_sums(ws: _Space, vperm: torch.Tensor, fv_ready: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The dominance sums of the n = B L items of ``ws`` (``_Space``: values ``ws.y0`` and features ``ws.f0`` in t
+    order, rows :eu the key features U, rows eu: the query features W, zero for an item that is not a key, resp.
+    not a query, and for pads; the features in value order ``ws.fv`` are written here unless ``fv_ready``);
+    ``vperm`` the value order (t position of each value rank). Returns T (eu, n): for each item the sum of U over
+    the items dominating it, and R (E - eu, n): the sum of W over the items it dominates (q dominates p: earlier in
+    t order and v_q > v_p; the value order must list q after p then, and p after q when v_q = v_p). With groups > 1
+    the items form that many independent problems of n / groups consecutive t positions (the value order listing
+    them group by group): only pairs within a group count."""
+    tb = vperm >> ws.shift  # t-block of each value rank
+    torch.mul(tb, -1.0, out=ws.y1)  # minus it, float64: row 1 of Y then compares as row 0 does
     if not fv_ready:
-        torch.gather(FF[:, 0], 1, vperm.expand(E, n), out=Fv)
-    # [U, U by value] and [W, W by value] as (2 B, E, L) blocks: T^T = U^T M, R^T = W^T M^T (E x L @ L x L)
-    XU = FF[:eu].view(eu, 2 * B, L).transpose(0, 1)
-    XW = FF[eu:].view(ew, 2 * B, L).transpose(0, 1)
-    out_t = _buffer("out_t", (2 * B, eu, L), Y.device)
-    out_r = _buffer("out_r", (2 * B, ew, L), Y.device)
+        torch.gather(ws.f0, 1, vperm.expand(ws.E, ws.n), out=ws.fv)
     # the dense masks M[i, j] (item i dominates item j), float straight from one comparison: the first B blocks in
     # one t-block (position i < j and v_i > v_j), the next B in one value-block (value order: rank i > j, so
     # v_i > v_j, and t-block tb_i < tb_j)
-    if mask is None or mask.shape[0] != 2 * B:
-        mask = _buffer("mask", (2 * B, L, L), Y.device)
-    Yb = Y.view(2 * B, L)
-    torch.gt(Yb.unsqueeze(2), Yb.unsqueeze(1), out=mask)
-    mask.view(2, B, L, L).mul_(tris)
-    torch.bmm(XU, mask, out=out_t)
-    torch.bmm(XW, mask.transpose(1, 2), out=out_r)
-    T = out_t.view(2, B, eu, L).transpose(1, 2).reshape(2, eu, n)  # [t-blocks, value-blocks (value order)]
-    R = out_r.view(2, B, ew, L).transpose(1, 2).reshape(2, ew, n)
+    torch.gt(ws.ycol, ws.yrow, out=ws.mask)
+    ws.mask4.mul_(ws.tris)
+    torch.bmm(ws.xu, ws.mask, out=ws.out_t)
+    torch.bmm(ws.xw, ws.mask_t, out=ws.out_r)
+    T = ws.T if ws.T is not None else ws.t_blocks.reshape(2, ws.eu, ws.n)  # [t-blocks, value-blocks (value order)]
+    R = ws.r_blocks.reshape(2, ws.E - ws.eu, ws.n)
     # the grid: features summed by (t-block i, value-block k). A query reads the cells i < tb, k > vb; a key the
     # cells i > tb, k < vb. U's cell (i, B-1-k) and W's (B-1-i, k), written one row and one column further: both
     # sums are then inclusive 2-D prefix sums read at the item's own cell
     # (with groups: one grid per group, the cells of group g offset by g P^2)
-    P = B // groups + 1
-    idx = _buffer("cells", (E, n), Y.device, torch.int64)
-    torch.add(vbr.expand(eu, n), tb, alpha=P, out=idx[:eu])  # U's cell
-    torch.sub(wbr.expand(ew, n), tb, alpha=P, out=idx[eu:])  # W's cell
-    grid = _buffer("grid", (E, groups * P * P), Y.device).zero_()
-    grid[:, P + 1:].scatter_add_(1, idx, Fv)
-    g = grid.view(E, groups, P, P).cumsum_(2).cumsum_(3).view(E, groups * P * P).gather(1, idx)
-    T[1].add_(g[:eu])
-    R[1].add_(g[eu:])
-    return T[0].index_add_(1, vperm, T[1]), R[0].index_add_(1, vperm, R[1])
+    torch.add(ws.vbr, tb, alpha=ws.P, out=ws.cells_u)  # U's cell
+    torch.sub(ws.wbr, tb, alpha=ws.P, out=ws.cells_w)  # W's cell
+    ws.grid.zero_()
+    ws.grid_tail.scatter_add_(1, ws.cells, ws.fv)
+    ws.grid4.cumsum_(2).cumsum_(3)
+    torch.gather(ws.grid, 1, ws.cells, out=ws.g)
+    t0, t1 = ws.t01 if ws.T is not None else (T[0], T[1])
+    r0, r1 = R[0], R[1]
+    t1.add_(ws.g_u)
+    r1.add_(ws.g_w)
+    return t0.index_add_(1, vperm, t1), r0.index_add_(1, vperm, r1)
 
 
 def dense_groups(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, S: int, k: int, beta: float,
@@ -178,7 +197,7 @@ def dense_groups(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, S: int,
         if k == 0 and not single:
             Ft, kmask, Fm = Ft[:3], Ft[3], Fm[:3]
         FF = torch.stack((Ft, Fm), 1)  # [t order, value order (the arrangement)]
-        T, R = block_sums(Y, FF, eu, rel, m // L, L, m // G, mask, fv_ready=True)
+        T, R = block_sums(_Space(Y, FF, eu, m // L, L, m // G, mask), rel, fv_ready=True)
         total, gi = _total_and_grad(T, R, FF[:, 0], eu, k, beta, kmask)
         tot.add_(total)
         seg = out[c0:c0 + m]
@@ -191,17 +210,20 @@ def _exp_scales(beta: float, dev: torch.device) -> torch.Tensor:
     return kept(_CONSTS, ("exp", beta, str(dev)), lambda: torch.tensor([[beta], [-beta]], dtype=_F64, device=dev), 16)
 
 
-def _workspace(B: int, L: int, m: int, E: int, k: int, dev: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(Y (2, n), FF (E, 2, n)) for ``block_sums``, kept per shape: zero past the m items (pads: value 0, no
-    features); for exp (k = 0) FF's last row in t order holds the constant query feature -1 of the m items."""
-    def make():
+def _workspace(B: int, L: int, m: int, E: int, eu: int, k: int, dev: torch.device) -> _Space:
+    """The ``_Space`` of the small path for m items in B blocks of L, kept per shape: Y and FF zero past the m
+    items (pads: value 0, no features); for exp (k = 0) FF's last row in t order holds the constant query feature
+    -1 of the m items. Also the views of the m items: ``y0m`` (values), ``f0m`` (features in t order)."""
+    def make() -> _Space:
         Y = torch.zeros(2, B * L, dtype=_F64, device=dev)
         FF = torch.zeros(E, 2, B * L, dtype=_F64, device=dev)
         if k == 0:
             FF[E - 1, 0, :m] = -1.0
-        return Y, FF
+        ws = _Space(Y, FF, eu, B, L)
+        ws.y0m, ws.f0m = Y[0, :m], FF[:, 0, :m]
+        return ws
 
-    return kept(_BUFFERS, ("workspace", B, L, m, E, k, str(dev)), make, 32)
+    return kept(_SPACES, (B, L, m, E, k, str(dev)), make, 8)
 
 
 def _features(out: torch.Tensor, val: torch.Tensor, k: int, beta: float, twice_c) -> int:
@@ -242,7 +264,7 @@ def pwr_sum_and_grad_blocks(qry: torch.Tensor, key: torch.Tensor, s: torch.Tenso
     (``single``: they are equal, monotone in s at equal t), the student values ``s`` and the teacher values
     ``t``; ``k`` = 0 for exp, else the power (diff: 1); ``twice_c``: twice the middle c of the value range (0-d)."""
     m, dev = qry.numel(), qry.device
-    E = 3 if k == 0 else 2 * (k + 1)
+    E, eu = (3, 1) if k == 0 else (2 * (k + 1), k + 1)
     if single:
         # the t order, teacher ties by ascending value (= by s)
         if t.dtype in BITS32 and s.dtype in BITS32:  # one sort of (t, s) keys
@@ -254,11 +276,11 @@ def pwr_sum_and_grad_blocks(qry: torch.Tensor, key: torch.Tensor, s: torch.Tenso
             perm = v_perm[t_perm]
             count = pair_count(t, ts)
         B, L = block_shape(m)
-        Y, FF = _workspace(B, L, m, E, k, dev)  # (pads: value 0, no features)
-        val = torch.index_select(qry, 0, perm, out=Y[0, :m])
-        vperm = torch.sort(Y[0], stable=True)[1]  # value ties by t position
-        eu = _features(FF[:, 0, :m], val, k, beta, twice_c)
-        total, gi = _total_and_grad(*block_sums(Y, FF, eu, vperm, B, L), FF[:, 0], eu, k, beta)
+        ws = _workspace(B, L, m, E, eu, k, dev)  # (pads: value 0, no features)
+        val = torch.index_select(qry, 0, perm, out=ws.y0m)
+        vperm = torch.sort(ws.y0, stable=True)[1]  # value ties by t position
+        _features(ws.f0m, val, k, beta, twice_c)
+        total, gi = _total_and_grad(*block_sums(ws, vperm), ws.f0, eu, k, beta)
         gi = gi[:m]
         return total, torch.scatter(gi, 0, perm, gi), count  # (every position written: perm is a permutation)
     # a query item and a key item per relation: queries first at equal t (a stable sort of [queries, keys])
@@ -267,19 +289,19 @@ def pwr_sum_and_grad_blocks(qry: torch.Tensor, key: torch.Tensor, s: torch.Tenso
     kmask = (perm >= m).to(_F64)
     B, L = block_shape(2 * m)
     n = B * L
-    Y, FF = _workspace(B, L, 2 * m, E, -1, dev)
-    vals = torch.index_select(torch.cat((qry, key)), 0, perm, out=Y[0, :2 * m])
+    ws = _workspace(B, L, 2 * m, E, eu, -1, dev)
+    vals = torch.index_select(torch.cat((qry, key)), 0, perm, out=ws.y0m)
     # value order: keys before queries at equal value (a stable sort by value of the items ordered keys first)
     kf = torch.sort(1.0 - kmask, stable=True)[1]
     vperm = kf[torch.sort(vals[kf], stable=True)[1]]
     vperm = torch.cat((vperm, torch.arange(2 * m, n, device=dev)))
-    Fm = FF[:, 0, :2 * m]
-    eu = _features(Fm, vals, k, beta, twice_c)
+    Fm = ws.f0m
+    _features(Fm, vals, k, beta, twice_c)
     if k == 0:
         Fm[2] = -1.0
     Fm[:eu] *= kmask  # keys' features on key items only, queries' on query items
     Fm[eu:] *= 1.0 - kmask
-    total, gi = _total_and_grad(*block_sums(Y, FF, eu, vperm, B, L), FF[:, 0], eu, k, beta,
+    total, gi = _total_and_grad(*block_sums(ws, vperm), ws.f0, eu, k, beta,
                                 F.pad(kmask, (0, n - 2 * m)))
     grad = torch.zeros(m, dtype=_F64, device=dev).index_add_(0, perm.remainder(m), gi[:2 * m])
     return total, grad, count

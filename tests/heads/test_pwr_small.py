@@ -93,7 +93,7 @@ def test_block_sums_equal_brute_force(B: int, L: int, groups: int) -> None:
     vperm = torch.cat([torch.sort(v[i * G:(i + 1) * G], stable=True)[1] + i * G for i in range(groups)])
     Y = torch.stack((v, torch.full_like(v, float("nan"))))  # row 1: scratch (overwritten)
     FF = torch.stack((Fm, torch.full_like(Fm, float("nan"))), 1)  # [:, 1]: the value order (written)
-    T, R = pwr_small.block_sums(Y, FF, 2, vperm, B, L, groups)
+    T, R = pwr_small.block_sums(pwr_small._Space(Y, FF, 2, B, L, groups), vperm)
     torch.testing.assert_close(FF[:, 1], Fm[:, vperm], rtol=0, atol=0)
     pos = torch.arange(n)
     grp = pos // G
