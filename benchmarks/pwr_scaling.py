@@ -27,6 +27,7 @@ torch.cuda.max_memory_allocated instead.
     python benchmarks/pwr_scaling.py                            # N = 92 .. 1024 (about a minute on one core)
     python benchmarks/pwr_scaling.py --sizes 92 1024 4096 --repeats 3
     python benchmarks/pwr_scaling.py --sizes 92 1024 --compare     # + the tree alone / with block levels
+    python benchmarks/pwr_scaling.py --sizes 8 92 --loop 2          # + 2 s of back-to-back calls per N
 """
 from __future__ import annotations
 
@@ -163,6 +164,23 @@ def measure(fn: Callable[[], None], repeats: int, device: str) -> Tuple[float, O
     return statistics.median(times), (max(peaks) if peaks else None), statistics.median(cpus or [float("nan")])
 
 
+def loop_stats(fn: Callable[[], None], seconds: float, device: str) -> Tuple[float, float, float, int]:
+    """(min, 10th percentile, median) wall seconds of ``fn`` called back to back for ``seconds`` (after 20 warm-up
+    calls), and the number of calls."""
+    for _ in range(20):
+        fn()
+    times: list = []
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop or len(times) < 3:
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[0], times[len(times) // 10], times[len(times) // 2], len(times)
+
+
 def fwd_bwd(method: str, student: torch.Tensor, teacher: torch.Tensor, **params) -> Callable[[], None]:
     head = create_head("pwr", method=method, **params)
 
@@ -186,6 +204,9 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--tile", type=int, default=2048)
     ap.add_argument("--low-mmap", action="store_true", help="re-execute with MALLOC_MMAP_THRESHOLD_=131072")
     ap.add_argument("--no-variants", action="store_true", help="skip the diff / power lines at the last N")
+    ap.add_argument("--loop", type=float, default=0.0, metavar="S",
+                    help="also run the fast path back to back for S seconds per N and print the min, 10th "
+                         "percentile and median of its calls (steadier than a median of --repeats on a noisy host)")
     ap.add_argument("--compare", action="store_true",
                     help="also time the fast path with the blocks off (the tree) and with no dense tree levels")
     args = ap.parse_args(argv)
@@ -240,6 +261,10 @@ def main(argv: Optional[list] = None) -> int:
         print(f"{n:5d} {m:8d} | {t_floor * 1e3:9.2f} {c_floor * 1e3:8.2f} | {t_fast * 1e3:9.2f} {c_fast * 1e3:8.2f} "
               f"{t_fast / t_floor:7.2f} {c_fast / c_floor:6.2f} {mb:7.1f} {mb * 2**20 / m:6.0f} {ops:5d} {views:5d} | "
               f"{dense_cell} | {tiled_cell}", flush=True)
+        if args.loop > 0:
+            lo, p10, med, calls = loop_stats(fast, args.loop, args.device)
+            print(f"#   N = {n}: fast, {calls} calls back to back: min {lo * 1e3:.3f} ms, 10th percentile "
+                  f"{p10 * 1e3:.3f} ms, median {med * 1e3:.3f} ms", flush=True)
         if device_ops != ops:
             print(f"#   N = {n}: {device_ops} ops on a GPU's path (the CPU finishes groups of 2^"
                   f"{pwr_tree.CHUNK_LEVELS} items chunk by chunk: {ops})", flush=True)
