@@ -47,7 +47,8 @@ _DENSE_CHUNK = 8192  # items per dense step on a CPU (both masks: 2 x 8192 x 32 
 _DENSE_CHUNK_GPU = 1 << 18  # elsewhere (fewer launches; 32 MB of masks)
 _SPACES: dict = {}  # (B, L, m, E, k, device) -> the small path's ``_Space`` for that shape (its masks, grid, products,
 # values and features), kept: fresh buffers cost their page faults on every call (~0.15 ms at N = 92 for the mask
-# and the grid); up to 8 shapes (a few batch sizes at once without reallocating)
+# and the grid); up to 8 shapes (a few batch sizes at once without reallocating). Kept per device: one step at a
+# time per device uses them (as a training loop does; DataParallel's threads run on different devices)
 _CONSTS: dict = {}  # (B, L, groups, device) -> the constant tensors of that block shape (a few kB each); also the
 # exp feature scales per beta
 
