@@ -24,10 +24,13 @@ MX_L2_EPS = 1e-10  # MXNet L2Normalization's eps, added to the sum of squares un
 
 def kept(store: dict, key: Any, make: Callable[[], Any], limit: int) -> Any:
     """``store[key]``, made by ``make()`` on first use; beyond ``limit`` entries the oldest go (the small per-shape
-    caches of constants and scratch buffers: a batch's shape rarely changes)."""
+    caches of constants and scratch buffers: a batch's shape rarely changes). Made outside inference mode even when
+    the first call runs in it: an inference tensor kept as scratch would refuse the in-place writes of every later
+    call made outside (a validation pass under ``torch.inference_mode`` before training)."""
     value = store.get(key)
     if value is None:
-        value = store[key] = make()
+        with torch.inference_mode(False):
+            value = store[key] = make()
         while len(store) > limit:
             store.pop(next(iter(store)))
     return value

@@ -150,3 +150,36 @@ def test_kept_buffers_carry_nothing_between_calls(inversion, p, beta) -> None:
         ref_total, ref_grad = pwr_sum_and_grad_tiled(s32.double(), t32.double(), inversion, margin, p, beta)
         assert_close_rel(total, ref_total, f"sum {inversion} float32 m={m}")
         assert_close_rel(grad, ref_grad, f"grad {inversion} float32 m={m}")
+
+
+@pytest.mark.parametrize("n,small_m", [(12, None), (40, 0)])  # the blocks (kept scratch); the tree (forced: the
+def test_kept_buffers_made_under_inference_mode_serve_training(monkeypatch, n: int, small_m) -> None:  # count's)
+    """A first call under ``torch.inference_mode`` (a validation pass) makes the kept scratch; the training
+    calls after it write into the same buffers and must work, with the dense reference's loss and gradient; and
+    buffers made outside serve a later inference-mode call."""
+    import insightface_pwr.heads.pwr_math as pwr_math
+    import insightface_pwr.heads.relations as relations
+    from insightface_pwr.heads.registry import create_head
+
+    for module, name in ((pwr_small, "_SPACES"), (pwr_small, "_CONSTS"), (pwr_math, "_RUNS"),
+                         (relations, "_PAIR_INDEX")):
+        monkeypatch.setattr(module, name, {})  # fresh caches: the first call below makes every buffer
+    if small_m is not None:
+        monkeypatch.setattr(pwr_small, "SMALL_M", small_m)
+    g = torch.Generator().manual_seed(n)
+    st, te = torch.randn(n, 16, generator=g, dtype=torch.float64), torch.randn(n, 16, generator=g, dtype=torch.float64)
+    fast, dense = create_head("pwr", method="fast"), create_head("pwr", method="dense")
+    with torch.inference_mode():
+        first = fast(student=st, teacher=te)
+    x = st.clone().requires_grad_(True)
+    loss = fast(student=x, teacher=te)
+    loss.backward()
+    y = st.clone().requires_grad_(True)
+    ref = dense(student=y, teacher=te)
+    ref.backward()
+    assert_close_rel(loss.detach(), ref.detach(), "loss after an inference-mode call")
+    assert_close_rel(first, ref.detach(), "loss under inference mode")
+    assert_close_rel(x.grad, y.grad, "gradient after an inference-mode call")
+    with torch.inference_mode():
+        again = fast(student=st, teacher=te)
+    assert_close_rel(again, ref.detach(), "loss under inference mode, buffers made outside")
