@@ -43,12 +43,19 @@ import torch
 
 from .registry import register_head
 from .base import EmbeddingHead, zero_loss
-from .common import l2_normalize_mx, l2_normalize_mx_backward, l2_normalize_mx_scale
+from .common import kept, l2_normalize_mx, l2_normalize_mx_backward, l2_normalize_mx_scale
 from .pwr_fast import EXP_RANGE, exp_fits, pwr_sum_grad_count, with_grad
 from .pwr_math import INVERSIONS, MARGINS, METHODS, pwr_loss_dense, resolve_method
 from .relations import RELATIONS, pair_index, relation_vector, relation_vector_backward
 
 __all__ = ["PairwiseRankingLoss", "pwr_loss_dense", "INVERSIONS", "MARGINS"]
+
+
+_CAST: dict = {}  # (M, dtype, device) -> the buffer the pair gradients are divided into (consumed by the backward)
+
+
+def _cast_buffer(m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return kept(_CAST, (m, dtype, str(device)), lambda: torch.empty(m, dtype=dtype, device=device), 4)
 
 
 @register_head("pwr")
@@ -126,7 +133,8 @@ class PairwiseRankingLoss(EmbeddingHead):
                                                 self.tile)
         denom = count.clamp(min=1)  # C = 0: every sum is 0, so is the loss (float64 / int64: float64)
         dx = None
-        if need_grad:
-            g = grad.div_(denom).to(student.dtype)
+        if need_grad:  # the mean's gradient in the student's dtype, one division (into a kept buffer when it casts)
+            g = grad.div_(denom) if grad.dtype == student.dtype else torch.div(grad, denom, out=_cast_buffer(
+                grad.numel(), student.dtype, student.device))
             dx = l2_normalize_mx_backward(xn, r, relation_vector_backward(xn, self.relation, s, saved, g, flat))
         return (total / denom).to(student.dtype), dx

@@ -151,12 +151,17 @@ def test_head_methods_agree_on_embeddings(relation: str, inversion: str, margin)
 @pytest.mark.parametrize("relation", ["cosine", "euclidean"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("teacher_dim", [8, 12])  # (equal widths: both normalised and related in one batch)
-def test_head_hand_backward_equals_autograd_with_duplicate_rows(relation: str, dtype, teacher_dim: int) -> None:
+@pytest.mark.parametrize("transposed_writes", [True, False])  # K's lower triangle: transposed positions / blocked copy
+def test_head_hand_backward_equals_autograd_with_duplicate_rows(monkeypatch, relation: str, dtype, teacher_dim: int,
+                                                                 transposed_writes: bool) -> None:
     """The fast / tiled head computes d loss / d student by hand (relations and normalisation backward, in one
     autograd node); autograd through ``relations`` and ``pwr_loss`` is the reference, with duplicated student
     rows in float64 (euclidean distance at its clamp: no gradient there; in float32 the rounding leaves such a
     distance at ~1e-4 and its gradient is rounding noise either way), a zero row, and a head whose student
     needs no gradient (the loss only)."""
+    import insightface_pwr.heads.relations as relations
+
+    monkeypatch.setattr(relations, "SMALL_TRANSPOSE", 256 if transposed_writes else 0)
     g = torch.Generator().manual_seed(3)
     student = torch.randn(30, 8, generator=g, dtype=torch.float64)
     if dtype == torch.float64:
