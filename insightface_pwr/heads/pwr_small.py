@@ -92,7 +92,7 @@ class _Space:
         P = B // groups + 1
         self.n, self.E, self.eu, self.P, self.shift = n, E, eu, P, L.bit_length() - 1
         self.tris, vbr, wbr = _consts(B, L, groups, dev)
-        self.Y, self.FF, self.y0, self.y1 = Y, FF, Y[0], Y[1]
+        self.y0, self.y1 = Y[0], Y[1]
         yb = Y.view(2 * B, L)
         self.ycol, self.yrow = yb.unsqueeze(2), yb.unsqueeze(1)
         self.f0, self.fv = FF[:, 0], FF[:, 1]
@@ -227,21 +227,20 @@ def _workspace(B: int, L: int, m: int, E: int, eu: int, k: int, dev: torch.devic
     return kept(_SPACES, (B, L, m, E, k, str(dev)), make, 8)
 
 
-def _features(out: torch.Tensor, val: torch.Tensor, k: int, beta: float, twice_c) -> int:
-    """Writes into ``out`` (E, m) the key features U (rows :eu) and the query features W (rows eu:) of the values
-    ``val``; returns eu. Summed over e, U_e(a) W_e(b) is l(a - b) for a > b. exp: U = exp(beta (a - c)),
+def _features(out: torch.Tensor, val: torch.Tensor, k: int, beta: float, twice_c) -> None:
+    """Writes into ``out`` (E, m) the key features U (rows :eu, eu = 1 for exp, else k + 1) and the query features W
+    (rows eu:) of the values ``val``. Summed over e, U_e(a) W_e(b) is l(a - b) for a > b. exp: U = exp(beta (a - c)),
     W = (exp(beta (c - b)), -1) (the key's own factor of the -1 is 1; that row is the workspace's constant and not
     written here); power k: U_e = a'^e, W_e = binom(k, e) (-b')^(k - e) (a' = a - c, b' = b - c)."""
     dev = val.device
     z = torch.sub(val, twice_c, alpha=0.5)  # (c = twice_c / 2)
     if k == 0:
         torch.exp(z * _exp_scales(beta, dev), out=out[:2])
-        return 1
+        return
     pw = torch.arange(k + 1, dtype=_F64, device=dev).unsqueeze(1)
     binom = torch.tensor(binom_row(k), dtype=_F64, device=dev).unsqueeze(1)
     torch.pow(z, pw, out=out[:k + 1])
     torch.mul((-z) ** pw.flip(0), binom, out=out[k + 1:])
-    return k + 1
 
 
 def _total_and_grad(T: torch.Tensor, R: torch.Tensor, Fm: torch.Tensor, eu: int, k: int, beta: float,

@@ -9,7 +9,8 @@ by the next t bit (one cumsum, three scatters) gives the next level's arrangemen
 (PWR-Exp, teacher-diff) takes 19 operations a level: the split bit (2), the two features (2), the two cumsums and
 what they add to the gradients and the sum (6: the suffix sums as the prefix minus the group's total, exactly 0
 where nothing follows), the count (cumsum, one addmv_), the targets (4: left j - cr, right half - 1 + cr as one
-addcmul_ over a kept j + half - 1, the int64 copy) and three scatters; the scratch's shaped views are made once per shape (``_Work.shaped``).
+addcmul_ over a kept j + half - 1, the int64 copy) and three scatters; the scratch's shaped views are made once per
+shape (``_Work.shaped``).
 
 On a CPU every operation of a level streams its vectors through memory, so the work is cut into chunks of
 2^``CHUNK_LEVELS`` items (cache-sized working set, every temporary allocated once):
@@ -50,7 +51,6 @@ class _Work:
         self.bits = torch.empty(n, dtype=torch.int32, device=dev)
         self.kb: Optional[torch.Tensor] = None
         self._right: dict = {}
-        self._ones: Optional[torch.Tensor] = None
         self._views: dict = {}
 
     def views(self, n: int) -> tuple:
@@ -63,9 +63,7 @@ class _Work:
         """A (1, n) row of ones (float64, made once): a sum as one ``addmv_`` into an accumulator."""
         row = self._views.get(("ones", n))
         if row is None:
-            if self._ones is None or self._ones.numel() < n:
-                self._ones = torch.ones(1, n, dtype=_F64, device=self.dest.device)
-            row = self._views[("ones", n)] = self._ones[:, :n]
+            row = self._views[("ones", n)] = torch.ones(1, n, dtype=_F64, device=self.dest.device)
         return row
 
     def shaped(self, n: int, rows: int, width: int) -> dict:

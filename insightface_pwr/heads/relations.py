@@ -16,7 +16,7 @@ __all__ = ["RELATIONS", "distance_matrix", "pairwise_relations", "normalize", "u
 
 RELATIONS = ("euclidean", "cosine")
 EUCLIDEAN_EPS = 1e-12
-_PAIR_INDEX: dict = {}  # (n, device) -> flat positions i n + j of the pairs i < j; a few recent sizes
+_PAIR_INDEX: dict = {}  # (n, device, transposed) -> flat positions of the pairs i < j; a few recent sizes
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -58,26 +58,18 @@ def pairwise_relations(x: torch.Tensor, relation: str) -> torch.Tensor:
     return distance_matrix(x, relation)[i, j]
 
 
-def pair_index(n: int, device: torch.device) -> torch.Tensor:
-    """The flat positions i n + j of the pairs i < j (row-major) in an n x n matrix (int64; cached for a few recent
-    (n, device): a batch size rarely changes, and ``triu_indices`` takes 8 ms at n = 1024, 120 ms at 4096)."""
+def pair_index(n: int, device: torch.device, transposed: bool = False) -> torch.Tensor:
+    """The flat positions i n + j of the pairs i < j (row-major) in an n x n matrix, or with ``transposed`` their
+    mirror positions j n + i (int64; cached for a few recent (n, device): a batch size rarely changes, and
+    ``triu_indices`` takes 8 ms at n = 1024, 120 ms at 4096)."""
     def make() -> torch.Tensor:
         i, j = upper_indices(n, device)
-        return i * n + j
+        return j * n + i if transposed else i * n + j
 
-    return kept(_PAIR_INDEX, (n, str(device)), make, 4)
+    return kept(_PAIR_INDEX, (n, str(device), transposed), make, 8)  # (both kinds for 4 sizes)
 
 
 SMALL_TRANSPOSE = 256  # up to this n the lower triangle is written through the transposed positions (one call)
-
-
-def _pair_index_t(n: int, device: torch.device) -> torch.Tensor:
-    """The flat positions j n + i of the pairs i < j (``pair_index`` transposed; cached the same way)."""
-    def make() -> torch.Tensor:
-        i, j = upper_indices(n, device)
-        return j * n + i
-
-    return kept(_PAIR_INDEX, ("t", n, str(device)), make, 4)
 
 
 def relation_vector(x: torch.Tensor, relation: str, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +98,7 @@ def relation_vector_backward(x: torch.Tensor, relation: str, rel: torch.Tensor, 
         grad = torch.where(saved >= EUCLIDEAN_EPS, grad / rel, 0.0)
     k = torch.zeros(n * n, dtype=x.dtype, device=x.device).index_copy_(0, flat, grad)
     if n <= SMALL_TRANSPOSE:  # (one scattered write; above, the blocked copy is faster: 2 ms against 7 at n = 1024)
-        k = k.index_copy_(0, _pair_index_t(n, x.device), grad).view(n, n)
+        k = k.index_copy_(0, pair_index(n, x.device, transposed=True), grad).view(n, n)
     else:
         k = k.view(n, n)
         k.add_(k.t().contiguous())
