@@ -46,7 +46,7 @@ from .base import EmbeddingHead, zero_loss
 from .common import kept, l2_normalize_mx, l2_normalize_mx_backward, l2_normalize_mx_scale
 from .pwr_fast import EXP_RANGE, exp_fits, pwr_sum_grad_count, with_grad
 from .pwr_math import INVERSIONS, MARGINS, METHODS, pwr_loss_dense, resolve_method
-from .relations import RELATIONS, pair_index, relation_vector, relation_vector_backward
+from .relations import RELATIONS, pair_index, pairwise_relations, relation_vector, relation_vector_backward
 
 __all__ = ["PairwiseRankingLoss", "pwr_loss_dense", "INVERSIONS", "MARGINS"]
 
@@ -100,9 +100,8 @@ class PairwiseRankingLoss(EmbeddingHead):
         (``L2Normalization``: x / sqrt(|x|^2 + 1e-10)). The 1e-10 matters for identical rows: their cosine distance
         is then ~1e-10 / |x|^2, the reference's value, instead of a +-1e-16 left to BLAS rounding (which decides
         whether two such pairs tie). Differentiable (autograd); the head's own step uses ``_step``."""
-        flat = pair_index(student.shape[0], student.device)  # the pairs i < j, row-major
-        return (relation_vector(l2_normalize_mx(student), self.relation, flat)[0],
-                relation_vector(l2_normalize_mx(teacher), self.relation, flat)[0])
+        return (pairwise_relations(l2_normalize_mx(student), self.relation),
+                pairwise_relations(l2_normalize_mx(teacher), self.relation))
 
     def compute_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if student.shape[0] < 2:  # no pair (a shape, not a value: no host read)

@@ -53,9 +53,8 @@ def upper_indices(n: int, device: torch.device | None = None) -> tuple[torch.Ten
 
 
 def pairwise_relations(x: torch.Tensor, relation: str) -> torch.Tensor:
-    """The M = N(N-1)/2 relation values of the pairs i < j (row-major), as a vector."""
-    i, j = upper_indices(x.shape[0], x.device)
-    return distance_matrix(x, relation)[i, j]
+    """The M = N(N-1)/2 relation values of the pairs i < j (row-major), as a vector (differentiable)."""
+    return relation_vector(x, relation, pair_index(x.shape[0], x.device))[0]
 
 
 def pair_index(n: int, device: torch.device, transposed: bool = False) -> torch.Tensor:

@@ -162,3 +162,20 @@ def test_dense_all_teacher_ties_gives_attached_zero():
 def test_bad_parameters(bad, match):
     with pytest.raises(ValueError, match=match):
         PairwiseRankingLoss(**bad)
+
+
+@pytest.mark.parametrize("relation", ["cosine", "euclidean"])
+def test_relations_match_loop(relation):
+    """The head's differentiable relations (``relations.pairwise_relations`` of the normalised rows, what the dense
+    method ranks) against the scalar loop: values and gradients of a weighted sum, ties (equal rows) included."""
+    s, t = embeddings(5, 4, 3, torch.float64, 3)
+    head = create_head("pwr", relation=relation, method="dense")
+    x, leaf = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
+    rs, rt = head.relations(x, t)
+    ref_s, ref_t = torch.stack(ref_relations(leaf, relation)), torch.stack(ref_relations(t, relation))
+    torch.testing.assert_close(rs.detach(), ref_s.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(rt, ref_t, rtol=1e-10, atol=1e-12)
+    w = torch.linspace(-1.0, 2.0, rs.numel(), dtype=torch.float64)
+    (rs * w).sum().backward()
+    (ref_s * w).sum().backward()
+    torch.testing.assert_close(x.grad, leaf.grad, rtol=1e-9, atol=1e-12)
