@@ -45,7 +45,7 @@ a 2-D prefix-sum grid: a fixed number of operations, no per-level loop); above, 
 groups of a cache-sized chunk at once (``dense_groups``: the rank in the group serves as the value). Off by
 default: on a CPU it does not beat the tree's own levels.
 
-Cost: two int64 sorts of M keys (float32 relations, one item per relation; four for float64, three plus searches
+Cost: two int64 sorts of M keys (float32 relations, one item per relation; three for float64, three plus searches
 for pair items), then log2(n) levels of about 20 vectorised O(n) operations (``pwr_tree.py``; on a CPU in
 cache-sized chunks: three vectors of n entries and their second copies at the peak, 79 bytes per relation at
 N = 4096 for exp with teacher-diff, head included). The gradient is computed in the forward and stored: the
@@ -60,14 +60,14 @@ import torch
 from . import pwr_small
 from .pwr_tree import run_tree
 from .base import debug_checks_enabled
-from .pwr_math import (BITS32, MAX_FAST_POWER, METHODS, is_decomposable, pair_count, pwr_loss_dense,
-                       pwr_sum_and_grad_tiled, resolve_margin, resolve_method, teacher_words, tie_runs, ts_order_keys)
+from .pwr_math import (MAX_FAST_POWER, METHODS, is_decomposable, pair_count, pwr_loss_dense,
+                       pwr_sum_and_grad_tiled, resolve_margin, resolve_method, key_values, order_key, t_order,
+                       tie_runs)
 
 __all__ = ["pwr_loss", "pwr_sum_grad_count", "with_grad", "pair_count", "is_decomposable", "resolve_method",
            "pwr_sum_and_grad_fast", "exp_fits", "pwr_sum_and_grad_tiled", "MAX_FAST_POWER", "METHODS", "EXP_RANGE"]
 
 EXP_RANGE = 1400.0  # beta * (value range) beyond which the shifted exp features leave float64's normal range
-_I64_MAX = 0x7FFFFFFFFFFFFFFF
 
 
 def exp_fits(beta: float, margin: Union[float, str]) -> bool:
@@ -83,43 +83,16 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x if x.dim() == 1 else x.reshape(-1)
 
 
-def _order_key(x: torch.Tensor) -> torch.Tensor:
-    """int64 keys with the order of the float64 ``x`` (equal values, -0.0 and +0.0 included, get equal keys)."""
-    b = (x + 0.0).view(torch.int64)
-    return b ^ ((b >> 63) & _I64_MAX)
-
-
-def _key_values(keys: torch.Tensor) -> torch.Tensor:
-    """The float64 values of ``_order_key`` keys (-0.0 comes back as +0.0): the same bit map, applied again."""
-    return (keys ^ ((keys >> 63) & _I64_MAX)).view(torch.float64)
-
-
 def _setup_single(v: torch.Tensor, s: torch.Tensor, t: torch.Tensor, n: int) -> Tuple[torch.Tensor, ...]:
     """One item per relation (key value = query value = v, monotone in s at equal t). Returns (code = t position
     of each item in value order (int32, pads M..n-1 last), v in value order (float64, M), t order (relation of
     each t position), C)."""
-    m = v.numel()
-    dev = v.device
-    if t.dtype in BITS32 and s.dtype in BITS32:  # one sort on (t, s): at equal t, v's order is s's order
-        t_sorted, t_perm = torch.sort(ts_order_keys(t, s))
-        t_sorted = teacher_words(t_sorted)
-    else:  # 64 bits: dense t ranks, v ranks, then (t rank, v rank)
-        ranks = torch.arange(m, device=dev)
-        v_rank = torch.empty_like(ranks).scatter_(0, torch.sort(_order_key(v))[1], ranks)
-        t_sorted, t_perm = torch.sort(_order_key(t.to(torch.float64)))
-        dense_t = torch.zeros(m, dtype=torch.int64, device=dev)
-        torch.ne(t_sorted[1:], t_sorted[:-1], out=dense_t[1:])
-        dense_t = torch.empty_like(ranks).scatter_(0, t_perm, dense_t.cumsum_(0))
-        t_perm = torch.sort((dense_t << 32) | v_rank)[1]
-        del dense_t, v_rank
-    count = pair_count(t, t_sorted)
-    del t_sorted
-    # value order, value ties by t position: a stable sort of the values in t order; the sorted keys give the
-    # values back (the key map is its own inverse), a sequential pass instead of a gather
-    v_keys, vo = torch.sort(_order_key(v.index_select(0, t_perm)), stable=True)
+    m, dev = v.numel(), v.device
+    t_perm, count = t_order(v, s, t)
+    v_keys, vo = torch.sort(order_key(v.index_select(0, t_perm)), stable=True)
     code = torch.arange(n, dtype=torch.int32, device=dev)
     code[:m] = vo
-    return code, _key_values(v_keys), t_perm, count
+    return code, key_values(v_keys), t_perm, count
 
 
 def _setup_pairs(qry: torch.Tensor, key: torch.Tensor, t: torch.Tensor, n: int):
@@ -128,7 +101,7 @@ def _setup_pairs(qry: torch.Tensor, key: torch.Tensor, t: torch.Tensor, n: int):
     bookkeeping (t_perm, query t position of each t rank, run lengths), C)."""
     m = qry.numel()
     dev = qry.device
-    t_sorted, t_perm = torch.sort(_order_key(t.to(torch.float64)))
+    t_sorted, t_perm = torch.sort(order_key(t.to(torch.float64)))
     r0, g = tie_runs(t_sorted)
     count = r0.sum()  # C = the sum of the run starts (pwr_math.pair_count)
     del t_sorted
@@ -136,7 +109,7 @@ def _setup_pairs(qry: torch.Tensor, key: torch.Tensor, t: torch.Tensor, n: int):
     qpos_sorted = torch.arange(m, device=dev) + r0
     tq = torch.empty(m, dtype=torch.int64, device=dev).scatter_(0, t_perm, qpos_sorted)
     tk = torch.empty_like(tq).scatter_(0, t_perm, qpos_sorted + g)
-    v_perm = torch.sort(_order_key(qry))[1]  # key = query + const: the same order
+    v_perm = torch.sort(order_key(qry))[1]  # key = query + const: the same order
     b_sorted, a_sorted = qry.index_select(0, v_perm), key.index_select(0, v_perm)
     ranks = torch.arange(m, device=dev)
     kpos = ranks + torch.searchsorted(b_sorted, a_sorted, right=False)  # queries with b < a come first

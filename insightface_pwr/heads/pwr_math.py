@@ -25,7 +25,8 @@ from .common import kept
 
 __all__ = ["INVERSIONS", "MARGINS", "METHODS", "MAX_FAST_POWER", "resolve_margin", "inversion_loss",
            "inversion_and_grad", "pwr_loss_dense", "pwr_sum_and_grad_tiled", "pair_count", "run_starts", "tie_runs",
-           "is_decomposable", "resolve_method", "BITS32", "ts_order_keys", "teacher_words"]
+           "is_decomposable", "resolve_method", "BITS32", "ts_order_keys", "teacher_words", "order_key", "key_values",
+           "t_order"]
 
 INVERSIONS = ("diff", "power", "exp", "ranknet")
 MARGINS = ("teacher_std", "teacher_diff")
@@ -50,6 +51,32 @@ def ts_order_keys(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 def teacher_words(keys: torch.Tensor) -> torch.Tensor:
     """The teacher (high) words of ``ts_order_keys`` keys, as an int32 view."""
     return keys.view(torch.int32)[1::2]
+
+
+_I64_MAX = 0x7FFFFFFFFFFFFFFF
+
+
+def order_key(x: torch.Tensor) -> torch.Tensor:
+    """int64 keys with the order of the float64 ``x`` (equal values, -0.0 and +0.0 included, get equal keys)."""
+    b = (x + 0.0).view(torch.int64)
+    return b ^ ((b >> 63) & _I64_MAX)
+
+
+def key_values(keys: torch.Tensor) -> torch.Tensor:
+    """The float64 values of ``order_key`` keys (-0.0 comes back as +0.0): the same bit map, applied again."""
+    return (keys ^ ((keys >> 63) & _I64_MAX)).view(torch.float64)
+
+
+def t_order(v: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(the t order of the relations, teacher ties by ascending ``v`` (float64, monotone in s at equal t), the
+    count C of the pairs t_p > t_q (``pair_count``)): one sort of (t, s) keys when t and s are 32-bit or narrower,
+    else two int64 sorts (by v, then stably by t). Full ties (equal t and v) are in no counted pair: any order."""
+    if t.dtype in BITS32 and s.dtype in BITS32:
+        keys, perm = torch.sort(ts_order_keys(t, s))
+        return perm, pair_count(t, teacher_words(keys))
+    v_perm = torch.sort(order_key(v))[1]
+    t_keys, t_perm = torch.sort(order_key(t.to(torch.float64)).index_select(0, v_perm), stable=True)
+    return v_perm.index_select(0, t_perm), pair_count(t, t_keys)
 
 
 def resolve_margin(margin: Union[float, str], t: torch.Tensor) -> Tuple[float, Union[float, torch.Tensor]]:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .common import kept
-from .pwr_math import BITS32, binom_row, pair_count, teacher_words, ts_order_keys
+from .pwr_math import binom_row, pair_count, t_order
 
 __all__ = ["SMALL_M", "DENSE_LEVELS", "block_shape", "block_sums", "dense_groups",
            "pwr_sum_and_grad_blocks"]
@@ -266,15 +266,7 @@ def pwr_sum_and_grad_blocks(qry: torch.Tensor, key: torch.Tensor, s: torch.Tenso
     m, dev = qry.numel(), qry.device
     E, eu = (3, 1) if k == 0 else (2 * (k + 1), k + 1)
     if single:
-        # the t order, teacher ties by ascending value (= by s)
-        if t.dtype in BITS32 and s.dtype in BITS32:  # one sort of (t, s) keys
-            ts, perm = torch.sort(ts_order_keys(t, s))
-            count = pair_count(t, teacher_words(ts))
-        else:  # a stable sort by t of the value order
-            v_perm = torch.sort(qry)[1]
-            ts, t_perm = torch.sort(t[v_perm], stable=True)
-            perm = v_perm[t_perm]
-            count = pair_count(t, ts)
+        perm, count = t_order(qry, s, t)  # the t order, teacher ties by ascending value (= by s)
         B, L = block_shape(m)
         ws = _workspace(B, L, m, E, eu, k, dev)  # (pads: value 0, no features)
         val = torch.index_select(qry, 0, perm, out=ws.y0m)

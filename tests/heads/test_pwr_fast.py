@@ -297,11 +297,11 @@ def test_ts_order_keys_sort_lexicographically_with_signed_zeros_and_infinities()
 def test_float64_order_keys_order_and_round_trip() -> None:
     """The float64 order keys sort as the values do (infinities, subnormals, signed zeros equal) and map back to
     the same bits (-0.0 as +0.0): the tree reads the sorted values back from the sorted keys."""
-    from insightface_pwr.heads.pwr_fast import _key_values, _order_key
+    from insightface_pwr.heads.pwr_math import key_values, order_key
     g = torch.Generator().manual_seed(6)
     x = torch.randn(4000, generator=g, dtype=torch.float64) * torch.logspace(-300, 300, 4000, dtype=torch.float64)
     x[:6] = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 5e-324, -5e-324], dtype=torch.float64)
-    keys = _order_key(x)
+    keys = order_key(x)
     assert torch.equal(keys.argsort(stable=True), (x + 0.0).argsort(stable=True))
     assert int(keys[0]) == int(keys[1])
-    assert torch.equal(_key_values(keys).view(torch.int64), (x + 0.0).view(torch.int64))
+    assert torch.equal(key_values(keys).view(torch.int64), (x + 0.0).view(torch.int64))
