@@ -183,9 +183,8 @@ def dense_groups(code: torch.Tensor, f: torch.Tensor, acc: torch.Tensor, S: int,
                 qf = 1.0 - kf
                 Fm, eu = torch.stack((fc * kf, fc * qf, -qf, kf)), 1
         else:
-            pw = torch.arange(k + 1, dtype=_F64, device=dev).unsqueeze(1)
-            binom = torch.tensor(binom_row(k), dtype=_F64, device=dev).unsqueeze(1)
-            Fm, eu = torch.cat((fc ** pw, (-fc) ** pw.flip(0) * binom)), k + 1
+            Fm, eu = torch.empty(2 * (k + 1), m, dtype=_F64, device=dev), k + 1
+            _power_features(Fm, fc, k)
             if not single:
                 kf = (cd & 1).to(_F64)
                 Fm[:eu] *= kf
@@ -237,8 +236,14 @@ def _features(out: torch.Tensor, val: torch.Tensor, k: int, beta: float, twice_c
     if k == 0:
         torch.exp(z * _exp_scales(beta, dev), out=out[:2])
         return
-    pw = torch.arange(k + 1, dtype=_F64, device=dev).unsqueeze(1)
-    binom = torch.tensor(binom_row(k), dtype=_F64, device=dev).unsqueeze(1)
+    _power_features(out, z, k)
+
+
+def _power_features(out: torch.Tensor, z: torch.Tensor, k: int) -> None:
+    """Power k's features of the centred values ``z`` into ``out`` (2 (k + 1), m): U_e = z^e, W_e = binom(k, e)
+    (-z)^(k - e)."""
+    pw = torch.arange(k + 1, dtype=_F64, device=z.device).unsqueeze(1)
+    binom = torch.tensor(binom_row(k), dtype=_F64, device=z.device).unsqueeze(1)
     torch.pow(z, pw, out=out[:k + 1])
     torch.mul((-z) ** pw.flip(0), binom, out=out[k + 1:])
 
