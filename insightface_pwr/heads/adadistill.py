@@ -100,16 +100,21 @@ def adadistill_update(centres: torch.Tensor, labels: torch.Tensor, alpha: torch.
 
 def adadistill_logits(s_norm: torch.Tensor, centres: torch.Tensor, labels: torch.Tensor, margin_type: str,
                       m: float, s: float) -> torch.Tensor:
-    """N x C margin logits of normalised student rows against the normalised (updated) centres."""
+    """N x C margin logits of normalised student rows against the normalised (updated) centres. ``labels`` are
+    column indices; -1 marks a row whose class is not among the columns (no margin: partial FC's shards, where a
+    rank holds some of the classes)."""
     w = centres.to(s_norm.dtype)
     w = w / torch.linalg.vector_norm(w, dim=1, keepdim=True)
     cos = (s_norm @ w.t()).clamp(-1, 1)
-    target = cos.gather(1, labels.unsqueeze(1))
+    has = (labels >= 0).unsqueeze(1)
+    col = torch.where(labels >= 0, labels, torch.zeros_like(labels)).unsqueeze(1)
+    target = cos.gather(1, col)
+    safe = torch.where(has, target, torch.zeros_like(target))  # no acos(+-1) (infinite slope) on masked rows
     if margin_type == "arcface":
-        target_m = torch.cos(torch.acos(target) + m)
+        margined = torch.cos(torch.acos(safe) + m)
     else:
-        target_m = target - m
-    return s * cos.scatter(1, labels.unsqueeze(1), target_m)
+        margined = safe - m
+    return s * cos.scatter(1, col, torch.where(has, margined, target))
 
 
 @register_head("adadistill")

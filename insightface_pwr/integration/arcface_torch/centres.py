@@ -47,29 +47,10 @@ import torch
 from torch import nn
 
 from ...distill.collectives import all_gather_no_grad, all_gather_with_grad
-from ...heads.adadistill import MARGIN_TYPES, adadistill_alpha, adadistill_update
+from ...heads.adadistill import MARGIN_TYPES, adadistill_alpha, adadistill_logits, adadistill_update
 from ...heads.common import at_least_float32
 
-__all__ = ["PartialFCAdaDistill", "install_adadistill", "sharded_margin_logits", "ForwardBypass"]
-
-
-def sharded_margin_logits(s_norm: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, margin_type: str,
-                          m: float, s: float) -> torch.Tensor:
-    """N x C_r margin logits of normalised student rows against (unnormalised) centres ``weight``; ``labels`` are
-    column indices, -1 for rows whose class is not among the columns (no margin). The local head's math
-    (:func:`~insightface_pwr.heads.adadistill.adadistill_logits`) when every label is a column."""
-    w = weight.to(s_norm.dtype)
-    w = w / torch.linalg.vector_norm(w, dim=1, keepdim=True)
-    cos = (s_norm @ w.t()).clamp(-1, 1)
-    has = (labels >= 0).unsqueeze(1)
-    col = torch.where(labels >= 0, labels, torch.zeros_like(labels)).unsqueeze(1)
-    target = cos.gather(1, col)
-    safe = torch.where(has, target, torch.zeros_like(target))  # no acos(+-1) (infinite slope) on masked rows
-    if margin_type == "arcface":
-        margined = torch.cos(torch.acos(safe) + m)
-    else:
-        margined = safe - m
-    return s * cos.scatter(1, col, torch.where(has, margined, target))
+__all__ = ["PartialFCAdaDistill", "install_adadistill", "ForwardBypass"]
 
 
 class PartialFCAdaDistill(nn.Module):
@@ -117,8 +98,8 @@ class PartialFCAdaDistill(nn.Module):
             weight = pfc.sample(pfc_labels, owned.view(-1, 1))
         else:
             weight = centres
-        logits = sharded_margin_logits(s_norm, weight.detach(), pfc_labels.view(-1), self.margin_type, self.m,
-                                       self.s)
+        logits = adadistill_logits(s_norm, weight.detach(), pfc_labels.view(-1), self.margin_type, self.m,
+                                   self.s)
         return pfc.dist_cross_entropy(logits, pfc_labels)
 
 
