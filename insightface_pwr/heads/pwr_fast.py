@@ -45,6 +45,10 @@ a 2-D prefix-sum grid: a fixed number of operations, no per-level loop); above, 
 groups of a cache-sized chunk at once (``dense_groups``: the rank in the group serves as the value). Off by
 default: on a CPU it does not beat the tree's own levels.
 
+On a CPU, where the compiled pass is built (``pwr_cpu.py``, ``_pwr_cpu.c``; the default), the sorts and the pass run
+as C loops instead: the same items, orders and features, no padding, no block shortcut; the vectorised pass below
+is what a GPU runs (and a CPU with ``INSIGHTFACE_PWR_CPU_KERNEL=0`` or without the library).
+
 Cost: two int64 sorts of M keys (float32 relations, one item per relation; three for float64, three plus searches
 for pair items), then log2(n) levels of about 20 vectorised O(n) operations (``pwr_tree.py``; on a CPU in
 cache-sized chunks: three vectors of n entries and their second copies at the peak, 79 bytes per relation at
@@ -57,7 +61,7 @@ from typing import Tuple, Union
 
 import torch
 
-from . import pwr_small
+from . import pwr_cpu, pwr_small
 from .pwr_tree import run_tree
 from .base import debug_checks_enabled
 from .pwr_math import (MAX_FAST_POWER, METHODS, is_decomposable, pair_count, pwr_loss_dense,
@@ -89,7 +93,9 @@ def _setup_single(v: torch.Tensor, s: torch.Tensor, t: torch.Tensor, n: int) -> 
     each t position), C)."""
     m, dev = v.numel(), v.device
     t_perm, count = t_order(v, s, t)
-    v_keys, vo = torch.sort(order_key(v.index_select(0, t_perm)), stable=True)
+    v_keys, vo = pwr_cpu.sort(order_key(v.index_select(0, t_perm)))
+    if n == m:
+        return vo.to(torch.int32), key_values(v_keys), t_perm, count
     code = torch.arange(n, dtype=torch.int32, device=dev)
     code[:m] = vo
     return code, key_values(v_keys), t_perm, count
@@ -101,7 +107,7 @@ def _setup_pairs(qry: torch.Tensor, key: torch.Tensor, t: torch.Tensor, n: int):
     bookkeeping (t_perm, query t position of each t rank, run lengths), C)."""
     m = qry.numel()
     dev = qry.device
-    t_sorted, t_perm = torch.sort(order_key(t.to(torch.float64)))
+    t_sorted, t_perm = pwr_cpu.sort(order_key(t.to(torch.float64)), stable=False)
     r0, g = tie_runs(t_sorted)
     count = r0.sum()  # C = the sum of the run starts (pwr_math.pair_count)
     del t_sorted
@@ -109,7 +115,7 @@ def _setup_pairs(qry: torch.Tensor, key: torch.Tensor, t: torch.Tensor, n: int):
     qpos_sorted = torch.arange(m, device=dev) + r0
     tq = torch.empty(m, dtype=torch.int64, device=dev).scatter_(0, t_perm, qpos_sorted)
     tk = torch.empty_like(tq).scatter_(0, t_perm, qpos_sorted + g)
-    v_perm = torch.sort(order_key(qry))[1]  # key = query + const: the same order
+    v_perm = pwr_cpu.sort(order_key(qry), stable=False)[1]  # key = query + const: the same order
     b_sorted, a_sorted = qry.index_select(0, v_perm), key.index_select(0, v_perm)
     ranks = torch.arange(m, device=dev)
     kpos = ranks + torch.searchsorted(b_sorted, a_sorted, right=False)  # queries with b < a come first
@@ -151,19 +157,23 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     twice_c = hi + lo  # (the middle c of the range, doubled: x - c is one subtraction with alpha 0.5)
     del s64  # (s, qry and key hold what is needed)
     n_items = m if single else 2 * m
-    if n_items <= pwr_small.SMALL_M:  # a fixed number of operations (pwr_small.py), faster at these sizes
+    compiled = pwr_cpu.enabled(dev)  # the C pass (pwr_cpu.py): no padding, no block shortcut
+    if not compiled and n_items <= pwr_small.SMALL_M:  # a fixed number of operations (pwr_small.py)
         return pwr_small.pwr_sum_and_grad_blocks(qry, key, s, t, single, k, beta, twice_c)
     levels = max(1, (n_items - 1).bit_length())
-    n = 1 << levels
+    n = n_items if compiled else 1 << levels
     if single:
         code, v_val, t_perm, count = _setup_single(qry, s, t, n)
         t_perm = t_perm.to(torch.int32)  # half the memory while the pass runs
-        f = torch.ones(n, dtype=torch.float64, device=dev) if k == 0 else torch.zeros(n, dtype=torch.float64,
-                                                                                       device=dev)
         z = torch.sub(v_val, twice_c, alpha=0.5)
-        f[:m] = torch.exp(z.mul_(beta)) if k == 0 else z
+        if n == m:
+            f = torch.exp(z.mul_(beta)) if k == 0 else z
+        else:  # pads: 1 (exp) or 0 (power)
+            f = torch.full((n,), 1.0 if k == 0 else 0.0, dtype=torch.float64, device=dev)
+            f[:m] = torch.exp(z.mul_(beta)) if k == 0 else z
         del v_val, qry, key, z  # (none of them is needed by the pass: 8 bytes per relation each)
-        acc, tot, cnt = run_tree(code, f, levels, k, beta, True)
+        acc, tot, cnt = (pwr_cpu.run_tree_cpu(code, f, k, beta, True) if compiled else
+                         run_tree(code, f, levels, k, beta, True))
         grad_t = acc[:m]
     else:
         code, a_sorted, b_sorted, kpos, qpos, t_perm, qpos_sorted, g, count = _setup_pairs(qry, key, t, n)
@@ -175,7 +185,8 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
             f.scatter_(0, kpos, torch.sub(a_sorted, twice_c, alpha=0.5))
             f.scatter_(0, qpos, torch.sub(b_sorted, twice_c, alpha=0.5))
         del a_sorted, b_sorted, kpos, qpos, qry, key
-        acc, tot, cnt = run_tree(code, f, levels, k, beta, False)
+        acc, tot, cnt = (pwr_cpu.run_tree_cpu(code, f, k, beta, False) if compiled else
+                         run_tree(code, f, levels, k, beta, False))
         grad_t = acc.index_select(0, qpos_sorted) + acc.index_select(0, qpos_sorted + g)
     total = tot - cnt if k == 0 else tot
     grad = torch.empty(m, dtype=torch.float64, device=dev).scatter_(0, t_perm.to(torch.int64), grad_t)

@@ -20,6 +20,7 @@ from typing import Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from . import pwr_cpu
 from .base import zero_loss
 from .common import kept
 
@@ -72,10 +73,10 @@ def t_order(v: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Te
     count C of the pairs t_p > t_q (``pair_count``)): one sort of (t, s) keys when t and s are 32-bit or narrower,
     else two int64 sorts (by v, then stably by t). Full ties (equal t and v) are in no counted pair: any order."""
     if t.dtype in BITS32 and s.dtype in BITS32:
-        keys, perm = torch.sort(ts_order_keys(t, s))
+        keys, perm = pwr_cpu.sort(ts_order_keys(t, s), stable=False)
         return perm, pair_count(t, teacher_words(keys))
-    v_perm = torch.sort(order_key(v))[1]
-    t_keys, t_perm = torch.sort(order_key(t.to(torch.float64)).index_select(0, v_perm), stable=True)
+    v_perm = pwr_cpu.sort(order_key(v), stable=False)[1]
+    t_keys, t_perm = pwr_cpu.sort(order_key(t.to(torch.float64)).index_select(0, v_perm))
     return v_perm.index_select(0, t_perm), pair_count(t, t_keys)
 
 

@@ -128,6 +128,11 @@ PWR_MAX_SYNCS = 0
                                     dict(method="fast", inversion="exp", margin=0.0),
                                     dict(method="tiled", tile=16), dict(method="tiled", inversion="ranknet", tile=16)],
                          ids=lambda p: "-".join(str(v) for v in p.values()))
-def test_exact_pwr_methods_do_not_sync(params: dict) -> None:
+@pytest.mark.parametrize("compiled", ["1", "0"], ids=["compiled-cpu-pass", "vectorised"])
+def test_exact_pwr_methods_do_not_sync(monkeypatch, params: dict, compiled: str) -> None:
+    """Both CPU paths: the compiled pass (a CPU's) and the vectorised one (a GPU's, forced here)."""
+    from insightface_pwr.heads import pwr_cpu
+
+    monkeypatch.setenv(pwr_cpu.ENV, compiled)
     calls = count_syncs("pwr", **params)
     assert len(calls) <= PWR_MAX_SYNCS, f"pwr {params}: host syncs {calls}"

@@ -56,13 +56,33 @@ def check_against_dense(s: torch.Tensor, t: torch.Tensor, inversion: str, margin
     assert_close_rel(g_new, 3.0 * g_ref, f"grad ({tag})")
 
 
-@pytest.fixture(params=["blocks", "tree"])
+@pytest.fixture(params=["compiled", "blocks", "tree"])
 def fast_path(request, monkeypatch):
-    """The fast method's two exact algorithms: the block decomposition (``pwr_small``, small M) and the tree."""
+    """The fast method's exact algorithms: on a CPU the compiled pass (``pwr_cpu``), and the vectorised ones a GPU
+    runs (forced here with the compiled pass off): the block decomposition (``pwr_small``, small M) and the tree."""
     import insightface_pwr.heads.pwr_small as pwr_small
+    from insightface_pwr.heads import pwr_cpu
 
-    monkeypatch.setattr(pwr_small, "SMALL_M", 10**9 if request.param == "blocks" else 0)
+    if request.param == "compiled":
+        require_compiled()
+        monkeypatch.setenv(pwr_cpu.ENV, "1")
+    else:
+        monkeypatch.setenv(pwr_cpu.ENV, "0")
+        monkeypatch.setattr(pwr_small, "SMALL_M", 10**9 if request.param == "blocks" else 0)
     return request.param
+
+
+def require_compiled() -> None:
+    """Skip (fail where INSIGHTFACE_PWR_REQUIRE_COMPILED is set, as in CI) when the compiled pass is not built."""
+    import os
+
+    from insightface_pwr.heads import pwr_cpu
+
+    if not pwr_cpu.available():
+        msg = "the compiled CPU pass (insightface_pwr/heads/_pwr_cpu.c) is not built (no C compiler at install?)"
+        if os.environ.get("INSIGHTFACE_PWR_REQUIRE_COMPILED"):
+            pytest.fail(msg)
+        pytest.skip(msg)
 
 
 @pytest.mark.parametrize("ties", TIES)
@@ -250,6 +270,9 @@ def test_no_ordered_pair_count_is_a_tensor() -> None:
 def test_cpu_chunked_tree_equals_dense(monkeypatch, inversion: str, p: float) -> None:
     """The CPU path runs the tree in chunks (whole groups below a chunk, chunk by chunk within the wider groups);
     force chunks of 8 items so that both run here, for one item and for two items per relation."""
+    from insightface_pwr.heads import pwr_cpu
+
+    monkeypatch.setenv(pwr_cpu.ENV, "0")  # (the vectorised tree, not the compiled pass)
     import insightface_pwr.heads.pwr_fast as pwr_fast
     import insightface_pwr.heads.pwr_tree as pwr_tree
 
@@ -264,6 +287,9 @@ def test_cpu_chunked_tree_equals_dense(monkeypatch, inversion: str, p: float) ->
 def test_unchunked_tree_with_positions_in_scratch_equals_dense(monkeypatch, inversion: str, p: float) -> None:
     """Off a CPU the tree runs unchunked and writes the in-group positions of its widest levels into scratch (a
     kept vector of n positions would cost 8 bytes per item): force both here."""
+    from insightface_pwr.heads import pwr_cpu
+
+    monkeypatch.setenv(pwr_cpu.ENV, "0")  # (the vectorised tree, not the compiled pass)
     import insightface_pwr.heads.pwr_fast as pwr_fast
     import insightface_pwr.heads.pwr_tree as pwr_tree
 

@@ -14,6 +14,14 @@ from insightface_pwr.heads.pwr_math import pwr_loss_dense, pwr_sum_and_grad_tile
 from test_pwr_fast import FAST, MARGINS, TIES, assert_close_rel, check_against_dense, relations
 
 
+@pytest.fixture(autouse=True)
+def vectorised_path(monkeypatch):
+    """This module tests the vectorised algorithms (a GPU's): the compiled CPU pass off."""
+    from insightface_pwr.heads import pwr_cpu
+
+    monkeypatch.setenv(pwr_cpu.ENV, "0")
+
+
 @pytest.fixture
 def tiny_blocks(monkeypatch):
     """Blocks of 4 items: every tie run of the dyadic test values spans several blocks."""

@@ -1,0 +1,382 @@
+/* The dominance pass of the exact PWR path (pwr_tree.py's top-down tree) as one C loop per level, for CPUs.
+ *
+ * Loaded with ctypes by pwr_cpu.py (no Python API, no torch API: one build serves every Python and torch
+ * version); built by setup.py as an optional extension. Same items, orders, features and tie rules as
+ * pwr_tree.run_tree (see pwr_fast.py's docstring): n items arranged in value order, code[i] = the item's
+ * t position (shift 0: one item per relation, key and query at once) or 2 t position + key flag (shift 1: a
+ * query item and a key item per relation). At a level, the items are arranged group by group (a group = 2^level
+ * consecutive t positions, each in value order); the right half's queries receive the sums over the left half's
+ * keys that follow them (a backward pass: clean suffix sums), the left half's keys the sums over the right half's
+ * queries that precede them (a forward pass, which also writes the stable partition by the next t bit into the
+ * other buffer). Levels run depth-first, so a subtree that fits the cache is finished there.
+ *
+ * exp (k = 0): key feature F = exp(beta (a - c)), query feature G = exp(beta (c - b)) (one item per relation:
+ * G = 1 / F); a counted pair adds F_q G_p to tot and 1 to cnt, beta F_q G_p to the key's gradient and minus that
+ * to the query's. power (k >= 1): f = a - c for keys, b - c for queries; a pair adds (a - b)^k, by the binomial
+ * expansion over power sums of the other side.
+ *
+ * pwr_sort_i64: a stable sort of int64 keys with their permutation (an LSD radix sort, 11-bit digits, passes
+ * whose digit is the same for every key skipped), for the orders the pass needs.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_K 8
+
+typedef struct {
+    int32_t *code;
+    double *f, *acc;
+} buf_t;
+
+typedef struct {
+    int shift, k, single, error;
+    double beta, tot, cnt;
+    double ck[MAX_K + 1], ck1[MAX_K + 1]; /* binom(k, e) (-1)^(k-e), binom(k-1, e) (-1)^(k-1-e) */
+} ctx_t;
+
+/* exp, one item per relation: F = f, G = 1 / f */
+static void exp_single(ctx_t *c, int bit, int64_t gs, int64_t ge, int64_t mid, buf_t a, buf_t b) {
+    const double beta = c->beta;
+    double suf = 0.0, sufn = 0.0, tot = 0.0, cnt = 0.0;
+    int64_t nright = 0;
+    for (int64_t x = ge - 1; x >= gs; x--) {
+        const int32_t r = (a.code[x] >> bit) & 1;
+        const double rd = (double)r, fv = a.f[x];
+        const double q = rd * suf / fv; /* a right query: G_p times the left keys' F after it */
+        a.acc[x] -= beta * q;
+        tot += q;
+        cnt += rd * sufn;
+        suf += (1.0 - rd) * fv;
+        sufn += 1.0 - rd;
+        nright += r;
+    }
+    if (nright != ge - mid) { c->error = 1; return; }
+    double pre = 0.0;
+    int64_t lp = gs, rp = mid;
+    for (int64_t x = gs; x < ge; x++) {
+        const int32_t cd = a.code[x], r = (cd >> bit) & 1;
+        const double rd = (double)r, fv = a.f[x];
+        const double av = a.acc[x] + (1.0 - rd) * beta * fv * pre; /* a left key: F_q times the queries before */
+        pre += rd / fv;
+        const int64_t d = r ? rp : lp;
+        rp += r;
+        lp += 1 - r;
+        b.code[d] = cd;
+        b.f[d] = fv;
+        b.acc[d] = av;
+    }
+    c->tot += tot;
+    c->cnt += cnt;
+}
+
+/* exp, one item per relation, two levels in one: the group's quarters (digit d = the t position's bits l - 1,
+ * l - 2); a query in quarter d pairs with the keys after it in the quarters below d (those in the other half at
+ * level l, the sibling quarter at level l - 1), a key with the queries before it in the quarters above */
+static const double EQ4[4][4] = {{1, 0, 0, 0}, {0, 1, 0, 0}, {0, 0, 1, 0}, {0, 0, 0, 1}}; /* d == j */
+static const double GT4[4][4] = {{0, 0, 0, 0}, {1, 0, 0, 0}, {1, 1, 0, 0}, {1, 1, 1, 0}}; /* d > j */
+static const double LT4[4][4] = {{0, 1, 1, 1}, {0, 0, 1, 1}, {0, 0, 0, 1}, {0, 0, 0, 0}}; /* d < j */
+
+static void exp_single4(ctx_t *c, int l, int64_t gs, int64_t ge, buf_t a, buf_t b) {
+    /* (0/1 factors from tables: comparisons would compile to unpredictable branches) */
+    const double beta = c->beta;
+    const int sh = l - 2;
+    const int64_t q = (int64_t)1 << sh;
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, n0 = 0.0, n1 = 0.0, n2 = 0.0, tot = 0.0, cnt = 0.0;
+    for (int64_t x = ge - 1; x >= gs; x--) {
+        const int32_t d = (a.code[x] >> sh) & 3;
+        const double *gt = GT4[d], *eq = EQ4[d], fv = a.f[x];
+        const double qv = (gt[0] * s0 + gt[1] * s1 + gt[2] * s2) / fv;
+        a.acc[x] -= beta * qv;
+        tot += qv;
+        cnt += gt[0] * n0 + gt[1] * n1 + gt[2] * n2;
+        s0 += eq[0] * fv;
+        s1 += eq[1] * fv;
+        s2 += eq[2] * fv;
+        n0 += eq[0];
+        n1 += eq[1];
+        n2 += eq[2];
+    }
+    const int64_t seen[4] = {(int64_t)n0, (int64_t)n1, (int64_t)n2, (ge - gs) - (int64_t)(n0 + n1 + n2)};
+    int64_t o[4]; /* each quarter's next slot */
+    for (int d = 0; d < 4; d++) { /* each quarter must hold exactly its positions */
+        const int64_t lo = gs + d * q, want = lo >= ge ? 0 : (ge - lo < q ? ge - lo : q);
+        if (seen[d] != want) { c->error = 1; return; }
+        o[d] = lo;
+    }
+    double p1 = 0.0, p2 = 0.0, p3 = 0.0;
+    for (int64_t x = gs; x < ge; x++) {
+        const int32_t cd = a.code[x], d = (cd >> sh) & 3;
+        const double *lt = LT4[d], *eq = EQ4[d], fv = a.f[x];
+        const double av = a.acc[x] + beta * fv * (lt[1] * p1 + lt[2] * p2 + lt[3] * p3);
+        const double gv = 1.0 / fv;
+        p1 += eq[1] * gv;
+        p2 += eq[2] * gv;
+        p3 += eq[3] * gv;
+        const int64_t at = o[d]++;
+        b.code[at] = cd;
+        b.f[at] = fv;
+        b.acc[at] = av;
+    }
+    c->tot += tot;
+    c->cnt += cnt;
+}
+
+/* exp, a key item and a query item per relation: F = f on keys, G = f on queries */
+static void exp_pair(ctx_t *c, int bit, int64_t gs, int64_t ge, int64_t mid, buf_t a, buf_t b) {
+    const double beta = c->beta;
+    double suf = 0.0, sufn = 0.0, tot = 0.0, cnt = 0.0;
+    int64_t nright = 0;
+    for (int64_t x = ge - 1; x >= gs; x--) {
+        const int32_t cd = a.code[x], r = (cd >> bit) & 1, key = cd & 1;
+        const double rq = (double)(r & (1 - key)), lk = (double)((1 - r) & key), fv = a.f[x];
+        const double q = rq * fv * suf;
+        a.acc[x] -= beta * q;
+        tot += q;
+        cnt += rq * sufn;
+        suf += lk * fv;
+        sufn += lk;
+        nright += r;
+    }
+    if (nright != ge - mid) { c->error = 1; return; }
+    double pre = 0.0;
+    int64_t lp = gs, rp = mid;
+    for (int64_t x = gs; x < ge; x++) {
+        const int32_t cd = a.code[x], r = (cd >> bit) & 1, key = cd & 1;
+        const double rq = (double)(r & (1 - key)), lk = (double)((1 - r) & key), fv = a.f[x];
+        const double av = a.acc[x] + lk * beta * fv * pre;
+        pre += rq * fv;
+        const int64_t d = r ? rp : lp;
+        rp += r;
+        lp += 1 - r;
+        b.code[d] = cd;
+        b.f[d] = fv;
+        b.acc[d] = av;
+    }
+    c->tot += tot;
+    c->cnt += cnt;
+}
+
+/* power k: (a - b)^k = sum_e binom(k, e) a^e (-b)^(k-e); its derivatives by a and b likewise with k - 1 */
+static void power_level(ctx_t *c, int bit, int64_t gs, int64_t ge, int64_t mid, buf_t a, buf_t b) {
+    const int k = c->k, single = c->single;
+    double S[MAX_K + 1], T[MAX_K + 1], pw[MAX_K + 1];
+    double tot = 0.0;
+    int64_t nright = 0;
+    for (int e = 0; e <= k; e++) S[e] = 0.0;
+    for (int64_t x = ge - 1; x >= gs; x--) { /* right queries: power sums S_e of the left keys after them */
+        const int32_t cd = a.code[x], r = (cd >> bit) & 1, key = single ? 1 : cd & 1;
+        const int32_t query = single ? 1 : 1 - key;
+        const double rq = (double)(r & query), lk = (double)((1 - r) & key), v = a.f[x];
+        pw[0] = 1.0;
+        for (int e = 1; e <= k; e++) pw[e] = pw[e - 1] * v;
+        double val = 0.0, der = 0.0;
+        for (int e = 0; e <= k; e++) val += c->ck[e] * S[e] * pw[k - e];
+        for (int e = 0; e < k; e++) der += c->ck1[e] * S[e] * pw[k - 1 - e];
+        a.acc[x] -= rq * (double)k * der;
+        tot += rq * val;
+        for (int e = 0; e <= k; e++) S[e] += lk * pw[e];
+        nright += r;
+    }
+    if (nright != ge - mid) { c->error = 1; return; }
+    for (int e = 0; e < k; e++) T[e] = 0.0;
+    int64_t lp = gs, rp = mid;
+    for (int64_t x = gs; x < ge; x++) { /* left keys: power sums T_e of the right queries before them */
+        const int32_t cd = a.code[x], r = (cd >> bit) & 1, key = single ? 1 : cd & 1;
+        const int32_t query = single ? 1 : 1 - key;
+        const double rq = (double)(r & query), lk = (double)((1 - r) & key), v = a.f[x];
+        pw[0] = 1.0;
+        for (int e = 1; e <= k; e++) pw[e] = pw[e - 1] * v;
+        /* d/da sum_p (a - b_p)^k = k sum_e binom(k-1, e) a^(k-1-e) (-1)^e T_e; ck1[e] carries (-1)^(k-1-e) */
+        double der = 0.0;
+        for (int e = 0; e < k; e++) der += c->ck1[k - 1 - e] * pw[k - 1 - e] * T[e];
+        const double av = a.acc[x] + lk * (double)k * der;
+        for (int e = 0; e < k; e++) T[e] += rq * pw[e];
+        const int64_t d = r ? rp : lp;
+        rp += r;
+        lp += 1 - r;
+        b.code[d] = cd;
+        b.f[d] = v;
+        b.acc[d] = av;
+    }
+    c->tot += tot;
+}
+
+#ifndef DENSE_LEVELS
+#define DENSE_LEVELS 4 /* groups of up to 2^4 items (at most 5: a 32-bit mask checks them): all pairs directly */
+#endif
+
+/* levels l .. 1 of a group of at most 2^DENSE_LEVELS items at once: every pair (p before q in value order, q's
+ * code below p's) directly, then the items in t order into `out` (which may be `a`) */
+static void dense_group(ctx_t *c, int l, int64_t gs, int64_t ge, buf_t a, buf_t out) {
+    const int n = (int)(ge - gs), single = c->single, k = c->k;
+    const double beta = c->beta;
+    int32_t code[1 << DENSE_LEVELS];
+    double f[1 << DENSE_LEVELS], acc[1 << DENSE_LEVELS];
+    double tot = 0.0, cnt = 0.0;
+    for (int i = 0; i < n; i++) {
+        code[i] = a.code[gs + i];
+        f[i] = a.f[gs + i];
+        acc[i] = a.acc[gs + i];
+    }
+    double g[1 << DENSE_LEVELS]; /* exp: the query feature */
+    for (int i = 0; i < n; i++) g[i] = (single && k == 0) ? 1.0 / f[i] : f[i];
+    for (int j = 1; j < n; j++) { /* j: the key (later in value order), i < j: the query; branch-free */
+        const int32_t cj = code[j];
+        const double keyj = single ? 1.0 : (double)(cj & 1), fj = f[j];
+        double gsum = 0.0, csum = 0.0, vsum = 0.0;
+        for (int i = 0; i < j; i++) {
+            const int32_t ci = code[i];
+            const double on = keyj * (double)((ci > cj) & (single ? 1 : 1 - (ci & 1)));
+            if (k == 0) {
+                const double e = on * fj * g[i];
+                gsum += e;
+                csum += on;
+                acc[i] -= beta * e;
+            } else {
+                const double x = fj - f[i];
+                double p1 = on;
+                for (int e = 1; e < k; e++) p1 *= x;
+                vsum += p1 * x;
+                gsum += p1;
+                acc[i] -= (double)k * p1;
+            }
+        }
+        if (k == 0) {
+            tot += gsum;
+            cnt += csum;
+            acc[j] += beta * gsum;
+        } else {
+            tot += vsum;
+            acc[j] += (double)k * gsum;
+        }
+    }
+    const int sh = c->shift;
+    int bad = 0;
+    uint32_t filled = 0;
+    for (int i = 0; i < n; i++) { /* the codes of the group are its positions: straight into t order */
+        const int64_t d = (int64_t)(code[i] >> sh) - gs;
+        if (d < 0 || d >= n || (filled >> d & 1u)) { bad = 1; continue; }
+        filled |= 1u << d;
+        out.code[gs + d] = code[i];
+        out.f[gs + d] = f[i];
+        out.acc[gs + d] = acc[i];
+    }
+    if (bad) c->error = 1;
+    c->tot += tot;
+    c->cnt += cnt;
+    (void)l;
+}
+
+/* level l on the group of positions [gs, ge) (in buffer a, written to b), then its two halves one level down;
+ * `final`: the buffer the last level writes (where the result is) */
+static void run(ctx_t *c, int l, int64_t gs, int64_t ge, buf_t a, buf_t b, buf_t final) {
+    const int64_t mid = gs + ((int64_t)1 << (l - 1));
+    if (c->error) return;
+    if (l <= DENSE_LEVELS) {
+        dense_group(c, l, gs, ge, a, final);
+        return;
+    }
+    if (c->single && c->k == 0 && l - 2 >= DENSE_LEVELS) { /* two levels in one pass, then the quarters */
+        const int64_t q = (int64_t)1 << (l - 2);
+        exp_single4(c, l, gs, ge, a, b);
+        for (int64_t lo = gs; lo < ge; lo += q) run(c, l - 2, lo, lo + q < ge ? lo + q : ge, b, a, final);
+        return;
+    }
+    if (mid >= ge) { /* no right half: the arrangement is unchanged */
+        memcpy(b.code + gs, a.code + gs, (size_t)(ge - gs) * sizeof(int32_t));
+        memcpy(b.f + gs, a.f + gs, (size_t)(ge - gs) * sizeof(double));
+        memcpy(b.acc + gs, a.acc + gs, (size_t)(ge - gs) * sizeof(double));
+    } else if (c->k > 0) {
+        power_level(c, l - 1 + c->shift, gs, ge, mid, a, b); /* the t position's bit l - 1 */
+    } else if (c->single) {
+        exp_single(c, l - 1, gs, ge, mid, a, b);
+    } else {
+        exp_pair(c, l, gs, ge, mid, a, b);
+    }
+    run(c, l - 1, gs, mid < ge ? mid : ge, b, a, final);
+    if (mid < ge) run(c, l - 1, mid, ge, b, a, final);
+}
+
+/* The pass over n items (buffers 0 and 1 of n entries each; buffer 0 holds the input, acc0 zeros). Returns the
+ * buffer (0 or 1) that holds the result (items in t order, acc the gradient sums), -1 on bad arguments, -2 when
+ * the codes are not the positions 0 .. n - 1 (nothing is written outside the buffers). res = (tot, cnt). */
+int64_t pwr_tree_cpu(int64_t n, int32_t shift, int32_t k, double beta, int32_t *code0, double *f0, double *acc0,
+                     int32_t *code1, double *f1, double *acc1, double *res) {
+    ctx_t c;
+    memset(&c, 0, sizeof c);
+    if (n < 0 || n > ((int64_t)1 << 30) || (shift != 0 && shift != 1) || k < 0 || k > MAX_K) return -1;
+    c.shift = shift;
+    c.single = shift == 0;
+    c.k = k;
+    c.beta = beta;
+    for (int e = 0; e <= k; e++) { /* binomials with their signs */
+        double bk = 1.0, bk1 = 1.0;
+        for (int i = 1; i <= e; i++) {
+            bk = bk * (k - i + 1) / i;
+            bk1 = bk1 * (k - i) / i;
+        }
+        c.ck[e] = ((k - e) % 2 ? -1.0 : 1.0) * bk;
+        c.ck1[e] = e < k ? ((k - 1 - e) % 2 ? -1.0 : 1.0) * bk1 : 0.0;
+    }
+    int levels = 0; /* (pair items: n = 2 M positions; the key flag is the code's bit 0) */
+    while (((int64_t)1 << levels) < n) levels++;
+    buf_t a = {code0, f0, acc0}, b = {code1, f1, acc1};
+    res[0] = res[1] = 0.0;
+    if (levels == 0) return 0;
+    run(&c, levels, 0, n, a, b, a); /* (every group ends in dense_group, which writes buffer 0) */
+    if (c.error) return -2;
+    res[0] = c.tot;
+    res[1] = c.cnt;
+    return 0;
+}
+
+#define RADIX_BITS 11
+#define RADIX_SIZE (1 << RADIX_BITS)
+#define RADIX_PASSES 6 /* 6 x 11 >= 64 */
+
+/* keys (n) sorted ascending as signed integers, stably: sorted keys into out_keys, their positions in keys into
+ * out_perm; tmp_keys, tmp_perm: scratch of n entries. Returns 0, -1 on bad arguments or no memory. */
+int64_t pwr_sort_i64(int64_t n, const int64_t *keys, int64_t *out_keys, int64_t *out_perm, int64_t *tmp_keys,
+                     int64_t *tmp_perm) {
+    const uint64_t sign = (uint64_t)1 << 63;
+    if (n < 0) return -1;
+    uint32_t *hist = calloc((size_t)RADIX_PASSES * RADIX_SIZE, sizeof(uint32_t));
+    if (!hist) return -1;
+    if (n > 0xFFFFFFFFLL) { free(hist); return -1; }
+    for (int64_t i = 0; i < n; i++) {
+        const uint64_t u = (uint64_t)keys[i] ^ sign;
+        for (int p = 0; p < RADIX_PASSES; p++) hist[p * RADIX_SIZE + ((u >> (p * RADIX_BITS)) & (RADIX_SIZE - 1))]++;
+    }
+    int active[RADIX_PASSES], np = 0;
+    for (int p = 0; p < RADIX_PASSES; p++) {
+        const uint32_t first = (uint32_t)(((uint64_t)(n ? keys[0] : 0) ^ sign) >> (p * RADIX_BITS) & (RADIX_SIZE - 1));
+        if (n > 0 && hist[p * RADIX_SIZE + first] != (uint32_t)n) active[np++] = p;
+    }
+    if (np == 0) { /* all digits equal (or n < 2): already sorted */
+        for (int64_t i = 0; i < n; i++) { out_keys[i] = keys[i]; out_perm[i] = i; }
+        free(hist);
+        return 0;
+    }
+    /* ping-pong so that the last pass writes out_keys / out_perm */
+    int64_t *dk = (np % 2) ? out_keys : tmp_keys, *dp = (np % 2) ? out_perm : tmp_perm;
+    int64_t *ok = (np % 2) ? tmp_keys : out_keys, *op = (np % 2) ? tmp_perm : out_perm;
+    const int64_t *sk = keys, *sp = NULL;
+    for (int a = 0; a < np; a++) {
+        const int p = active[a];
+        uint32_t *h = hist + p * RADIX_SIZE, run = 0;
+        for (int d = 0; d < RADIX_SIZE; d++) { const uint32_t c = h[d]; h[d] = run; run += c; }
+        for (int64_t i = 0; i < n; i++) {
+            const int64_t key = sk[i];
+            const uint32_t d = (uint32_t)((((uint64_t)key ^ sign) >> (p * RADIX_BITS)) & (RADIX_SIZE - 1));
+            const uint32_t at = h[d]++;
+            dk[at] = key;
+            dp[at] = sp ? sp[i] : i;
+        }
+        sk = dk; sp = dp;
+        int64_t *t = dk; dk = ok; ok = t;
+        t = dp; dp = op; op = t;
+    }
+    free(hist);
+    return 0;
+}

@@ -1,0 +1,152 @@
+"""The compiled CPU pass and sort of the exact PWR path (``insightface_pwr/heads/pwr_cpu.py``, ``_pwr_cpu.c``):
+losses and gradients against the dense autograd reference (float64, rtol 1e-6) over every inversion and margin the
+fast path covers, with ties, at sizes around the pass's block edges (16-item dense groups, two-level quarters,
+groups cut short by n); against the vectorised path (a GPU's) at sizes the dense reference cannot hold; the sort
+against ``torch.sort``; bad item codes refused without a write out of bounds; the switch."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from insightface_pwr.heads import pwr_cpu
+from insightface_pwr.heads.pwr_fast import pwr_sum_and_grad_fast
+from insightface_pwr.heads.pwr_math import pwr_sum_and_grad_tiled
+from insightface_pwr.heads.registry import create_head
+from test_pwr_fast import FAST, MARGINS, TIES, assert_close_rel, check_against_dense, relations, require_compiled
+
+
+@pytest.fixture(autouse=True)
+def compiled(monkeypatch):
+    require_compiled()
+    monkeypatch.setenv(pwr_cpu.ENV, "1")
+
+
+def _sum_grad_count(s: torch.Tensor, t: torch.Tensor, inversion: str, margin, p: float, beta: float, on: bool,
+                    monkeypatch) -> tuple:
+    monkeypatch.setenv(pwr_cpu.ENV, "1" if on else "0")
+    calls = pwr_cpu.call_count()
+    out = pwr_sum_and_grad_fast(s, t, inversion, margin, p, beta)
+    assert (pwr_cpu.call_count() > calls) == on  # the path asked for ran
+    return out
+
+
+# 1, 2: no level; 16, 17: one dense group / one level above it; 64, 65, 97: quarters, the last ones short or empty
+@pytest.mark.parametrize("m", [1, 2, 3, 16, 17, 64, 65, 97, 200])
+@pytest.mark.parametrize("ties", TIES)
+def test_compiled_equals_dense_at_block_edges(m: int, ties: str) -> None:
+    s, t = relations(m, ties, seed=m + len(ties))
+    if m > 1 and torch.unique(t).numel() < 2:
+        t[0] = t.max() + 0.125
+    for inversion, p, beta in FAST + [("power", 5.0, 1.0)]:
+        for margin in MARGINS:
+            check_against_dense(s, t, inversion, margin, p, beta, "fast")
+
+
+@pytest.mark.parametrize("inversion,p,beta", FAST)
+@pytest.mark.parametrize("margin", ["teacher_diff", 0.125, "teacher_std"])
+def test_compiled_float32_relations_with_ties(inversion: str, p: float, beta: float, margin) -> None:
+    """float32 relations take the (t, s)-key order (one sort); exact against the tiled path in float64."""
+    s, t = relations(300, "both", seed=5)
+    s32, t32 = s.float(), t.float()
+    total, grad, count = pwr_sum_and_grad_fast(s32, t32, inversion, margin, p, beta)
+    ref_total, ref_grad = pwr_sum_and_grad_tiled(s32.double(), t32.double(), inversion, margin, p, beta)
+    assert int(count) == int(((t32[:, None] > t32[None, :])).sum())
+    assert_close_rel(total, ref_total, f"sum ({inversion} {margin})")
+    assert_close_rel(grad, ref_grad, f"grad ({inversion} {margin})")
+
+
+@pytest.mark.parametrize("m,ties", [(40_000, "both"), (70_001, "none"), ((1 << 16) + 3, "t")])
+@pytest.mark.parametrize("inversion,p,margin", [("exp", 1.0, "teacher_diff"), ("diff", 1.0, 0.1),
+                                                ("power", 2.0, "teacher_std")])
+def test_compiled_equals_vectorised_at_large_m(monkeypatch, m: int, ties: str, inversion: str, p: float,
+                                               margin) -> None:
+    """Sizes with many two-level passes (and the vectorised tree in chunks): the two paths share only the setup."""
+    s, t = relations(m, ties, seed=m % 97)
+    got = _sum_grad_count(s, t, inversion, margin, p, 1.0, True, monkeypatch)
+    ref = _sum_grad_count(s, t, inversion, margin, p, 1.0, False, monkeypatch)
+    assert int(got[2]) == int(ref[2])
+    assert_close_rel(got[0], ref[0], "sum")
+    assert_close_rel(got[1], ref[1], "grad")
+
+
+def test_compiled_equals_tiled_at_the_papers_batch() -> None:
+    """N = 92 (M = 4,186), PWR-Exp (teacher-diff) on float32 cosine relations of random embeddings, against the
+    O(M^2) tiled path (the dense reference would need ~1 GB)."""
+    g = torch.Generator().manual_seed(92)
+    x = torch.nn.functional.normalize(torch.randn(2, 92, 64, generator=g), dim=-1)
+    iu = torch.triu_indices(92, 92, 1)
+    s, t = (1.0 - x @ x.transpose(1, 2))[:, iu[0], iu[1]]
+    total, grad, count = pwr_sum_and_grad_fast(s, t, "exp", "teacher_diff", 1.0, 1.0)
+    ref_total, ref_grad = pwr_sum_and_grad_tiled(s.double(), t.double(), "exp", "teacher_diff", 1.0, 1.0, 1024)
+    assert int(count) == int((t[:, None] > t[None, :]).sum())
+    assert_close_rel(total, ref_total, "sum")
+    assert_close_rel(grad, ref_grad, "grad")
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 2047, 2048, 5000])
+@pytest.mark.parametrize("kind", ["random", "few values", "constant", "extremes"])
+def test_sort_equals_torch_stable_sort(n: int, kind: str) -> None:
+    g = torch.Generator().manual_seed(n)
+    if kind == "random":
+        keys = torch.randint(-2**62, 2**62, (n,), generator=g)
+    elif kind == "few values":
+        keys = torch.randint(-2, 3, (n,), generator=g) * (1 << 40)
+    elif kind == "constant":
+        keys = torch.full((n,), -7, dtype=torch.int64)
+    else:
+        pool = torch.tensor([-2**63, -1, 0, 1, 2**63 - 1])
+        keys = pool[torch.randint(0, 5, (n,), generator=g)]
+    got_keys, got_perm = pwr_cpu.sort(keys)
+    ref_keys, ref_perm = torch.sort(keys, stable=True)
+    assert torch.equal(got_keys, ref_keys) and torch.equal(got_perm, ref_perm)
+
+
+@pytest.mark.parametrize("codes", [[0, 0, 2, 3, 4], [0, 1, 2, 3, 7], [5, 1, 2, 3, 4], [-1, 1, 2, 3, 4]],
+                         ids=["duplicate", "beyond-n", "shifted", "negative"])
+@pytest.mark.parametrize("n", [5, 40])
+def test_bad_item_codes_are_refused(codes: list, n: int) -> None:
+    """Codes that are not the positions 0 .. n - 1 (an internal error) raise; nothing is written out of bounds
+    (the buffers are the tensors' own: a stray write would corrupt the guard values around them)."""
+    code = torch.tensor(codes + list(range(len(codes), n)), dtype=torch.int32)
+    guard = torch.full((3 * n,), 12345.0, dtype=torch.float64)
+    f = guard[n:2 * n]
+    f.fill_(1.5)
+    with pytest.raises(ValueError, match="not the positions"):
+        pwr_cpu.run_tree_cpu(code, f, 0, 1.0, True)
+    assert torch.equal(guard[:n], torch.full((n,), 12345.0, dtype=torch.float64))
+    assert torch.equal(guard[2 * n:], torch.full((n,), 12345.0, dtype=torch.float64))
+
+
+def test_wrong_argument_types_are_refused() -> None:
+    with pytest.raises(ValueError, match="int32 codes and float64 features"):
+        pwr_cpu.run_tree_cpu(torch.arange(4), torch.ones(4, dtype=torch.float64), 0, 1.0, True)
+    with pytest.raises(ValueError, match="int32 codes and float64 features"):
+        pwr_cpu.run_tree_cpu(torch.arange(4, dtype=torch.int32), torch.ones(3, dtype=torch.float64), 0, 1.0, True)
+
+
+def test_switch_and_fallback(monkeypatch) -> None:
+    """INSIGHTFACE_PWR_CPU_KERNEL=0 turns the compiled pass off; a missing library falls back to the vectorised
+    path; both give the head's loss and gradient of the compiled pass."""
+    g = torch.Generator().manual_seed(3)
+    student, teacher = torch.randn(40, 16, generator=g), torch.randn(40, 16, generator=g)
+    head = create_head("pwr", method="fast")
+
+    def step() -> tuple:
+        x = student.clone().requires_grad_(True)
+        before = pwr_cpu.call_count()
+        loss = head(student=x, teacher=teacher)
+        loss.backward()
+        return loss.detach(), x.grad, pwr_cpu.call_count() - before
+
+    on = step()
+    assert on[2] == 3  # two sorts and the pass
+    for env, lib in (("0", True), ("off", True), ("1", False)):
+        monkeypatch.setenv(pwr_cpu.ENV, env)
+        if not lib:
+            monkeypatch.setattr(pwr_cpu, "_LIB", None)
+        assert not pwr_cpu.enabled(torch.device("cpu"))
+        off = step()
+        assert off[2] == 0
+        torch.testing.assert_close(off[0], on[0], rtol=1e-6, atol=0)
+        torch.testing.assert_close(off[1], on[1], rtol=1e-5, atol=1e-9)
+    assert not pwr_cpu.enabled(torch.device("meta"))
