@@ -18,20 +18,23 @@ Printed in the same run, per N:
 - ops: the number of torch function calls of one forward + backward (a ``TorchFunctionMode`` that stays active
   inside the backward), a CPU proxy for GPU kernel launches: metadata queries (``.shape``, ``.dim()``) are not
   counted, view-only calls (``view``, slicing, ``detach``) are counted apart ("views"). The autograd engine's own
-  C++ kernels are not seen (the head's backward is one multiplication). Above 2^15 items the CPU finishes the
-  tree's groups chunk by chunk (cache-sized): a "#" line then gives the count of the path a GPU runs (no chunks).
+  C++ kernels are not seen (the head's backward is one multiplication). On a CPU the fast path runs the compiled
+  pass and sorts (``insightface_pwr/heads/pwr_cpu.py``; each call counted as one operation) where they are
+  built: a "#" line then gives the count of the path a GPU runs (the vectorised one, unchunked).
 Time: median over ``--repeats`` runs (wall clock, ``torch.set_num_threads(--threads)``, default one thread), and the
 process CPU time (a loaded machine shows as wall >> cpu). ``--device cuda`` times with CUDA events and reports
 torch.cuda.max_memory_allocated instead.
 
     python benchmarks/pwr_scaling.py                            # N = 92 .. 1024 (about a minute on one core)
     python benchmarks/pwr_scaling.py --sizes 92 1024 4096 --repeats 3
-    python benchmarks/pwr_scaling.py --sizes 92 1024 --compare     # + the tree alone / with block levels
+    python benchmarks/pwr_scaling.py --sizes 92 1024 --compare     # + the vectorised path, its variants
+    python benchmarks/pwr_scaling.py --sizes 92 1024 --tensor-path # the vectorised path only (no compiled pass)
     python benchmarks/pwr_scaling.py --sizes 8 92 --loop 2          # + 2 s of back-to-back calls per N
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -45,7 +48,7 @@ if "--low-mmap" in sys.argv and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None
 import torch  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
-from insightface_pwr.heads import pwr_small, pwr_tree  # noqa: E402
+from insightface_pwr.heads import pwr_cpu, pwr_small, pwr_tree  # noqa: E402
 from insightface_pwr.heads.registry import create_head  # noqa: E402
 
 _META = {"dim", "numel", "size", "data_ptr", "stride", "is_floating_point", "is_complex", "element_size",
@@ -90,11 +93,31 @@ class OpCounter(TorchFunctionMode):
 
 
 def count_ops(fn: Callable[[], None]) -> Tuple[int, int]:
-    """(operations, view-only calls) of one call of ``fn``."""
+    """(operations, view-only calls) of one call of ``fn``; a call of the compiled CPU pass or sort (ctypes, not
+    seen by the mode) counts as one operation."""
     counter = OpCounter()
+    compiled = pwr_cpu.call_count()
     with counter:
         fn()
-    return counter.count, counter.views
+    return counter.count + pwr_cpu.call_count() - compiled, counter.views
+
+
+@contextlib.contextmanager
+def tensor_path(chunks: bool = True):
+    """The vectorised path (the one a GPU runs) on a CPU: the compiled pass off (``INSIGHTFACE_PWR_CPU_KERNEL=0``)
+    and, with ``chunks`` False, the tree unchunked as off a CPU."""
+    saved_env, saved_chunk = os.environ.get(pwr_cpu.ENV), pwr_tree.CHUNK_LEVELS
+    os.environ[pwr_cpu.ENV] = "0"
+    if not chunks:
+        pwr_tree.CHUNK_LEVELS = 64
+    try:
+        yield
+    finally:
+        pwr_tree.CHUNK_LEVELS = saved_chunk
+        if saved_env is None:
+            os.environ.pop(pwr_cpu.ENV, None)
+        else:
+            os.environ[pwr_cpu.ENV] = saved_env
 
 
 def floor_fn(student: torch.Tensor, teacher: torch.Tensor) -> Callable[[], None]:
@@ -208,14 +231,20 @@ def main(argv: Optional[list] = None) -> int:
                     help="also run the fast path back to back for S seconds per N and print the min, 10th "
                          "percentile and median of its calls (steadier than a median of --repeats on a noisy host)")
     ap.add_argument("--compare", action="store_true",
-                    help="also time the fast path with the blocks off (the tree) and with no dense tree levels")
+                    help="also time the vectorised path (compiled pass off), and that path with the blocks off (the "
+                         "tree) and with the tree's lowest levels by blocks")
+    ap.add_argument("--tensor-path", action="store_true",
+                    help=f"time the vectorised path only (the compiled CPU pass off: {pwr_cpu.ENV}=0)")
     args = ap.parse_args(argv)
+    if args.tensor_path:
+        os.environ[pwr_cpu.ENV] = "0"
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     print(f"# load average before: {' '.join('%.2f' % x for x in os.getloadavg())} on {os.cpu_count()} cpu(s); "
           f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'default')}")
     print(f"# pwr_scaling: PWR-Exp (teacher-diff), cosine, float32 embeddings {args.dim}-d, device {args.device}, "
-          f"{torch.get_num_threads()} thread(s), torch {torch.__version__}")
+          f"{torch.get_num_threads()} thread(s), torch {torch.__version__}; compiled CPU pass: "
+          f"{'on' if pwr_cpu.enabled(dev) else 'off'} ({pwr_cpu.library_path() or 'not built'})")
     print(f"{'N':>5} {'M':>8} | {'floor ms':>9} {'cpu ms':>8} | {'fast ms':>9} {'cpu ms':>8} {'x floor':>7} {'x cpu':>6} "
           f"{'MB':>7} {'B/rel':>6} {'ops':>5} {'views':>5} | {'dense ms':>9} {'x floor':>7} {'B/rel':>6} | "
           f"{'tiled ms':>9} {'x floor':>7} {'B/rel':>6}")
@@ -252,12 +281,10 @@ def main(argv: Optional[list] = None) -> int:
             tiled_cell = f"{'(est %.0f s)' % est:>24}"
         mb = mb_fast if mb_fast is not None else float("nan")
         device_ops = ops
-        if args.device == "cpu" and 2 * m > (1 << pwr_tree.CHUNK_LEVELS):  # what a GPU would launch: no chunks
-            saved_chunk, pwr_tree.CHUNK_LEVELS = pwr_tree.CHUNK_LEVELS, 64
-            try:
+        if args.device == "cpu":  # what a GPU would launch: the vectorised path, no chunks
+            with tensor_path(chunks=False):
+                fast()  # (its kept buffers made first, as in training)
                 device_ops = count_ops(fast)[0]
-            finally:
-                pwr_tree.CHUNK_LEVELS = saved_chunk
         print(f"{n:5d} {m:8d} | {t_floor * 1e3:9.2f} {c_floor * 1e3:8.2f} | {t_fast * 1e3:9.2f} {c_fast * 1e3:8.2f} "
               f"{t_fast / t_floor:7.2f} {c_fast / c_floor:6.2f} {mb:7.1f} {mb * 2**20 / m:6.0f} {ops:5d} {views:5d} | "
               f"{dense_cell} | {tiled_cell}", flush=True)
@@ -266,11 +293,16 @@ def main(argv: Optional[list] = None) -> int:
             print(f"#   N = {n}: fast, {calls} calls back to back: min {lo * 1e3:.3f} ms, 10th percentile "
                   f"{p10 * 1e3:.3f} ms, median {med * 1e3:.3f} ms", flush=True)
         if device_ops != ops:
-            print(f"#   N = {n}: {device_ops} ops on a GPU's path (the CPU finishes groups of 2^"
-                  f"{pwr_tree.CHUNK_LEVELS} items chunk by chunk: {ops})", flush=True)
+            print(f"#   N = {n}: {device_ops} ops on a GPU's path (the vectorised path, unchunked; the CPU "
+                  f"{'runs the compiled pass' if pwr_cpu.enabled(dev) else 'chunks the tree'}: {ops})", flush=True)
         if args.compare and args.device == "cpu":  # the fast path's alternatives, same run
-            for label, attr, value in (("tree (blocks off)", "SMALL_M", 0),
-                                       ("tree, lowest 10 levels by blocks", "DENSE_LEVELS", 10)):
+            with tensor_path():
+                t_alt, _, c_alt = measure(fast, args.repeats, args.device)
+                print(f"#   N = {n}: fast, vectorised path (compiled pass off): {t_alt * 1e3:.2f} ms wall, "
+                      f"{c_alt * 1e3:.2f} ms cpu ({c_alt / c_floor:.2f} x floor cpu), {count_ops(fast)[0]} ops",
+                      flush=True)
+            for label, attr, value in (("vectorised, tree (blocks off)", "SMALL_M", 0),
+                                       ("vectorised, tree, lowest 10 levels by blocks", "DENSE_LEVELS", 10)):
                 if attr == "SMALL_M" and m > pwr_small.SMALL_M:
                     continue
                 saved = getattr(pwr_small, attr)
@@ -278,9 +310,11 @@ def main(argv: Optional[list] = None) -> int:
                 if attr == "DENSE_LEVELS":
                     pwr_small.SMALL_M, saved_small = 0, pwr_small.SMALL_M
                 try:
-                    t_alt, _, c_alt = measure(fast, args.repeats, args.device)
+                    with tensor_path():
+                        t_alt, _, c_alt = measure(fast, args.repeats, args.device)
+                        alt_ops = count_ops(fast)[0]
                     print(f"#   N = {n}: fast, {label}: {t_alt * 1e3:.2f} ms wall, {c_alt * 1e3:.2f} ms cpu "
-                          f"({c_alt / c_floor:.2f} x floor cpu), {count_ops(fast)[0]} ops", flush=True)
+                          f"({c_alt / c_floor:.2f} x floor cpu), {alt_ops} ops", flush=True)
                 finally:
                     setattr(pwr_small, attr, saved)
                     if attr == "DENSE_LEVELS":
