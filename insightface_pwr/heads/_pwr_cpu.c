@@ -18,6 +18,7 @@
  * pwr_sort_i64: a stable sort of int64 keys with their permutation (an LSD radix sort, 11-bit digits, passes
  * whose digit is the same for every key skipped), for the orders the pass needs.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -298,11 +299,8 @@ static void run(ctx_t *c, int l, int64_t gs, int64_t ge, buf_t a, buf_t b, buf_t
     if (mid < ge) run(c, l - 1, mid, ge, b, a, final);
 }
 
-/* The pass over n items (buffers 0 and 1 of n entries each; buffer 0 holds the input, acc0 zeros). Returns the
- * buffer (0 or 1) that holds the result (items in t order, acc the gradient sums), -1 on bad arguments, -2 when
- * the codes are not the positions 0 .. n - 1 (nothing is written outside the buffers). res = (tot, cnt). */
-int64_t pwr_tree_cpu(int64_t n, int32_t shift, int32_t k, double beta, int32_t *code0, double *f0, double *acc0,
-                     int32_t *code1, double *f1, double *acc1, double *res) {
+/* the pass over n items in buffer a (acc zeros), b scratch; the result in a. 0, -1 bad arguments, -2 bad codes */
+static int64_t tree_pass(int64_t n, int32_t shift, int32_t k, double beta, buf_t a, buf_t b, double *res) {
     ctx_t c;
     memset(&c, 0, sizeof c);
     if (n < 0 || n > ((int64_t)1 << 30) || (shift != 0 && shift != 1) || k < 0 || k > MAX_K) return -1;
@@ -321,14 +319,22 @@ int64_t pwr_tree_cpu(int64_t n, int32_t shift, int32_t k, double beta, int32_t *
     }
     int levels = 0; /* (pair items: n = 2 M positions; the key flag is the code's bit 0) */
     while (((int64_t)1 << levels) < n) levels++;
-    buf_t a = {code0, f0, acc0}, b = {code1, f1, acc1};
     res[0] = res[1] = 0.0;
     if (levels == 0) return 0;
-    run(&c, levels, 0, n, a, b, a); /* (every group ends in dense_group, which writes buffer 0) */
+    run(&c, levels, 0, n, a, b, a); /* (every group ends in dense_group, which writes buffer a) */
     if (c.error) return -2;
     res[0] = c.tot;
     res[1] = c.cnt;
     return 0;
+}
+
+/* The pass over n items (buffers 0 and 1 of n entries each; buffer 0 holds the input, acc0 zeros). Returns 0 (the
+ * result, items in t order with acc the gradient sums, is in buffer 0), -1 on bad arguments, -2 when the codes
+ * are not the positions 0 .. n - 1 (nothing is written outside the buffers). res = (tot, cnt). */
+int64_t pwr_tree_cpu(int64_t n, int32_t shift, int32_t k, double beta, int32_t *code0, double *f0, double *acc0,
+                     int32_t *code1, double *f1, double *acc1, double *res) {
+    buf_t a = {code0, f0, acc0}, b = {code1, f1, acc1};
+    return tree_pass(n, shift, k, beta, a, b, res);
 }
 
 #define RADIX_BITS 11
@@ -378,5 +384,78 @@ int64_t pwr_sort_i64(int64_t n, const int64_t *keys, int64_t *out_keys, int64_t 
         t = dp; dp = op; op = t;
     }
     free(hist);
+    return 0;
+}
+
+/* order-preserving 32-bit word of a float's bits (negative: magnitude bits flipped), as pwr_math.ts_order_keys */
+static inline uint32_t f32_word(float x, int low) {
+    x += 0.0f; /* -0.0 -> +0.0 */
+    int32_t w;
+    memcpy(&w, &x, sizeof w);
+    w ^= (w >> 31) & 0x7FFFFFFF;
+    return (uint32_t)w ^ (low ? 0x80000000u : 0u);
+}
+
+/* order-preserving int64 key of a double, as pwr_math.order_key */
+static inline int64_t f64_key(double x) {
+    x += 0.0;
+    int64_t b;
+    memcpy(&b, &x, sizeof b);
+    return b ^ ((b >> 63) & INT64_MAX);
+}
+
+/* The fast-path sum for one item per relation (margin teacher_diff: lam = 1, or a zero constant: lam = 0) and
+ * float32 relations s, t (m of each), as pwr_fast.pwr_sum_and_grad_fast composes it, in two calls around the
+ * features' exp (left to torch's vectorised exp): pwr_single_setup_f32, then (exp only) f = exp(f) in place, then
+ * pwr_single_finish. Scratch: i64 (4 m), f64 (2 m), i32 (2 m), shared by the steps as follows (8 bytes an entry):
+ *   t order:      keys i64[0], sorted keys i64[1], permutation i64[2] (kept to the end), sort scratch i64[3], f64[0]
+ *   value order:  v in t order in i64[1]; keys i64[0]; sorted keys f64[0], t positions i64[3], scratch f64[1], i32
+ *   the pass:     buffer a = (i32[0], f64[0], f64[1]), buffer b = (i32[1], i64[0], i64[1])
+ * Setup: the t order by (t, s) keys, the pair count C from the teacher words, v = s - lam t in float64 in value order
+ * (ties by t position), f = beta (v - c) (exp) or v - c (power) with c the middle of v's range. res[1] = C, res[2] =
+ * max v - min v. Finish: the pass, d sum / d s into grad (m), res[0] = the sum. Each returns 0, -1 on bad arguments,
+ * -3 when out of memory, or the pass's error. */
+int64_t pwr_single_setup_f32(int64_t m, const float *s, const float *t, int32_t lam, int32_t k, double beta,
+                             int64_t *i64, double *f64, int32_t *i32, double *res) {
+    if (m < 2 || m > ((int64_t)1 << 30) || k < 0 || k > MAX_K || (lam != 0 && lam != 1)) return -1;
+    int64_t *keys = i64, *sorted = i64 + m, *perm = i64 + 2 * m, *tmp = i64 + 3 * m;
+    double *v = (double *)(i64 + m);
+    for (int64_t i = 0; i < m; i++) /* (t, s) keys: t's word high, s's low */
+        keys[i] = (int64_t)(((uint64_t)f32_word(t[i], 0) << 32) | f32_word(s[i], 1));
+    if (pwr_sort_i64(m, keys, sorted, perm, tmp, (int64_t *)f64)) return -3;
+    double count = 0.0; /* C = sum over the sorted teacher words of the start of their run (exact below 2^53) */
+    int64_t start = 0;
+    for (int64_t i = 0; i < m; i++) {
+        if (i > 0 && (sorted[i] >> 32) != (sorted[i - 1] >> 32)) start = i;
+        count += (double)start;
+    }
+    for (int64_t i = 0; i < m; i++) { /* v in t order (over the sorted keys: no longer needed), its keys */
+        const int64_t r = perm[i];
+        v[i] = lam ? (double)s[r] - (double)t[r] : (double)s[r];
+        keys[i] = f64_key(v[i]);
+    }
+    if (pwr_sort_i64(m, keys, (int64_t *)f64, tmp, (int64_t *)(f64 + m), (int64_t *)i32)) return -3;
+    const double lo = v[tmp[0]], hi = v[tmp[m - 1]], twice_c = hi + lo;
+    for (int64_t i = 0; i < m; i++) {
+        const double z = v[tmp[i]] - 0.5 * twice_c;
+        i32[i] = (int32_t)tmp[i];
+        f64[i] = k == 0 ? beta * z : z;
+        f64[m + i] = 0.0;
+    }
+    res[1] = count;
+    res[2] = hi - lo;
+    return 0;
+}
+
+int64_t pwr_single_finish(int64_t m, int32_t k, double beta, int64_t *i64, double *f64, int32_t *i32,
+                          double *grad, double *res) {
+    if (m < 2 || m > ((int64_t)1 << 30) || k < 0 || k > MAX_K) return -1;
+    buf_t a = {i32, f64, f64 + m}, b = {i32 + m, (double *)i64, (double *)(i64 + m)};
+    double sums[2];
+    const int64_t rc = tree_pass(m, 0, k, beta, a, b, sums);
+    if (rc) return rc;
+    const int64_t *perm = i64 + 2 * m;
+    for (int64_t i = 0; i < m; i++) grad[perm[i]] = a.acc[i];
+    res[0] = k == 0 ? sums[0] - sums[1] : sums[0];
     return 0;
 }

@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["ENV", "available", "enabled", "library_path", "run_tree_cpu", "sort", "call_count"]
+__all__ = ["ENV", "available", "enabled", "library_path", "run_tree_cpu", "single_sum", "sort", "call_count"]
 
 ENV = "INSIGHTFACE_PWR_CPU_KERNEL"  # "0" (or "off", "false", "no"): never use the compiled pass
 _NAME = "_pwr_cpu"
@@ -48,7 +48,7 @@ def _load() -> Optional[ctypes.CDLL]:
             try:
                 lib = ctypes.CDLL(str(path))
                 fn = lib.pwr_tree_cpu
-                _ = lib.pwr_sort_i64
+                _ = lib.pwr_sort_i64, lib.pwr_single_setup_f32, lib.pwr_single_finish
             except (OSError, AttributeError):
                 lib = None
             else:
@@ -57,6 +57,11 @@ def _load() -> Optional[ctypes.CDLL]:
                     [ctypes.c_void_p] * 7
                 lib.pwr_sort_i64.restype = ctypes.c_int64
                 lib.pwr_sort_i64.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 5
+                lib.pwr_single_setup_f32.restype = lib.pwr_single_finish.restype = ctypes.c_int64
+                lib.pwr_single_setup_f32.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
+                                                     ctypes.c_int32, ctypes.c_double] + [ctypes.c_void_p] * 4
+                lib.pwr_single_finish.argtypes = [ctypes.c_int64, ctypes.c_int32, ctypes.c_double] + \
+                    [ctypes.c_void_p] * 5
             _LIB = lib
     return _LIB
 
@@ -122,3 +127,37 @@ def sort(keys: torch.Tensor, stable: bool = True) -> Tuple[torch.Tensor, torch.T
                          tmp_perm.data_ptr()) != 0:
         raise MemoryError(f"pwr CPU sort: could not sort {n} keys (no memory for its counts)")
     return out, perm
+
+
+def single_sum(s: torch.Tensor, t: torch.Tensor, lam: int, k: int,
+               beta: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fast path's sum for one item per relation (margin ``teacher_diff``: ``lam`` 1, or a zero constant:
+    ``lam`` 0) and float32 relations ``s``, ``t`` (M >= 2, on the CPU) in two compiled calls (orders, pair count
+    and features; the pass and the gradient) around torch's exp of the features: the same orders, count, features
+    and pass as ``pwr_fast`` composes them, 56 bytes of scratch per relation. Returns (the sum (float64 0-d),
+    d sum / d s (float64, M), the pair count C (int64 0-d), the range of v = s - lam t (float64 0-d, for the debug
+    check of ``exp``))."""
+    lib = _load()
+    m = s.numel()
+    if lib is None or s.dtype != torch.float32 or t.dtype != torch.float32 or t.numel() != m or m < 2:
+        raise ValueError(f"pwr CPU sum: expected two float32 vectors of one length >= 2 and the library built, got "
+                         f"{s.dtype} {tuple(s.shape)} and {t.dtype} {tuple(t.shape)}")
+    s, t = s.contiguous(), t.contiguous()
+    i64 = torch.empty(4 * m, dtype=torch.int64)
+    f64 = torch.empty(2 * m, dtype=torch.float64)
+    i32 = torch.empty(2 * m, dtype=torch.int32)
+    grad = torch.empty(m, dtype=torch.float64)
+    res = torch.empty(3, dtype=torch.float64)
+    _CALLS[0] += 2
+    rc = lib.pwr_single_setup_f32(m, s.data_ptr(), t.data_ptr(), int(lam), k, float(beta), i64.data_ptr(),
+                                  f64.data_ptr(), i32.data_ptr(), res.data_ptr())
+    if rc == 0:
+        if k == 0:
+            f64[:m].exp_()
+        rc = lib.pwr_single_finish(m, k, float(beta), i64.data_ptr(), f64.data_ptr(), i32.data_ptr(),
+                                   grad.data_ptr(), res.data_ptr())
+    if rc != 0:
+        if rc == -3:
+            raise MemoryError(f"pwr CPU sum: no memory for the radix sort's counts ({m} relations)")
+        raise ValueError(f"pwr CPU sum: failed ({rc}) on {m} relations (k={k}, beta={beta})")
+    return res[0], grad, res[1].to(torch.int64), res[2]

@@ -64,7 +64,7 @@ import torch
 from . import pwr_cpu, pwr_small
 from .pwr_tree import run_tree
 from .base import debug_checks_enabled
-from .pwr_math import (MAX_FAST_POWER, METHODS, is_decomposable, pair_count, pwr_loss_dense,
+from .pwr_math import (BITS32, MAX_FAST_POWER, METHODS, is_decomposable, pair_count, pwr_loss_dense,
                        pwr_sum_and_grad_tiled, resolve_margin, resolve_method, key_values, order_key, t_order,
                        tie_runs)
 
@@ -144,9 +144,16 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
                 torch.zeros((), dtype=torch.int64, device=dev))
     lam, const = resolve_margin(margin, t.to(torch.float64) if margin == "teacher_std" else t)
     single = lam == 1.0 or (isinstance(const, float) and const == 0.0)
+    k = 1 if inversion == "diff" else (int(p) if inversion == "power" else 0)
+    compiled = pwr_cpu.enabled(dev)  # the compiled pass (pwr_cpu.py): no padding, no block shortcut
+    if compiled and single and s.dtype in BITS32 and t.dtype in BITS32:  # all of it in one call
+        total, grad, count, span = pwr_cpu.single_sum(s.float(), t.float(), int(lam), k, beta)
+        if k == 0 and debug_checks_enabled() and float(beta * span) > EXP_RANGE:
+            raise ValueError(f"pwr fast path (exp): beta * (value range) = {beta} * {float(span):.4g} exceeds "
+                             f"{EXP_RANGE} (float64 exp would leave its normal range); use method='tiled'")
+        return total, grad, count
     qry = s64 - t if lam else s64  # (float64: t is promoted)
     key = qry if single else qry + const
-    k = 1 if inversion == "diff" else (int(p) if inversion == "power" else 0)
     if single:
         lo, hi = torch.aminmax(qry)
     else:
@@ -157,7 +164,6 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     twice_c = hi + lo  # (the middle c of the range, doubled: x - c is one subtraction with alpha 0.5)
     del s64  # (s, qry and key hold what is needed)
     n_items = m if single else 2 * m
-    compiled = pwr_cpu.enabled(dev)  # the C pass (pwr_cpu.py): no padding, no block shortcut
     if not compiled and n_items <= pwr_small.SMALL_M:  # a fixed number of operations (pwr_small.py)
         return pwr_small.pwr_sum_and_grad_blocks(qry, key, s, t, single, k, beta, twice_c)
     levels = max(1, (n_items - 1).bit_length())

@@ -10,7 +10,7 @@ import torch
 
 from insightface_pwr.heads import pwr_cpu
 from insightface_pwr.heads.pwr_fast import pwr_sum_and_grad_fast
-from insightface_pwr.heads.pwr_math import pwr_sum_and_grad_tiled
+from insightface_pwr.heads.pwr_math import pwr_loss_dense, pwr_sum_and_grad_tiled
 from insightface_pwr.heads.registry import create_head
 from test_pwr_fast import FAST, MARGINS, TIES, assert_close_rel, check_against_dense, relations, require_compiled
 
@@ -40,6 +40,44 @@ def test_compiled_equals_dense_at_block_edges(m: int, ties: str) -> None:
     for inversion, p, beta in FAST + [("power", 5.0, 1.0)]:
         for margin in MARGINS:
             check_against_dense(s, t, inversion, margin, p, beta, "fast")
+
+
+@pytest.mark.parametrize("m", [2, 3, 16, 17, 65, 97, 300])
+@pytest.mark.parametrize("ties", TIES)
+def test_one_call_sum_equals_dense_at_block_edges(monkeypatch, m: int, ties: str) -> None:
+    """float32 relations with one item per relation (teacher_diff, margin 0) take ``pwr_cpu.single_sum``: the
+    dyadic test values are exact in float32, ties included; -0.0 and +0.0 mixed in t and s."""
+    s, t = relations(m, ties, seed=3 * m + len(ties))
+    s, t = s.float(), t.float()
+    if ties != "none":
+        s[s == 0], t[t == 0] = -0.0, -0.0
+        s[::5], t[::7] = torch.where(s[::5] == 0, 0.0, s[::5]), torch.where(t[::7] == 0, 0.0, t[::7])
+    if torch.unique(t).numel() < 2:
+        t[0] = t.max() + 0.125
+    calls = pwr_cpu.call_count()
+    for inversion, p, beta in FAST + [("power", 5.0, 1.0)]:
+        for margin in ("teacher_diff", 0.0):
+            total, grad, count = pwr_sum_and_grad_fast(s, t, inversion, margin, p, beta)
+            s_ref = s.double().requires_grad_(True)
+            ref = pwr_loss_dense(s_ref, t.double(), inversion, margin, p, beta)
+            (g_ref,) = torch.autograd.grad(ref, s_ref)
+            n_ref = int((t[:, None] > t[None, :]).sum())
+            assert int(count) == n_ref
+            assert_close_rel(total / n_ref, ref.detach(), f"loss ({inversion} {p} {margin})")
+            assert_close_rel(grad / n_ref, g_ref, f"grad ({inversion} {p} {margin})")
+    assert pwr_cpu.call_count() - calls == 2 * 2 * (len(FAST) + 1)  # two calls per sum
+
+
+@pytest.mark.parametrize("m", [40_000, (1 << 16) + 3])
+@pytest.mark.parametrize("inversion,p,margin", [("exp", 1.0, "teacher_diff"), ("power", 3.0, 0.0)])
+def test_one_call_sum_equals_vectorised_at_large_m(monkeypatch, m: int, inversion: str, p: float, margin) -> None:
+    s, t = relations(m, "both", seed=m % 89)
+    s, t = s.float(), t.float()
+    got = _sum_grad_count(s, t, inversion, margin, p, 1.0, True, monkeypatch)
+    ref = _sum_grad_count(s, t, inversion, margin, p, 1.0, False, monkeypatch)
+    assert int(got[2]) == int(ref[2])
+    assert_close_rel(got[0], ref[0], "sum")
+    assert_close_rel(got[1], ref[1], "grad")
 
 
 @pytest.mark.parametrize("inversion,p,beta", FAST)
@@ -139,7 +177,7 @@ def test_switch_and_fallback(monkeypatch) -> None:
         return loss.detach(), x.grad, pwr_cpu.call_count() - before
 
     on = step()
-    assert on[2] == 3  # two sorts and the pass
+    assert on[2] == 2  # float32 relations, teacher_diff: the sum in two calls
     for env, lib in (("0", True), ("off", True), ("1", False)):
         monkeypatch.setenv(pwr_cpu.ENV, env)
         if not lib:
