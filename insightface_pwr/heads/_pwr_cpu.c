@@ -1,4 +1,4 @@
-/* The dominance pass of the exact PWR path (pwr_tree.py's top-down tree) as one C loop per level, for CPUs.
+/* The exact PWR path's sorts and dominance pass (pwr_tree.py's top-down tree) as C loops, for CPUs.
  *
  * Loaded with ctypes by pwr_cpu.py (no Python API, no torch API: one build serves every Python and torch
  * version); built by setup.py as an optional extension. Same items, orders, features and tie rules as
@@ -8,17 +8,20 @@
  * consecutive t positions, each in value order); the right half's queries receive the sums over the left half's
  * keys that follow them (a backward pass: clean suffix sums), the left half's keys the sums over the right half's
  * queries that precede them (a forward pass, which also writes the stable partition by the next t bit into the
- * other buffer). Levels run depth-first, so a subtree that fits the cache is finished there.
+ * other buffer). Levels run depth-first, so a subtree that fits the cache is finished there; one item per relation
+ * with exp takes two levels a pass (the group's quarters), and groups of at most 2^DENSE_LEVELS items finish by
+ * evaluating their pairs directly. Every level checks that its halves (quarters) hold exactly their positions,
+ * and the last one that each position is filled once: bad codes are an error, never a write out of bounds.
  *
  * exp (k = 0): key feature F = exp(beta (a - c)), query feature G = exp(beta (c - b)) (one item per relation:
  * G = 1 / F); a counted pair adds F_q G_p to tot and 1 to cnt, beta F_q G_p to the key's gradient and minus that
  * to the query's. power (k >= 1): f = a - c for keys, b - c for queries; a pair adds (a - b)^k, by the binomial
- * expansion over power sums of the other side.
+ * expansion over power sums of the other side (directly in the last groups).
  *
  * pwr_sort_i64: a stable sort of int64 keys with their permutation (an LSD radix sort, 11-bit digits, passes
- * whose digit is the same for every key skipped), for the orders the pass needs.
+ * whose digit is the same for every key skipped). pwr_single_setup_f32 / pwr_single_finish: the whole sum for
+ * float32 relations and one item per relation, around torch's exp of the features.
  */
-#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

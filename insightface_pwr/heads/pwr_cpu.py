@@ -1,12 +1,15 @@
-"""The dominance pass of the exact PWR path on a CPU, as compiled C (``_pwr_cpu.c``, loaded through ctypes).
+"""The exact PWR path's sorts and tree pass on a CPU, as compiled C (``_pwr_cpu.c``, loaded through ctypes).
 
-The same pass as ``pwr_tree.run_tree`` (same items, orders, features, tie rules and results up to float64
-rounding), done as two sequential loops per tree level instead of about twenty vectorised library calls: at
-N = 1024 (M = 523,776 relations) the pass takes ~45 ms instead of ~240 (benchmarks/RESULTS.md). The C file uses
-neither the Python nor the torch API, so one build serves every Python and torch version; ``setup.py`` builds it
-as an optional extension (a machine without a C compiler installs without it). Where the library is missing, or
-``INSIGHTFACE_PWR_CPU_KERNEL=0`` is set, or the tensors are not on the CPU, the fast path runs the vectorised tree
-(the path every GPU runs; it stays the reference the kernel is tested against).
+The same orders, pass and results (up to float64 rounding) as the vectorised path (``pwr_math.t_order``,
+``pwr_fast``'s setup, ``pwr_tree.run_tree``), done as sequential loops instead of library calls: a stable radix
+sort (``sort``), the tree pass (``run_tree_cpu``: two loops per level instead of about twenty calls) and, for
+float32 relations with one item per relation (the head's usual case), the whole sum in two calls
+(``single_sum``). At N = 1024 (M = 523,776 relations) the sum takes ~80 ms instead of ~300 (benchmarks/RESULTS.md,
+part 6). The C file uses neither the Python nor the torch API, so one build serves every Python and torch
+version; ``setup.py`` builds it as an optional extension (a machine without a C compiler installs without it).
+Where the library is missing, or ``INSIGHTFACE_PWR_CPU_KERNEL=0`` is set, or the tensors are not on the CPU, the
+fast path runs the vectorised path (the one every GPU runs; it stays a reference the compiled one is tested
+against, with the dense reference).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ ENV = "INSIGHTFACE_PWR_CPU_KERNEL"  # "0" (or "off", "false", "no"): never use t
 _NAME = "_pwr_cpu"
 _LIB: Optional[ctypes.CDLL] = None
 _LOADED = False
-_CALLS = [0]  # calls of the compiled pass (benchmarks/pwr_scaling.py counts each as one operation)
+_CALLS = [0]  # compiled calls made (benchmarks/pwr_scaling.py counts each as one operation)
 
 
 def library_path() -> Optional[Path]:
@@ -82,7 +85,7 @@ def enabled(device: torch.device) -> bool:
 
 
 def call_count() -> int:
-    """How many times the compiled pass has run in this process."""
+    """How many compiled calls (sorts, passes, sums) this process has made."""
     return _CALLS[0]
 
 

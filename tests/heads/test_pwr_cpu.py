@@ -44,11 +44,13 @@ def test_compiled_equals_dense_at_block_edges(m: int, ties: str) -> None:
 
 @pytest.mark.parametrize("m", [2, 3, 16, 17, 65, 97, 300])
 @pytest.mark.parametrize("ties", TIES)
-def test_one_call_sum_equals_dense_at_block_edges(monkeypatch, m: int, ties: str) -> None:
+@pytest.mark.parametrize("offset", [0.0, -1.0])
+def test_one_call_sum_equals_dense_at_block_edges(monkeypatch, m: int, ties: str, offset: float) -> None:
     """float32 relations with one item per relation (teacher_diff, margin 0) take ``pwr_cpu.single_sum``: the
-    dyadic test values are exact in float32, ties included; -0.0 and +0.0 mixed in t and s."""
+    dyadic test values are exact in float32, ties included; -0.0 and +0.0 mixed in t and s; with ``offset`` -1
+    half the values are negative (the order keys flip their magnitude bits)."""
     s, t = relations(m, ties, seed=3 * m + len(ties))
-    s, t = s.float(), t.float()
+    s, t = s.float() + offset, t.float() + offset
     if ties != "none":
         s[s == 0], t[t == 0] = -0.0, -0.0
         s[::5], t[::7] = torch.where(s[::5] == 0, 0.0, s[::5]), torch.where(t[::7] == 0, 0.0, t[::7])
