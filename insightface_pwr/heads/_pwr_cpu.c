@@ -39,41 +39,6 @@ typedef struct {
     double ck[MAX_K + 1], ck1[MAX_K + 1]; /* binom(k, e) (-1)^(k-e), binom(k-1, e) (-1)^(k-1-e) */
 } ctx_t;
 
-/* exp, one item per relation: F = f, G = 1 / f */
-static void exp_single(ctx_t *c, int bit, int64_t gs, int64_t ge, int64_t mid, buf_t a, buf_t b) {
-    const double beta = c->beta;
-    double suf = 0.0, sufn = 0.0, tot = 0.0, cnt = 0.0;
-    int64_t nright = 0;
-    for (int64_t x = ge - 1; x >= gs; x--) {
-        const int32_t r = (a.code[x] >> bit) & 1;
-        const double rd = (double)r, fv = a.f[x];
-        const double q = rd * suf / fv; /* a right query: G_p times the left keys' F after it */
-        a.acc[x] -= beta * q;
-        tot += q;
-        cnt += rd * sufn;
-        suf += (1.0 - rd) * fv;
-        sufn += 1.0 - rd;
-        nright += r;
-    }
-    if (nright != ge - mid) { c->error = 1; return; }
-    double pre = 0.0;
-    int64_t lp = gs, rp = mid;
-    for (int64_t x = gs; x < ge; x++) {
-        const int32_t cd = a.code[x], r = (cd >> bit) & 1;
-        const double rd = (double)r, fv = a.f[x];
-        const double av = a.acc[x] + (1.0 - rd) * beta * fv * pre; /* a left key: F_q times the queries before */
-        pre += rd / fv;
-        const int64_t d = r ? rp : lp;
-        rp += r;
-        lp += 1 - r;
-        b.code[d] = cd;
-        b.f[d] = fv;
-        b.acc[d] = av;
-    }
-    c->tot += tot;
-    c->cnt += cnt;
-}
-
 /* exp, one item per relation, two levels in one: the group's quarters (digit d = the t position's bits l - 1,
  * l - 2); a query in quarter d pairs with the keys after it in the quarters below d (those in the other half at
  * level l, the sibling quarter at level l - 1), a key with the queries before it in the quarters above */
@@ -126,15 +91,27 @@ static void exp_single4(ctx_t *c, int l, int64_t gs, int64_t ge, buf_t a, buf_t 
     c->cnt += cnt;
 }
 
-/* exp, a key item and a query item per relation: F = f on keys, G = f on queries */
-static void exp_pair(ctx_t *c, int bit, int64_t gs, int64_t ge, int64_t mid, buf_t a, buf_t b) {
+/* the stable partition's write: an item to the next slot of its half (`r`: the right one) in buffer b */
+static inline void put(buf_t b, int32_t r, int64_t *lp, int64_t *rp, int32_t cd, double f, double acc) {
+    const int64_t d = r ? *rp : *lp;
+    *rp += r;
+    *lp += 1 - r;
+    b.code[d] = cd;
+    b.f[d] = f;
+    b.acc[d] = acc;
+}
+
+/* exp, one level: one item per relation (`single`: key and query at once, F = f, G = 1 / f), or a key item and a
+ * query item per relation (the code's bit 0 flags a key; F = f on keys, G = f on queries) */
+static inline void exp_level(ctx_t *c, const int single, int bit, int64_t gs, int64_t ge, int64_t mid, buf_t a,
+                             buf_t b) {
     const double beta = c->beta;
     double suf = 0.0, sufn = 0.0, tot = 0.0, cnt = 0.0;
     int64_t nright = 0;
-    for (int64_t x = ge - 1; x >= gs; x--) {
-        const int32_t cd = a.code[x], r = (cd >> bit) & 1, key = cd & 1;
-        const double rq = (double)(r & (1 - key)), lk = (double)((1 - r) & key), fv = a.f[x];
-        const double q = rq * fv * suf;
+    for (int64_t x = ge - 1; x >= gs; x--) { /* right queries: the left keys' F after them (clean suffix sums) */
+        const int32_t cd = a.code[x], r = (cd >> bit) & 1, key = single ? 1 : cd & 1;
+        const double rq = (double)(r & (single ? 1 : 1 - key)), lk = (double)((1 - r) & key), fv = a.f[x];
+        const double q = rq * (single ? suf / fv : fv * suf);
         a.acc[x] -= beta * q;
         tot += q;
         cnt += rq * sufn;
@@ -145,17 +122,12 @@ static void exp_pair(ctx_t *c, int bit, int64_t gs, int64_t ge, int64_t mid, buf
     if (nright != ge - mid) { c->error = 1; return; }
     double pre = 0.0;
     int64_t lp = gs, rp = mid;
-    for (int64_t x = gs; x < ge; x++) {
-        const int32_t cd = a.code[x], r = (cd >> bit) & 1, key = cd & 1;
-        const double rq = (double)(r & (1 - key)), lk = (double)((1 - r) & key), fv = a.f[x];
+    for (int64_t x = gs; x < ge; x++) { /* left keys: the right queries' G before them; the stable partition */
+        const int32_t cd = a.code[x], r = (cd >> bit) & 1, key = single ? 1 : cd & 1;
+        const double rq = (double)(r & (single ? 1 : 1 - key)), lk = (double)((1 - r) & key), fv = a.f[x];
         const double av = a.acc[x] + lk * beta * fv * pre;
-        pre += rq * fv;
-        const int64_t d = r ? rp : lp;
-        rp += r;
-        lp += 1 - r;
-        b.code[d] = cd;
-        b.f[d] = fv;
-        b.acc[d] = av;
+        pre += rq * (single ? 1.0 / fv : fv);
+        put(b, r, &lp, &rp, cd, fv, av);
     }
     c->tot += tot;
     c->cnt += cnt;
@@ -196,12 +168,7 @@ static void power_level(ctx_t *c, int bit, int64_t gs, int64_t ge, int64_t mid, 
         for (int e = 0; e < k; e++) der += c->ck1[k - 1 - e] * pw[k - 1 - e] * T[e];
         const double av = a.acc[x] + lk * (double)k * der;
         for (int e = 0; e < k; e++) T[e] += rq * pw[e];
-        const int64_t d = r ? rp : lp;
-        rp += r;
-        lp += 1 - r;
-        b.code[d] = cd;
-        b.f[d] = v;
-        b.acc[d] = av;
+        put(b, r, &lp, &rp, cd, v, av);
     }
     c->tot += tot;
 }
@@ -294,9 +261,9 @@ static void run(ctx_t *c, int l, int64_t gs, int64_t ge, buf_t a, buf_t b, buf_t
     } else if (c->k > 0) {
         power_level(c, l - 1 + c->shift, gs, ge, mid, a, b); /* the t position's bit l - 1 */
     } else if (c->single) {
-        exp_single(c, l - 1, gs, ge, mid, a, b);
+        exp_level(c, 1, l - 1, gs, ge, mid, a, b);
     } else {
-        exp_pair(c, l, gs, ge, mid, a, b);
+        exp_level(c, 0, l, gs, ge, mid, a, b);
     }
     run(c, l - 1, gs, mid < ge ? mid : ge, b, a, final);
     if (mid < ge) run(c, l - 1, mid, ge, b, a, final);
