@@ -28,6 +28,9 @@
 
 #define MAX_K 8
 
+/* the interface's version: pwr_cpu.py uses a library only if this matches its ABI (bump on any signature change) */
+int64_t pwr_cpu_abi(void) { return 1; }
+
 typedef struct {
     int32_t *code;
     double *f, *acc;

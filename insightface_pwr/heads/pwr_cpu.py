@@ -21,7 +21,8 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["ENV", "available", "enabled", "library_path", "run_tree_cpu", "single_sum", "sort", "call_count"]
+__all__ = ["ENV", "ABI", "MAX_ITEMS", "available", "enabled", "library_path", "run_tree_cpu", "single_sum", "sort",
+           "call_count"]
 
 ENV = "INSIGHTFACE_PWR_CPU_KERNEL"  # "0" (or "off", "false", "no"): never use the compiled pass
 _NAME = "_pwr_cpu"
@@ -42,6 +43,29 @@ def library_path() -> Optional[Path]:
     return found[0] if found else None
 
 
+ABI = 1  # _pwr_cpu.c's pwr_cpu_abi(): a library built from another version of the C file is not used
+MAX_ITEMS = 1 << 30  # the C code's limit (int32 positions); larger inputs take the vectorised path
+_SIGNATURES = {  # function: argument types (every one returns int64)
+    "pwr_cpu_abi": [],
+    "pwr_tree_cpu": [ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_double] + [ctypes.c_void_p] * 7,
+    "pwr_sort_i64": [ctypes.c_int64] + [ctypes.c_void_p] * 5,
+    "pwr_single_setup_f32": [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32,
+                             ctypes.c_double] + [ctypes.c_void_p] * 4,
+    "pwr_single_finish": [ctypes.c_int64, ctypes.c_int32, ctypes.c_double] + [ctypes.c_void_p] * 5,
+}
+
+
+def _bind(lib) -> bool:
+    """Declare the functions' types on ``lib``; False if one is missing or the ABI is not ``ABI``."""
+    try:
+        for name, args in _SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = ctypes.c_int64, args
+        return lib.pwr_cpu_abi() == ABI
+    except AttributeError:
+        return False
+
+
 def _load() -> Optional[ctypes.CDLL]:
     global _LIB, _LOADED
     if not _LOADED:
@@ -50,22 +74,9 @@ def _load() -> Optional[ctypes.CDLL]:
         if path is not None:
             try:
                 lib = ctypes.CDLL(str(path))
-                fn = lib.pwr_tree_cpu
-                _ = lib.pwr_sort_i64, lib.pwr_single_setup_f32, lib.pwr_single_finish
-            except (OSError, AttributeError):
+            except OSError:
                 lib = None
-            else:
-                fn.restype = ctypes.c_int64
-                fn.argtypes = [ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_double] + \
-                    [ctypes.c_void_p] * 7
-                lib.pwr_sort_i64.restype = ctypes.c_int64
-                lib.pwr_sort_i64.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 5
-                lib.pwr_single_setup_f32.restype = lib.pwr_single_finish.restype = ctypes.c_int64
-                lib.pwr_single_setup_f32.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
-                                                     ctypes.c_int32, ctypes.c_double] + [ctypes.c_void_p] * 4
-                lib.pwr_single_finish.argtypes = [ctypes.c_int64, ctypes.c_int32, ctypes.c_double] + \
-                    [ctypes.c_void_p] * 5
-            _LIB = lib
+            _LIB = lib if lib is not None and _bind(lib) else None
     return _LIB
 
 

@@ -190,3 +190,20 @@ def test_switch_and_fallback(monkeypatch) -> None:
         torch.testing.assert_close(off[0], on[0], rtol=1e-6, atol=0)
         torch.testing.assert_close(off[1], on[1], rtol=1e-5, atol=1e-9)
     assert not pwr_cpu.enabled(torch.device("meta"))
+
+
+def test_a_library_of_another_interface_version_is_not_used() -> None:
+    """``_bind`` accepts the built library, refuses one whose ABI number differs or that lacks a function."""
+    import ctypes
+
+    lib = ctypes.CDLL(str(pwr_cpu.library_path()))
+    assert pwr_cpu._bind(lib)
+
+    class Other:
+        def __init__(self, abi: int, missing: str = "") -> None:
+            for name in pwr_cpu._SIGNATURES:
+                if name != missing:
+                    setattr(self, name, (lambda: abi) if name == "pwr_cpu_abi" else getattr(lib, name))
+
+    assert not pwr_cpu._bind(Other(pwr_cpu.ABI + 1))
+    assert not pwr_cpu._bind(Other(pwr_cpu.ABI, missing="pwr_single_finish"))
