@@ -137,21 +137,21 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
                          f"use method='tiled' (exact, O(M^2) time) instead")
     dev = s.device
     s, t = _flat(s), _flat(t)
-    s64 = s.to(torch.float64)
-    m = s64.numel()
+    m = s.numel()
     if m < 2:
-        return (torch.zeros((), dtype=torch.float64, device=dev), torch.zeros_like(s64),
+        return (torch.zeros((), dtype=torch.float64, device=dev), torch.zeros(m, dtype=torch.float64, device=dev),
                 torch.zeros((), dtype=torch.int64, device=dev))
     lam, const = resolve_margin(margin, t.to(torch.float64) if margin == "teacher_std" else t)
     single = lam == 1.0 or (isinstance(const, float) and const == 0.0)
     k = 1 if inversion == "diff" else (int(p) if inversion == "power" else 0)
     compiled = 2 * m <= pwr_cpu.MAX_ITEMS and pwr_cpu.enabled(dev)  # (pwr_cpu.py): no padding, no blocks
-    if compiled and single and s.dtype in BITS32 and t.dtype in BITS32:  # all of it in one call
+    if compiled and single and s.dtype in BITS32 and t.dtype in BITS32:  # the sum in two compiled calls
         total, grad, count, span = pwr_cpu.single_sum(s.float(), t.float(), int(lam), k, beta)
         if k == 0 and debug_checks_enabled() and float(beta * span) > EXP_RANGE:
             raise ValueError(f"pwr fast path (exp): beta * (value range) = {beta} * {float(span):.4g} exceeds "
                              f"{EXP_RANGE} (float64 exp would leave its normal range); use method='tiled'")
         return total, grad, count
+    s64 = s.to(torch.float64)
     qry = s64 - t if lam else s64  # (float64: t is promoted)
     key = qry if single else qry + const
     if single:
