@@ -112,19 +112,19 @@ def run_tree_cpu(code: torch.Tensor, f: torch.Tensor, k: int, beta: float,
                            f"compiler, or set {ENV}=0")
     n = code.numel()
     if code.dtype != torch.int32 or f.dtype != torch.float64 or f.numel() != n or code.device.type != "cpu" \
-            or not (code.is_contiguous() and f.is_contiguous()):
+            or f.device.type != "cpu" or not (code.is_contiguous() and f.is_contiguous()):
         raise ValueError(f"pwr CPU pass: expected contiguous CPU int32 codes and float64 features of one length, "
                          f"got {code.dtype} {tuple(code.shape)} and {f.dtype} {tuple(f.shape)} on {code.device}")
     acc = torch.zeros(n, dtype=torch.float64)
     code1, f1, acc1 = torch.empty_like(code), torch.empty_like(f), torch.empty_like(acc)
     res = torch.zeros(2, dtype=torch.float64)
     _CALLS[0] += 1
-    which = lib.pwr_tree_cpu(n, 0 if single else 1, k, float(beta), code.data_ptr(), f.data_ptr(), acc.data_ptr(),
-                             code1.data_ptr(), f1.data_ptr(), acc1.data_ptr(), res.data_ptr())
-    if which < 0:
-        raise ValueError(f"pwr CPU pass: bad arguments (n={n}, k={k})" if which == -1 else
+    rc = lib.pwr_tree_cpu(n, 0 if single else 1, k, float(beta), code.data_ptr(), f.data_ptr(), acc.data_ptr(),
+                          code1.data_ptr(), f1.data_ptr(), acc1.data_ptr(), res.data_ptr())
+    if rc != 0:
+        raise ValueError(f"pwr CPU pass: bad arguments (n={n}, k={k})" if rc == -1 else
                          "pwr CPU pass: the item codes are not the positions 0 .. n - 1 (an internal error)")
-    return (acc1 if which else acc), res[0], res[1]
+    return acc, res[0], res[1]
 
 
 def sort(keys: torch.Tensor, stable: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -153,9 +153,10 @@ def single_sum(s: torch.Tensor, t: torch.Tensor, lam: int, k: int,
     check of ``exp``))."""
     lib = _load()
     m = s.numel()
-    if lib is None or s.dtype != torch.float32 or t.dtype != torch.float32 or t.numel() != m or m < 2:
-        raise ValueError(f"pwr CPU sum: expected two float32 vectors of one length >= 2 and the library built, got "
-                         f"{s.dtype} {tuple(s.shape)} and {t.dtype} {tuple(t.shape)}")
+    if lib is None or s.dtype != torch.float32 or t.dtype != torch.float32 or t.numel() != m or m < 2 \
+            or s.device.type != "cpu" or t.device.type != "cpu":
+        raise ValueError(f"pwr CPU sum: expected two float32 CPU vectors of one length >= 2 and the library built, "
+                         f"got {s.dtype} {tuple(s.shape)} on {s.device} and {t.dtype} {tuple(t.shape)} on {t.device}")
     s, t = s.contiguous(), t.contiguous()
     i64 = torch.empty(4 * m, dtype=torch.int64)
     f64 = torch.empty(2 * m, dtype=torch.float64)

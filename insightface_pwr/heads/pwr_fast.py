@@ -144,7 +144,7 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     lam, const = resolve_margin(margin, t.to(torch.float64) if margin == "teacher_std" else t)
     single = lam == 1.0 or (isinstance(const, float) and const == 0.0)
     k = 1 if inversion == "diff" else (int(p) if inversion == "power" else 0)
-    compiled = 2 * m <= pwr_cpu.MAX_ITEMS and pwr_cpu.enabled(dev)  # (pwr_cpu.py): no padding, no blocks
+    compiled = 2 * m <= pwr_cpu.MAX_ITEMS and t.device == dev and pwr_cpu.enabled(dev)  # no padding, no blocks
     if compiled and single and s.dtype in BITS32 and t.dtype in BITS32:  # the sum in two compiled calls
         total, grad, count, span = pwr_cpu.single_sum(s.float(), t.float(), int(lam), k, beta)
         if k == 0 and debug_checks_enabled() and float(beta * span) > EXP_RANGE:

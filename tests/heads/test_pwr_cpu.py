@@ -158,6 +158,14 @@ def test_bad_item_codes_are_refused(codes: list, n: int) -> None:
 
 
 def test_wrong_argument_types_are_refused() -> None:
+    """(never a pointer the C code cannot read: another device's tensor is refused before the call)"""
+    with pytest.raises(ValueError, match="float32 CPU vectors"):
+        pwr_cpu.single_sum(torch.rand(5), torch.rand(5, device="meta"), 1, 0, 1.0)
+    with pytest.raises(ValueError, match="float32 CPU vectors"):
+        pwr_cpu.single_sum(torch.rand(5, dtype=torch.float64), torch.rand(5), 1, 0, 1.0)
+    with pytest.raises(ValueError, match="int32 codes and float64 features"):
+        pwr_cpu.run_tree_cpu(torch.arange(4, dtype=torch.int32), torch.ones(4, dtype=torch.float64, device="meta"), 0,
+                             1.0, True)
     with pytest.raises(ValueError, match="int32 codes and float64 features"):
         pwr_cpu.run_tree_cpu(torch.arange(4), torch.ones(4, dtype=torch.float64), 0, 1.0, True)
     with pytest.raises(ValueError, match="int32 codes and float64 features"):
