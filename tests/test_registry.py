@@ -143,3 +143,20 @@ def test_heads_command_lists_every_head_with_defaults(argv):
         assert f"{name}  [{spec.consumes}]" in out
         assert spec.describe_params() in out
     assert "list_length: int = 4" in out and "temperature: float = 4.0" in out and "kind: 'cosine' | 'l2' = 'cosine'" in out
+
+
+def test_heads_command_says_what_pwr_runs_on_a_cpu(monkeypatch):
+    """The compiled pass, switched off, or not built (a user without a compiler learns why PWR is slower)."""
+    from insightface_pwr.cli import heads as heads_cli
+    from insightface_pwr.heads import pwr_cpu
+
+    if pwr_cpu.available():
+        assert heads_cli._cpu_pass().startswith("compiled exact pass (_pwr_cpu")
+        monkeypatch.setenv(pwr_cpu.ENV, "0")
+        assert pwr_cpu.ENV in heads_cli._cpu_pass()
+    monkeypatch.setattr(pwr_cpu, "_LIB", None)
+    monkeypatch.setattr(pwr_cpu, "_LOADED", True)
+    assert "not built" in heads_cli._cpu_pass()
+    out = subprocess.run([sys.executable, "-m", "insightface_pwr", "heads", "pwr"], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert "    cpu:    " in out
