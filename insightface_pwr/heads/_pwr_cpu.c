@@ -180,9 +180,9 @@ static void power_level(ctx_t *c, int bit, int64_t gs, int64_t ge, int64_t mid, 
 #define DENSE_LEVELS 4 /* groups of up to 2^4 items (at most 5: a 32-bit mask checks them): all pairs directly */
 #endif
 
-/* levels l .. 1 of a group of at most 2^DENSE_LEVELS items at once: every pair (p before q in value order, q's
+/* the remaining levels of a group of at most 2^DENSE_LEVELS items at once: every pair (p before q in value order, q's
  * code below p's) directly, then the items in t order into `out` (which may be `a`) */
-static void dense_group(ctx_t *c, int l, int64_t gs, int64_t ge, buf_t a, buf_t out) {
+static void dense_group(ctx_t *c, int64_t gs, int64_t ge, buf_t a, buf_t out) {
     const int n = (int)(ge - gs), single = c->single, k = c->k;
     const double beta = c->beta;
     int32_t code[1 << DENSE_LEVELS];
@@ -239,7 +239,6 @@ static void dense_group(ctx_t *c, int l, int64_t gs, int64_t ge, buf_t a, buf_t 
     if (bad) c->error = 1;
     c->tot += tot;
     c->cnt += cnt;
-    (void)l;
 }
 
 /* level l on the group of positions [gs, ge) (in buffer a, written to b), then its two halves one level down;
@@ -248,7 +247,7 @@ static void run(ctx_t *c, int l, int64_t gs, int64_t ge, buf_t a, buf_t b, buf_t
     const int64_t mid = gs + ((int64_t)1 << (l - 1));
     if (c->error) return;
     if (l <= DENSE_LEVELS) {
-        dense_group(c, l, gs, ge, a, final);
+        dense_group(c, gs, ge, a, final);
         return;
     }
     if (c->single && c->k == 0 && l - 2 >= DENSE_LEVELS) { /* two levels in one pass, then the quarters */
@@ -319,10 +318,9 @@ int64_t pwr_tree_cpu(int64_t n, int32_t shift, int32_t k, double beta, int32_t *
 int64_t pwr_sort_i64(int64_t n, const int64_t *keys, int64_t *out_keys, int64_t *out_perm, int64_t *tmp_keys,
                      int64_t *tmp_perm) {
     const uint64_t sign = (uint64_t)1 << 63;
-    if (n < 0) return -1;
+    if (n < 0 || n > 0xFFFFFFFFLL) return -1; /* (32-bit counts) */
     uint32_t *hist = calloc((size_t)RADIX_PASSES * RADIX_SIZE, sizeof(uint32_t));
     if (!hist) return -1;
-    if (n > 0xFFFFFFFFLL) { free(hist); return -1; }
     for (int64_t i = 0; i < n; i++) {
         const uint64_t u = (uint64_t)keys[i] ^ sign;
         for (int p = 0; p < RADIX_PASSES; p++) hist[p * RADIX_SIZE + ((u >> (p * RADIX_BITS)) & (RADIX_SIZE - 1))]++;
