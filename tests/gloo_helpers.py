@@ -12,7 +12,7 @@ from torch import distributed as dist
 from insightface_pwr.host.launch import free_port
 
 
-def _entry(fn, rank, world_size, port, queue, args):
+def _entry(fn, rank, world_size, port, queue, received, args):
     code = 0
     try:
         torch.set_num_threads(1)
@@ -26,6 +26,9 @@ def _entry(fn, rank, world_size, port, queue, args):
             dist.destroy_process_group()
         queue.close()
         queue.join_thread()
+        # a tensor in the payload travels as a shared-memory descriptor that this process serves until the parent
+        # has unpickled it: exiting first is a race (ConnectionResetError in the parent)
+        received.wait(60)
         os._exit(code)
 
 
@@ -33,7 +36,9 @@ def run_gloo_processes(fn, world_size, *args, timeout=120):
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(fn, r, world_size, port, queue, args)) for r in range(world_size)]
+    received = ctx.Event()
+    procs = [ctx.Process(target=_entry, args=(fn, r, world_size, port, queue, received, args))
+             for r in range(world_size)]
     for p in procs:
         p.start()
     results = {}
@@ -44,6 +49,7 @@ def run_gloo_processes(fn, world_size, *args, timeout=120):
                 raise AssertionError(f"rank {rank} of {world_size} failed:\n{payload}")
             results[rank] = payload
     finally:
+        received.set()
         for p in procs:
             p.join(10)
             if p.is_alive():
