@@ -20,7 +20,9 @@
  *
  * pwr_sort_i64: a stable sort of int64 keys with their permutation (an LSD radix sort, 11-bit digits, passes
  * whose digit is the same for every key skipped). pwr_single_setup_f32 / pwr_single_finish: the whole sum for
- * float32 relations and one item per relation, around torch's exp of the features.
+ * float32 relations and one item per relation, around torch's exp of the features. pwr_cosine_setup_f32 /
+ * pwr_cosine_finish: the same from the head's Gram matrices (cosine relations) to its loss and the matrix of the
+ * loss's gradient with respect to the relations.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -29,7 +31,7 @@
 #define MAX_K 8
 
 /* the interface's version: pwr_cpu.py uses a library only if this matches its ABI (bump on any signature change) */
-int64_t pwr_cpu_abi(void) { return 1; }
+int64_t pwr_cpu_abi(void) { return 2; }
 
 typedef struct {
     int32_t *code;
@@ -386,9 +388,9 @@ static inline int64_t f64_key(double x) {
  * (ties by t position), f = beta (v - c) (exp) or v - c (power) with c the middle of v's range. res[1] = C, res[2] =
  * max v - min v. Finish: the pass, d sum / d s into grad (m), res[0] = the sum. Each returns 0, -1 on bad arguments,
  * -3 when out of memory, or the pass's error. */
-int64_t pwr_single_setup_f32(int64_t m, const float *s, const float *t, int32_t lam, int32_t k, double beta,
-                             int64_t *i64, double *f64, int32_t *i32, double *res) {
-    if (m < 2 || m > ((int64_t)1 << 30) || k < 0 || k > MAX_K || (lam != 0 && lam != 1)) return -1;
+static int64_t single_setup(int64_t m, const float *s, const float *t, int32_t lam, int32_t k, double beta,
+                            int64_t *i64, double *f64, int32_t *i32, double *res) {
+    /* (s and t may lie in i32: they are read before the second sort, the first use of i32) */
     int64_t *keys = i64, *sorted = i64 + m, *perm = i64 + 2 * m, *tmp = i64 + 3 * m;
     double *v = (double *)(i64 + m);
     for (int64_t i = 0; i < m; i++) /* (t, s) keys: t's word high, s's low */
@@ -418,15 +420,72 @@ int64_t pwr_single_setup_f32(int64_t m, const float *s, const float *t, int32_t 
     return 0;
 }
 
-int64_t pwr_single_finish(int64_t m, int32_t k, double beta, int64_t *i64, double *f64, int32_t *i32,
-                          double *grad, double *res) {
-    if (m < 2 || m > ((int64_t)1 << 30) || k < 0 || k > MAX_K) return -1;
+int64_t pwr_single_setup_f32(int64_t m, const float *s, const float *t, int32_t lam, int32_t k, double beta,
+                             int64_t *i64, double *f64, int32_t *i32, double *res) {
+    if (m < 2 || m > ((int64_t)1 << 30) || k < 0 || k > MAX_K || (lam != 0 && lam != 1)) return -1;
+    return single_setup(m, s, t, lam, k, beta, i64, f64, i32, res);
+}
+
+/* the pass; d sum / d s (relation order) into grad (m, NULL: none), res[0] = the sum */
+static int64_t single_finish(int64_t m, int32_t k, double beta, int64_t *i64, double *f64, int32_t *i32,
+                             double *grad, double *res) {
     buf_t a = {i32, f64, f64 + m}, b = {i32 + m, (double *)i64, (double *)(i64 + m)};
     double sums[2];
     const int64_t rc = tree_pass(m, 0, k, beta, a, b, sums);
     if (rc) return rc;
     const int64_t *perm = i64 + 2 * m;
-    for (int64_t i = 0; i < m; i++) grad[perm[i]] = a.acc[i];
+    if (grad)
+        for (int64_t i = 0; i < m; i++) grad[perm[i]] = a.acc[i];
     res[0] = k == 0 ? sums[0] - sums[1] : sums[0];
+    return 0;
+}
+
+int64_t pwr_single_finish(int64_t m, int32_t k, double beta, int64_t *i64, double *f64, int32_t *i32,
+                          double *grad, double *res) {
+    if (m < 2 || m > ((int64_t)1 << 30) || k < 0 || k > MAX_K || !grad) return -1;
+    return single_finish(m, k, beta, i64, f64, i32, grad, res);
+}
+
+/* The head's step for the cosine relation of float32 embeddings (pwr.py), in two calls around the features' exp as
+ * above, with the same scratch. Setup: the relations of the pairs i < j (row-major) from the n x n Gram matrices
+ * gs (student) and gt (teacher) of the normalised rows, s = 1 - gs[i n + j] in float32 as relations.py's
+ * relation_vector computes them (into i32, free until the second sort), then as pwr_single_setup_f32. Finish: the
+ * pass, the loss = sum / max(C, 1) rounded to float32 into loss[0], and, unless kmat is NULL, the n x n float32
+ * matrix of the loss's gradient with respect to the relations, d loss / d s_p = (d sum / d s_p) / max(C, 1) rounded
+ * to float32, at (i, j) and (j, i) for the pair p = (i, j), zero on the diagonal (relations.py's
+ * relation_vector_backward builds the same matrix). res as above. */
+int64_t pwr_cosine_setup_f32(int64_t n, const float *gs, const float *gt, int32_t lam, int32_t k, double beta,
+                             int64_t *i64, double *f64, int32_t *i32, double *res) {
+    if (n < 3 || n > 46341 || k < 0 || k > MAX_K || (lam != 0 && lam != 1)) return -1; /* (M <= 2^30) */
+    const int64_t m = n * (n - 1) / 2;
+    float *s = (float *)i32, *t = s + m;
+    int64_t p = 0;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = i + 1; j < n; j++, p++) {
+            s[p] = 1.0f - gs[i * n + j];
+            t[p] = 1.0f - gt[i * n + j];
+        }
+    return single_setup(m, s, t, lam, k, beta, i64, f64, i32, res);
+}
+
+int64_t pwr_cosine_finish(int64_t n, int32_t k, double beta, int64_t *i64, double *f64, int32_t *i32, float *kmat,
+                          float *loss, double *res) {
+    if (n < 3 || n > 46341 || k < 0 || k > MAX_K) return -1;
+    const int64_t m = n * (n - 1) / 2;
+    double *grad = kmat ? (double *)(i64 + 3 * m) : NULL; /* (free during the pass) */
+    const int64_t rc = single_finish(m, k, beta, i64, f64, i32, grad, res);
+    if (rc) return rc;
+    const double denom = res[1] > 0.0 ? res[1] : 1.0; /* C = 0: every sum is 0, so is the loss */
+    loss[0] = (float)(res[0] / denom);
+    if (!kmat) return 0;
+    int64_t p = 0;
+    for (int64_t i = 0; i < n; i++) {
+        kmat[i * n + i] = 0.0f;
+        for (int64_t j = i + 1; j < n; j++, p++) {
+            const float g = (float)(grad[p] / denom);
+            kmat[i * n + j] = g;
+            kmat[j * n + i] = g;
+        }
+    }
     return 0;
 }

@@ -44,9 +44,11 @@ import torch
 from .registry import register_head
 from .base import EmbeddingHead, zero_loss
 from .common import kept, l2_normalize_mx, l2_normalize_mx_backward, l2_normalize_mx_scale
-from .pwr_fast import EXP_RANGE, exp_fits, pwr_sum_grad_count, with_grad
+from . import pwr_cpu
+from .pwr_fast import EXP_RANGE, check_exp_range, exp_fits, pwr_sum_grad_count, with_grad
 from .pwr_math import INVERSIONS, MARGINS, METHODS, pwr_loss_dense, resolve_method
-from .relations import RELATIONS, pair_index, pairwise_relations, relation_vector, relation_vector_backward
+from .relations import (RELATIONS, gram, pair_index, pairwise_relations, relation_matrix_backward, relation_vector,
+                        relation_vector_backward)
 
 __all__ = ["PairwiseRankingLoss", "pwr_loss_dense", "INVERSIONS", "MARGINS"]
 
@@ -93,6 +95,11 @@ class PairwiseRankingLoss(EmbeddingHead):
             resolved = "tiled"
         self.relation, self.inversion, self.margin, self.p, self.beta = relation, inversion, margin, float(p), float(beta)
         self.method, self.tile, self._method = method, tile, resolved
+        # the head's step in two compiled calls (pwr_cpu.cosine_mean) where it applies: cosine, fast, one item per
+        # relation (teacher_diff: lam 1, a zero constant margin: lam 0); k as pwr_fast's features
+        single = 1 if margin == "teacher_diff" else (0 if not isinstance(margin, str) and margin == 0 else None)
+        self._compiled = None if relation != "cosine" or resolved != "fast" or single is None else (
+            single, 1 if inversion == "diff" else (int(p) if inversion == "power" else 0))
         self._param_names = ("relation", "inversion", "margin", "p", "beta", "method", "tile")
 
     def relations(self, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,15 +126,25 @@ class PairwiseRankingLoss(EmbeddingHead):
         The head's step is then one autograd node whose backward is one multiplication, and no N x N intermediate
         is kept for it (about 40 tensor operations fewer per step than autograd through the same steps)."""
         n = student.shape[0]
-        flat = pair_index(n, student.device)
         if teacher.shape[1] == student.shape[1]:  # both at once (7 operations fewer)
             xn, r = l2_normalize_mx_scale(torch.cat((student, teacher)))
-            rel, saved = relation_vector(xn.view(2, n, -1), self.relation, flat)
-            s, t, xn, r, saved = rel[0], rel[1], xn[:n], r[:n], saved[0]
+            both, xt, xn, r = xn.view(2, n, -1), None, xn[:n], r[:n]
         else:
             xn, r = l2_normalize_mx_scale(student)
+            both, xt = None, l2_normalize_mx(teacher)
+        if self._compiled is not None and 3 <= n <= pwr_cpu.MAX_ROWS and student.dtype == torch.float32 \
+                and teacher.dtype == torch.float32 and teacher.device == student.device \
+                and pwr_cpu.enabled(student.device):  # (cosine, fast, one item per relation)
+            g = gram(both if xt is None else xn)
+            gs, gt = (g[0], g[1]) if xt is None else (g, gram(xt))
+            return self._compiled_step(xn, r, gs, gt, need_grad)
+        flat = pair_index(n, student.device)
+        if xt is None:
+            rel, saved = relation_vector(both, self.relation, flat)
+            s, t, saved = rel[0], rel[1], saved[0]
+        else:
             s, saved = relation_vector(xn, self.relation, flat)
-            t = relation_vector(l2_normalize_mx(teacher), self.relation, flat)[0]
+            t = relation_vector(xt, self.relation, flat)[0]
         total, grad, count = pwr_sum_grad_count(s, t, self.inversion, self.margin, self.p, self.beta, self._method,
                                                 self.tile)
         denom = count.clamp(min=1)  # C = 0: every sum is 0, so is the loss (float64 / int64: float64)
@@ -137,3 +154,16 @@ class PairwiseRankingLoss(EmbeddingHead):
                 grad.numel(), student.dtype, student.device))
             dx = l2_normalize_mx_backward(xn, r, relation_vector_backward(xn, self.relation, s, saved, g, flat))
         return (total / denom).to(student.dtype), dx
+
+    def _compiled_step(self, xn: torch.Tensor, r: torch.Tensor, gs: torch.Tensor, gt: torch.Tensor,
+                       need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``_step`` from the normalised student rows ``xn`` (their scales ``r``) and the Gram matrices of the
+        normalised rows (float32, on a CPU with the compiled pass): the relations, the sum, the mean and the n x n
+        matrix of its gradient with respect to the relations in two compiled calls (``pwr_cpu.cosine_mean``: the
+        same values as the relation vectors and ``pwr_sum_grad_count``, about ten tensor operations fewer)."""
+        lam, k = self._compiled
+        loss, kmat, res = pwr_cpu.cosine_mean(gs, gt, lam, k, self.beta, need_grad)
+        if k == 0:
+            check_exp_range(self.beta, lambda: res[2])
+        dx = None if kmat is None else l2_normalize_mx_backward(xn, r, relation_matrix_backward(xn, "cosine", kmat))
+        return loss, dx

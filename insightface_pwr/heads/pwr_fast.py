@@ -57,7 +57,7 @@ backward is one multiplication.
 """
 from __future__ import annotations
 
-from typing import Tuple, Union
+from typing import Callable, Tuple, Union
 
 import torch
 
@@ -69,7 +69,8 @@ from .pwr_math import (BITS32, MAX_FAST_POWER, METHODS, is_decomposable, pair_co
                        tie_runs)
 
 __all__ = ["pwr_loss", "pwr_sum_grad_count", "with_grad", "pair_count", "is_decomposable", "resolve_method",
-           "pwr_sum_and_grad_fast", "exp_fits", "pwr_sum_and_grad_tiled", "MAX_FAST_POWER", "METHODS", "EXP_RANGE"]
+           "pwr_sum_and_grad_fast", "exp_fits", "check_exp_range", "pwr_sum_and_grad_tiled", "MAX_FAST_POWER",
+           "METHODS", "EXP_RANGE"]
 
 EXP_RANGE = 1400.0  # beta * (value range) beyond which the shifted exp features leave float64's normal range
 
@@ -79,6 +80,17 @@ def exp_fits(beta: float, margin: Union[float, str]) -> bool:
     or euclidean distances of normalised rows): value range R <= 4 + |const| (teacher_std <= 1)."""
     const = 0.0 if margin == "teacher_diff" else (1.0 if margin == "teacher_std" else abs(float(margin)))
     return beta * (4.0 + const) <= EXP_RANGE
+
+
+def check_exp_range(beta: float, span: Callable[[], torch.Tensor]) -> None:
+    """With debug checks on (then ``span()``, the range of the values fed to ``exp``'s features, is computed and
+    read on the host), ValueError if beta * span leaves the fast path's range ``EXP_RANGE``; else nothing (no
+    operation)."""
+    if debug_checks_enabled():
+        value = float(span())
+        if beta * value > EXP_RANGE:
+            raise ValueError(f"pwr fast path (exp): beta * (value range) = {beta} * {value:.4g} exceeds "
+                             f"{EXP_RANGE} (float64 exp would leave its normal range); use method='tiled'")
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -147,9 +159,8 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     compiled = 2 * m <= pwr_cpu.MAX_ITEMS and t.device == dev and pwr_cpu.enabled(dev)  # no padding, no blocks
     if compiled and single and s.dtype in BITS32 and t.dtype in BITS32:  # the sum in two compiled calls
         total, grad, count, span = pwr_cpu.single_sum(s.float(), t.float(), int(lam), k, beta)
-        if k == 0 and debug_checks_enabled() and float(beta * span) > EXP_RANGE:
-            raise ValueError(f"pwr fast path (exp): beta * (value range) = {beta} * {float(span):.4g} exceeds "
-                             f"{EXP_RANGE} (float64 exp would leave its normal range); use method='tiled'")
+        if k == 0:
+            check_exp_range(beta, lambda: span)
         return total, grad, count
     s64 = s.to(torch.float64)
     qry = s64 - t if lam else s64  # (float64: t is promoted)
@@ -158,9 +169,8 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
         lo, hi = torch.aminmax(qry)
     else:
         lo, hi = torch.minimum(qry.min(), key.min()), torch.maximum(qry.max(), key.max())
-    if k == 0 and debug_checks_enabled() and float(beta * (hi - lo)) > EXP_RANGE:
-        raise ValueError(f"pwr fast path (exp): beta * (value range) = {beta} * {float(hi - lo):.4g} exceeds "
-                         f"{EXP_RANGE} (float64 exp would leave its normal range); use method='tiled'")
+    if k == 0:
+        check_exp_range(beta, lambda: hi - lo)
     twice_c = hi + lo  # (the middle c of the range, doubled: x - c is one subtraction with alpha 0.5)
     del s64  # (s, qry and key hold what is needed)
     n_items = m if single else 2 * m

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from .common import kept
 
-__all__ = ["RELATIONS", "distance_matrix", "pairwise_relations", "normalize", "upper_indices", "pair_index",
-           "relation_vector", "relation_vector_backward"]
+__all__ = ["RELATIONS", "distance_matrix", "pairwise_relations", "normalize", "upper_indices", "pair_index", "gram",
+           "relation_vector", "relation_vector_backward", "relation_matrix_backward"]
 
 RELATIONS = ("euclidean", "cosine")
 EUCLIDEAN_EPS = 1e-12
@@ -71,11 +71,16 @@ def pair_index(n: int, device: torch.device, transposed: bool = False) -> torch.
 SMALL_TRANSPOSE = 256  # up to this n the lower triangle is written through the transposed positions (one call)
 
 
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """The products of the rows of ``x`` (n, d), or of each of b batches (b, n, d): (n, n) or (b, n, n)."""
+    return torch.matmul(x, x.transpose(-1, -2))
+
+
 def relation_vector(x: torch.Tensor, relation: str, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(the M pair relations of the rows of ``x`` at ``flat`` (``pair_index``), what the backward needs: for
     euclidean the pairs' unclamped squared distances, else the relations themselves). ``x`` (n, d), or (b, n, d)
     for b batches at once (then (b, M) each)."""
-    prod = torch.matmul(x, x.transpose(-1, -2))
+    prod = gram(x)
     if relation == "cosine":
         rel = torch.sub(1.0, prod.flatten(-2).index_select(-1, flat))
         return rel, rel
@@ -101,6 +106,12 @@ def relation_vector_backward(x: torch.Tensor, relation: str, rel: torch.Tensor, 
     else:
         k = k.view(n, n)
         k.add_(k.t().contiguous())
+    return relation_matrix_backward(x, relation, k)
+
+
+def relation_matrix_backward(x: torch.Tensor, relation: str, k: torch.Tensor) -> torch.Tensor:
+    """d loss / d x from the symmetric n x n matrix ``k`` of the pairs' gradients (zero diagonal; for euclidean
+    already divided by the distances, the clamped pairs zero): cosine -K x, euclidean rowsum(K) x - K x."""
     if relation == "cosine":
         return torch.addmm(x, k, x, beta=0.0, alpha=-1.0)  # -K x (beta = 0: the first x is not read)
     return torch.addmm(x * k.sum(dim=1, keepdim=True), k, x, alpha=-1.0)

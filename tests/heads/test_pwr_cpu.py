@@ -215,3 +215,143 @@ def test_a_library_of_another_interface_version_is_not_used() -> None:
 
     assert not pwr_cpu._bind(Other(pwr_cpu.ABI + 1))
     assert not pwr_cpu._bind(Other(pwr_cpu.ABI, missing="pwr_single_finish"))
+
+
+# the head's step in two compiled calls (``pwr_cpu.cosine_mean``: cosine, fast, teacher_diff or a zero margin)
+HEAD_CASES = [dict(inversion="exp", margin="teacher_diff"), dict(inversion="exp", margin=0, beta=2.0),
+              dict(inversion="diff", margin="teacher_diff"), dict(inversion="power", p=2.0, margin=0.0),
+              dict(inversion="power", p=5.0, margin="teacher_diff")]
+
+
+def _embeddings(n: int, d_s: int, d_t: int, ties: bool, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    student, teacher = torch.randn(n, d_s, generator=g), torch.randn(n, d_t, generator=g)
+    if ties and n > 3:  # equal rows: tied relations (and zero ones) in the teacher, the student, or both
+        teacher[1], student[2], teacher[3], student[3] = teacher[0], student[0], teacher[0], student[0]
+    return student, teacher
+
+
+def _head_step(head, student: torch.Tensor, teacher: torch.Tensor) -> tuple:
+    x = student.clone().requires_grad_(True)
+    before = pwr_cpu.call_count()
+    loss = head(student=x, teacher=teacher)
+    (loss * 3.0).backward()  # a non-unit upstream gradient must scale through
+    return loss.detach(), x.grad, pwr_cpu.call_count() - before
+
+
+def _dense_head_reference(student: torch.Tensor, teacher: torch.Tensor, case: dict) -> tuple:
+    """Autograd through the MXNet-style normalisation, the float32 Gram matrices (one batched product when the
+    widths agree, as the head) and their cosine relations, then the dense O(M^2) loss in float64."""
+    from insightface_pwr.heads.common import l2_normalize_mx
+
+    n = student.shape[0]
+    x = student.clone().requires_grad_(True)
+    if student.shape[1] == teacher.shape[1]:
+        xn = l2_normalize_mx(torch.cat((x, teacher))).view(2, n, -1)
+        gs, gt = (xn @ xn.transpose(1, 2)).unbind(0)
+    else:
+        xs, xt = l2_normalize_mx(x), l2_normalize_mx(teacher)
+        gs, gt = xs @ xs.t(), xt @ xt.t()
+    iu = torch.triu_indices(n, n, 1)
+    s, t = 1.0 - gs[iu[0], iu[1]], (1.0 - gt[iu[0], iu[1]]).detach()
+    loss = pwr_loss_dense(s.double(), t.double(), case["inversion"], case["margin"], case.get("p", 1.0),
+                          case.get("beta", 1.0))
+    (loss * 3.0).backward()
+    return loss.detach(), x.grad
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 17, 40])
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("widths", [(16, 16), (8, 24)])
+def test_head_step_in_two_calls_equals_dense(n: int, ties: bool, widths: tuple) -> None:
+    """Loss and gradient with respect to the embeddings against autograd through the dense reference (rtol 1e-6
+    for the loss, 1e-5 of the largest entry for the float32 gradient), with tied and zero relations."""
+    student, teacher = _embeddings(n, *widths, ties, seed=n + 100 * ties + widths[1])
+    for case in HEAD_CASES:
+        loss, grad, calls = _head_step(create_head("pwr", method="fast", **case), student, teacher)
+        assert calls == 2, case  # the two-call step ran
+        ref_loss, ref_grad = _dense_head_reference(student, teacher, case)
+        assert loss.dtype == torch.float32 and grad.dtype == torch.float32
+        torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-6, atol=0, msg=lambda m: f"{case}: {m}")
+        assert float((grad - ref_grad).abs().max()) <= 1e-5 * float(ref_grad.abs().max().clamp(min=1e-30)), case
+
+
+@pytest.mark.parametrize("n", [3, 8, 92, 150])
+@pytest.mark.parametrize("ties", [False, True])
+def test_head_step_in_two_calls_equals_the_composed_paths(monkeypatch, n: int, ties: bool) -> None:
+    """Bit for bit the loss and gradient of the same head through the relation vectors and ``single_sum`` (the
+    composed compiled path), and within rounding those of the vectorised path (a GPU's), at the paper's batch and
+    around it; with grad off the loss alone."""
+    student, teacher = _embeddings(n, 32, 32, ties, seed=7 * n + ties)
+    for case in HEAD_CASES:
+        head = create_head("pwr", **case)
+        fused = _head_step(head, student, teacher)
+        assert fused[2] == 2
+        head._compiled = None  # (the composed path: relation vectors, single_sum, the gradient matrix in torch)
+        composed = _head_step(head, student, teacher)
+        assert torch.equal(fused[0], composed[0]) and torch.equal(fused[1], composed[1]), case
+        monkeypatch.setenv(pwr_cpu.ENV, "0")
+        vectorised = _head_step(create_head("pwr", **case), student, teacher)
+        monkeypatch.setenv(pwr_cpu.ENV, "1")
+        assert vectorised[2] == 0
+        torch.testing.assert_close(vectorised[0], fused[0], rtol=1e-6, atol=0)
+        torch.testing.assert_close(vectorised[1], fused[1], rtol=1e-5, atol=1e-9)
+        with torch.no_grad():
+            assert torch.equal(create_head("pwr", **case)(student=student, teacher=teacher), fused[0])
+
+
+def test_cosine_mean_returns_the_sum_count_and_range() -> None:
+    """``cosine_mean``'s (sum, C, value range) against the tiled sum, the counted pairs and the range of s - t of
+    the same relations; its gradient matrix symmetric with a zero diagonal; none without grad."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.nn.functional.normalize(torch.randn(2, 30, 16, generator=g), dim=-1)
+    gram = x @ x.transpose(1, 2)
+    iu = torch.triu_indices(30, 30, 1)
+    s, t = (1.0 - gram[:, iu[0], iu[1]]).double()
+    loss, kmat, res = pwr_cpu.cosine_mean(gram[0], gram[1], 1, 0, 1.0, True)
+    ref_sum, ref_grad = pwr_sum_and_grad_tiled(s, t, "exp", "teacher_diff", 1.0, 1.0, 64)
+    count = int((t[:, None] > t[None, :]).sum())
+    assert int(res[1]) == count
+    assert_close_rel(res[0], ref_sum, "sum")
+    assert float(res[2]) == float((s - t).max() - (s - t).min())
+    assert float(loss) == float((res[0] / count).float())
+    assert torch.equal(kmat, kmat.t()) and not kmat.diagonal().any()
+    assert_close_rel(kmat[iu[0], iu[1]].double(), ref_grad / count, "gradient matrix")
+    assert pwr_cpu.cosine_mean(gram[0], gram[1], 1, 0, 1.0, False)[1] is None
+    lower = gram.clone()  # only the pairs i < j (the upper triangles) are read
+    lower.tril_(-1).add_(torch.rand(2, 30, 30, generator=g).tril_(-1)).add_(gram.triu())
+    again = pwr_cpu.cosine_mean(lower[0], lower[1], 1, 0, 1.0, True)
+    assert torch.equal(again[0], loss) and torch.equal(again[1], kmat) and torch.equal(again[2], res)
+
+
+def test_the_head_takes_the_two_call_step_only_where_it_applies(monkeypatch) -> None:
+    """euclidean relations, pair items (a nonzero or teacher_std margin), float64 embeddings, fewer than 3 rows:
+    the composed paths, with ``cosine_mean`` never called."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("cosine_mean called")
+
+    student, teacher = _embeddings(12, 8, 8, False, seed=1)
+    monkeypatch.setattr(pwr_cpu, "cosine_mean", refuse)
+    for kwargs, s, t in ((dict(relation="euclidean"), student, teacher), (dict(margin=0.1), student, teacher),
+                         (dict(margin="teacher_std"), student, teacher), ({}, student.double(), teacher.double()),
+                         ({}, student[:2], teacher[:2]), (dict(method="tiled"), student, teacher)):
+        x = s.clone().requires_grad_(True)
+        create_head("pwr", **kwargs)(student=x, teacher=t).backward()
+        assert x.grad is not None
+
+
+def test_cosine_mean_refuses_bad_arguments() -> None:
+    gram = torch.eye(5)
+    for gs, gt in ((gram, gram.double()), (gram, torch.eye(5, device="meta")), (gram[:4], gram),
+                   (torch.eye(2), torch.eye(2)), (torch.ones(5), torch.ones(5)), (torch.ones(()), torch.ones(()))):
+        with pytest.raises(ValueError, match="pwr CPU mean: expected two float32 CPU Gram matrices"):
+            pwr_cpu.cosine_mean(gs, gt, 1, 0, 1.0, True)
+    with pytest.raises(ValueError, match="failed"):
+        pwr_cpu.cosine_mean(gram, gram, 2, 0, 1.0, True)  # lam must be 0 or 1 (checked by the C code)
+
+
+def test_head_step_in_two_calls_without_ordered_pairs() -> None:
+    """Every teacher row the same (all teacher relations tied: C = 0): the loss and its gradient are zeros."""
+    student, teacher = _embeddings(6, 8, 8, False, seed=2)
+    loss, grad, calls = _head_step(create_head("pwr"), student, teacher[:1].expand(6, 8))
+    assert calls == 2 and float(loss) == 0.0 and not grad.any()
