@@ -179,7 +179,7 @@ static void power_level(ctx_t *c, int bit, int64_t gs, int64_t ge, int64_t mid, 
 }
 
 #ifndef DENSE_LEVELS
-#define DENSE_LEVELS 4 /* groups of up to 2^4 items (at most 5: a 32-bit mask checks them): all pairs directly */
+#define DENSE_LEVELS 3 /* groups of up to 2^3 items (at most 5: a 32-bit mask checks them): all pairs directly */
 #endif
 
 /* the remaining levels of a group of at most 2^DENSE_LEVELS items at once: every pair (p before q in value order, q's
@@ -369,38 +369,120 @@ static inline uint32_t f32_word(float x, int low) {
     return (uint32_t)w ^ (low ? 0x80000000u : 0u);
 }
 
-/* order-preserving int64 key of a double, as pwr_math.order_key */
+/* order-preserving int64 key of a double (the order of pwr_math.order_key; a negative value's key is minus its
+ * magnitude bits rather than their complement, so that the low zero bits of values with short mantissas, such as
+ * differences of two floats, stay zero for every key and the sort skips those digits) */
 static inline int64_t f64_key(double x) {
     x += 0.0;
     int64_t b;
     memcpy(&b, &x, sizeof b);
-    return b ^ ((b >> 63) & INT64_MAX);
+    const int64_t neg = b >> 63; /* 0 or -1: a conditional negation, without a branch */
+    return ((b & INT64_MAX) ^ neg) - neg;
 }
+
+#define U32_DIGIT_BITS 12
+
+/* keys (n uint32) sorted ascending, stably, by an LSD radix sort of the keys minus their minimum (as few passes of
+ * at most U32_DIGIT_BITS bits as their range needs, constant digits skipped): the reduced sorted keys into
+ * out_keys, their positions into out_perm; tmp_keys, tmp_perm: scratch of n entries. Returns 0, -1 when out of
+ * memory. */
+static int64_t sort_u32(int64_t n, const uint32_t *keys, uint32_t *out_keys, int32_t *out_perm, uint32_t *tmp_keys,
+                        int32_t *tmp_perm) {
+    uint32_t lo = UINT32_MAX, hi = 0;
+    for (int64_t i = 0; i < n; i++) {
+        lo = keys[i] < lo ? keys[i] : lo;
+        hi = keys[i] > hi ? keys[i] : hi;
+    }
+    int bits = 0;
+    while (bits < 32 && ((hi - lo) >> bits) != 0) bits++;
+    const int passes = (bits + U32_DIGIT_BITS - 1) / U32_DIGIT_BITS;
+    const int width = passes ? (bits + passes - 1) / passes : 0;
+    const uint32_t mask = ((uint32_t)1 << width) - 1;
+    uint32_t *hist = passes ? calloc((size_t)passes << width, sizeof(uint32_t)) : NULL;
+    if (passes && !hist) return -1;
+    for (int64_t i = 0; i < n; i++) {
+        const uint32_t u = keys[i] - lo;
+        for (int p = 0; p < passes; p++) hist[((size_t)p << width) + ((u >> (p * width)) & mask)]++;
+    }
+    int active[32], np = 0;
+    for (int p = 0; p < passes; p++)
+        if (hist[((size_t)p << width) + (((keys[0] - lo) >> (p * width)) & mask)] != (uint32_t)n) active[np++] = p;
+    if (np == 0) { /* all keys equal */
+        for (int64_t i = 0; i < n; i++) { out_keys[i] = 0; out_perm[i] = (int32_t)i; }
+        free(hist);
+        return 0;
+    }
+    uint32_t *dk = (np % 2) ? out_keys : tmp_keys, *ok = (np % 2) ? tmp_keys : out_keys;
+    int32_t *dp = (np % 2) ? out_perm : tmp_perm, *op = (np % 2) ? tmp_perm : out_perm;
+    const uint32_t *sk = NULL;
+    const int32_t *sp = NULL;
+    for (int a = 0; a < np; a++) {
+        const int p = active[a];
+        uint32_t *h = hist + ((size_t)p << width), run = 0;
+        for (uint32_t d = 0; d <= mask; d++) { const uint32_t c = h[d]; h[d] = run; run += c; }
+        for (int64_t i = 0; i < n; i++) {
+            const uint32_t u = sk ? sk[i] : keys[i] - lo;
+            const uint32_t at = h[(u >> (p * width)) & mask]++;
+            dk[at] = u;
+            dp[at] = sp ? sp[i] : (int32_t)i;
+        }
+        sk = dk; sp = dp;
+        uint32_t *tk = dk; dk = ok; ok = tk;
+        int32_t *tp = dp; dp = op; op = tp;
+    }
+    free(hist);
+    return 0;
+}
+
+#define RUN_FIX 32 /* teacher ties: runs of up to this many equal words are ordered by insertion */
 
 /* The fast-path sum for one item per relation (margin teacher_diff: lam = 1, or a zero constant: lam = 0) and
  * float32 relations s, t (m of each), as pwr_fast.pwr_sum_and_grad_fast composes it, in two calls around the
  * features' exp (left to torch's vectorised exp): pwr_single_setup_f32, then (exp only) f = exp(f) in place, then
  * pwr_single_finish. Scratch: i64 (4 m), f64 (2 m), i32 (2 m), shared by the steps as follows (8 bytes an entry):
  *   t order:      keys i64[0], sorted keys i64[1], permutation i64[2] (kept to the end), sort scratch i64[3], f64[0]
+ *                 (the teacher words alone: words i64[0], sorted words and scratch i64[1], positions i64[3])
  *   value order:  v in t order in i64[1]; keys i64[0]; sorted keys f64[0], t positions i64[3], scratch f64[1], i32
  *   the pass:     buffer a = (i32[0], f64[0], f64[1]), buffer b = (i32[1], i64[0], i64[1])
- * Setup: the t order by (t, s) keys, the pair count C from the teacher words, v = s - lam t in float64 in value order
- * (ties by t position), f = beta (v - c) (exp) or v - c (power) with c the middle of v's range. res[1] = C, res[2] =
- * max v - min v. Finish: the pass, d sum / d s into grad (m), res[0] = the sum. Each returns 0, -1 on bad arguments,
- * -3 when out of memory, or the pass's error. */
+ * Setup: the t order (by t, ties by s, then by position), the pair count C from the teacher words, v = s - lam t in
+ * float64 in value order (ties by t position), f = beta (v - c) (exp) or v - c (power) with c the middle of v's
+ * range. res[1] = C, res[2] = max v - min v. Finish: the pass, d sum / d s into grad (m), res[0] = the sum. Each
+ * returns 0, -1 on bad arguments, -3 when out of memory, or the pass's error. */
 static int64_t single_setup(int64_t m, const float *s, const float *t, int32_t lam, int32_t k, double beta,
                             int64_t *i64, double *f64, int32_t *i32, double *res) {
     /* (s and t may lie in i32: they are read before the second sort, the first use of i32) */
     int64_t *keys = i64, *sorted = i64 + m, *perm = i64 + 2 * m, *tmp = i64 + 3 * m;
     double *v = (double *)(i64 + m);
-    for (int64_t i = 0; i < m; i++) /* (t, s) keys: t's word high, s's low */
-        keys[i] = (int64_t)(((uint64_t)f32_word(t[i], 0) << 32) | f32_word(s[i], 1));
-    if (pwr_sort_i64(m, keys, sorted, perm, tmp, (int64_t *)f64)) return -3;
+    /* the t order (ties by s, then by position): the teacher words sorted alone (32-bit), each run of equal words
+     * then ordered by the student words by insertion; a run longer than RUN_FIX: the (t, s) keys sorted instead */
+    uint32_t *tw = (uint32_t *)keys, *tw_sorted = (uint32_t *)sorted, *tw_tmp = tw_sorted + m;
+    int32_t *p32 = (int32_t *)tmp, *p32_tmp = p32 + m;
+    for (int64_t i = 0; i < m; i++) tw[i] = f32_word(t[i], 1);
+    if (sort_u32(m, tw, tw_sorted, p32, tw_tmp, p32_tmp)) return -3;
     double count = 0.0; /* C = sum over the sorted teacher words of the start of their run (exact below 2^53) */
-    int64_t start = 0;
+    int64_t start = 0, longest = 1;
     for (int64_t i = 0; i < m; i++) {
-        if (i > 0 && (sorted[i] >> 32) != (sorted[i - 1] >> 32)) start = i;
+        if (i > 0 && tw_sorted[i] != tw_sorted[i - 1]) start = i;
         count += (double)start;
+        longest = i - start + 1 > longest ? i - start + 1 : longest;
+        perm[i] = p32[i];
+    }
+    if (longest > RUN_FIX) {
+        for (int64_t i = 0; i < m; i++) /* (t, s) keys: t's word high, s's low */
+            keys[i] = (int64_t)(((uint64_t)f32_word(t[i], 0) << 32) | f32_word(s[i], 1));
+        if (pwr_sort_i64(m, keys, sorted, perm, tmp, (int64_t *)f64)) return -3;
+    } else if (longest > 1) {
+        for (int64_t i = 1, run = 0; i <= m; i++) {
+            if (i < m && tw_sorted[i] == tw_sorted[run]) continue;
+            for (int64_t j = run + 1; j < i; j++) { /* (stable: a later position moves only past larger words) */
+                const int64_t r = perm[j];
+                const uint32_t w = f32_word(s[r], 1);
+                int64_t x = j;
+                for (; x > run && f32_word(s[perm[x - 1]], 1) > w; x--) perm[x] = perm[x - 1];
+                perm[x] = r;
+            }
+            run = i;
+        }
     }
     for (int64_t i = 0; i < m; i++) { /* v in t order (over the sorted keys: no longer needed), its keys */
         const int64_t r = perm[i];

@@ -1,6 +1,6 @@
 """The compiled CPU pass and sort of the exact PWR path (``insightface_pwr/heads/pwr_cpu.py``, ``_pwr_cpu.c``):
 losses and gradients against the dense autograd reference (float64, rtol 1e-6) over every inversion and margin the
-fast path covers, with ties, at sizes around the pass's block edges (16-item dense groups, two-level quarters,
+fast path covers, with ties, at sizes around the pass's block edges (8-item dense groups, two-level quarters,
 groups cut short by n); against the vectorised path (a GPU's) at sizes the dense reference cannot hold; the sort
 against ``torch.sort``; bad item codes refused without a write out of bounds; the switch."""
 from __future__ import annotations
@@ -30,8 +30,9 @@ def _sum_grad_count(s: torch.Tensor, t: torch.Tensor, inversion: str, margin, p:
     return out
 
 
-# 1, 2: no level; 16, 17: one dense group / one level above it; 64, 65, 97: quarters, the last ones short or empty
-@pytest.mark.parametrize("m", [1, 2, 3, 16, 17, 64, 65, 97, 200])
+# 1, 2: no level; 8, 9: one dense group / one level above it; 16, 17, 32, 33: the first quarters (two levels in one
+# pass), 64, 65, 97: more, the last ones short or empty
+@pytest.mark.parametrize("m", [1, 2, 3, 8, 9, 16, 17, 32, 33, 64, 65, 97, 200])
 @pytest.mark.parametrize("ties", TIES)
 def test_compiled_equals_dense_at_block_edges(m: int, ties: str) -> None:
     s, t = relations(m, ties, seed=m + len(ties))
@@ -42,7 +43,7 @@ def test_compiled_equals_dense_at_block_edges(m: int, ties: str) -> None:
             check_against_dense(s, t, inversion, margin, p, beta, "fast")
 
 
-@pytest.mark.parametrize("m", [2, 3, 16, 17, 65, 97, 300])
+@pytest.mark.parametrize("m", [2, 3, 8, 9, 16, 17, 33, 65, 97, 300])
 @pytest.mark.parametrize("ties", TIES)
 @pytest.mark.parametrize("offset", [0.0, -1.0])
 def test_one_call_sum_equals_dense_at_block_edges(monkeypatch, m: int, ties: str, offset: float) -> None:
@@ -72,8 +73,12 @@ def test_one_call_sum_equals_dense_at_block_edges(monkeypatch, m: int, ties: str
 
 @pytest.mark.parametrize("m", [40_000, (1 << 16) + 3])
 @pytest.mark.parametrize("inversion,p,margin", [("exp", 1.0, "teacher_diff"), ("power", 3.0, 0.0)])
-def test_one_call_sum_equals_vectorised_at_large_m(monkeypatch, m: int, inversion: str, p: float, margin) -> None:
-    s, t = relations(m, "both", seed=m % 89)
+@pytest.mark.parametrize("ties", ["both", "none"])
+def test_one_call_sum_equals_vectorised_at_large_m(monkeypatch, m: int, inversion: str, p: float, margin,
+                                                   ties: str) -> None:
+    """(ties "both": runs of thousands of equal teacher values, ordered by the (t, s) sort; "none": float32 rounding
+    leaves a few dozen pairs of equal values, ordered by insertion after the teacher-only sort)"""
+    s, t = relations(m, ties, seed=m % 89)
     s, t = s.float(), t.float()
     got = _sum_grad_count(s, t, inversion, margin, p, 1.0, True, monkeypatch)
     ref = _sum_grad_count(s, t, inversion, margin, p, 1.0, False, monkeypatch)
@@ -355,3 +360,28 @@ def test_head_step_in_two_calls_without_ordered_pairs() -> None:
     student, teacher = _embeddings(6, 8, 8, False, seed=2)
     loss, grad, calls = _head_step(create_head("pwr"), student, teacher[:1].expand(6, 8))
     assert calls == 2 and float(loss) == 0.0 and not grad.any()
+
+
+@pytest.mark.parametrize("run", [2, 31, 32, 33, 200])
+def test_one_call_sum_with_runs_of_equal_teacher_values(monkeypatch, run: int) -> None:
+    """Teacher ties in runs of ``run`` equal values (ordered by insertion up to 32, by the 64-bit (t, s) sort
+    above) with student values tied within them, at random positions: against the dense reference and the
+    vectorised path."""
+    g = torch.Generator().manual_seed(run)
+    m = 3 * run + 40
+    t = torch.rand(m, generator=g) * 2.0
+    s = torch.round(torch.rand(m, generator=g) * 16.0) / 8.0  # (ties in s too)
+    where = torch.randperm(m, generator=g)
+    t[where[:run]], t[where[run:2 * run]] = 0.75, 1.25  # two runs, one at the largest or smallest value
+    t[where[2 * run]] = 2.5
+    for inversion, p, margin in (("exp", 1.0, "teacher_diff"), ("power", 2.0, 0.0), ("diff", 1.0, "teacher_diff")):
+        got = _sum_grad_count(s, t, inversion, margin, p, 1.0, True, monkeypatch)
+        ref = _sum_grad_count(s, t, inversion, margin, p, 1.0, False, monkeypatch)
+        assert int(got[2]) == int(ref[2]) == int((t[:, None] > t[None, :]).sum())
+        assert_close_rel(got[0], ref[0], "sum")
+        assert_close_rel(got[1], ref[1], "grad")
+        s_ref = s.double().requires_grad_(True)
+        dense = pwr_loss_dense(s_ref, t.double(), inversion, margin, p, 1.0)
+        (dense_grad,) = torch.autograd.grad(dense, s_ref)
+        assert_close_rel(got[0] / got[2], dense.detach(), "sum (dense)")
+        assert_close_rel(got[1] / got[2], dense_grad, "grad (dense)")
