@@ -31,7 +31,7 @@
 #define MAX_K 8
 
 /* the interface's version: pwr_cpu.py uses a library only if this matches its ABI (bump on any signature change) */
-int64_t pwr_cpu_abi(void) { return 2; }
+int64_t pwr_cpu_abi(void) { return 3; }
 
 typedef struct {
     int32_t *code;
@@ -116,7 +116,8 @@ static inline void exp_level(ctx_t *c, const int single, int bit, int64_t gs, in
     for (int64_t x = ge - 1; x >= gs; x--) { /* right queries: the left keys' F after them (clean suffix sums) */
         const int32_t cd = a.code[x], r = (cd >> bit) & 1, key = single ? 1 : cd & 1;
         const double rq = (double)(r & (single ? 1 : 1 - key)), lk = (double)((1 - r) & key), fv = a.f[x];
-        const double q = rq * (single ? suf / fv : fv * suf);
+        /* (masked before the product: a key's fv * suf or a left item's suf / fv can overflow, and 0 * inf is NaN) */
+        const double q = single ? (rq * suf) / fv : (rq * fv) * suf;
         a.acc[x] -= beta * q;
         tot += q;
         cnt += rq * sufn;
@@ -571,3 +572,74 @@ int64_t pwr_cosine_finish(int64_t n, int32_t k, double beta, int64_t *i64, doubl
     }
     return 0;
 }
+
+/* The fast-path sum for a query and a key item per relation (a constant margin other than 0, or teacher_std: lam = 0,
+ * query b = s, key a = s + const) and float32 relations s, t (m of each), as pwr_fast.pwr_sum_and_grad_fast composes
+ * it, in two calls around torch's exp of the features: pwr_pair_setup_f32, then (exp only) f = exp(f) in place on
+ * scratch[m .. 3 m), then pwr_pair_finish. Scratch: 11 m doubles (88 bytes per relation): the pass's buffer a (codes,
+ * features, sums of 2 m items) in [0, 5 m), buffer b in [5 m, 10 m), the t positions of each relation's query and
+ * key (int32) in [10 m, 11 m); the sorts work in buffer b before the pass.
+ * Setup: the t order (a run of g equal teacher values from sorted rank r0 puts its queries at t positions 2 r0 ..
+ * 2 r0 + g - 1 and its keys after them: no pair within a run counts) and the pair count C; the value order of the
+ * 2 m items (s sorted once: a = s + const keeps its order), a key before a query at equal value (x = a - b = 0 adds
+ * nothing); code = 2 t position + key flag; features beta (a - c) and -beta (b - c) (exp) or a - c and b - c
+ * (power) with c the middle of the range of all a and b. res[1] = C, res[2] = the range. Finish: the pass, d sum /
+ * d s (the query's sums plus the key's) into grad (m), res[0] = the sum. Each returns 0, -1 on bad arguments, -3
+ * when out of memory, or the pass's error. */
+int64_t pwr_pair_setup_f32(int64_t m, const float *s, const float *t, const double *cst, int32_t k, double beta,
+                           double *scratch, double *res) {
+    if (m < 2 || m > ((int64_t)1 << 29) || k < 0 || k > MAX_K) return -1;
+    int32_t *code = (int32_t *)scratch, *perm = (int32_t *)(scratch + 5 * m), *perm_tmp = perm + m;
+    int32_t *tq = (int32_t *)(scratch + 10 * m), *tk = tq + m;
+    double *f = scratch + m, *acc = scratch + 3 * m;
+    uint32_t *w = (uint32_t *)(scratch + 6 * m), *w_sorted = w + m, *w_tmp = w + 2 * m;
+    for (int64_t i = 0; i < m; i++) w[i] = f32_word(t[i], 1);
+    if (sort_u32(m, w, w_sorted, perm, w_tmp, perm_tmp)) return -3;
+    double count = 0.0;
+    for (int64_t r0 = 0; r0 < m;) {
+        int64_t e = r0 + 1;
+        while (e < m && w_sorted[e] == w_sorted[r0]) e++;
+        for (int64_t x = r0; x < e; x++) {
+            tq[perm[x]] = (int32_t)(x + r0);
+            tk[perm[x]] = (int32_t)(x + e);
+        }
+        count += (double)r0 * (double)(e - r0); /* (C = the sum over the relations of their run's start) */
+        r0 = e;
+    }
+    for (int64_t i = 0; i < m; i++) w[i] = f32_word(s[i], 1);
+    if (sort_u32(m, w, w_sorted, perm, w_tmp, perm_tmp)) return -3;
+    const double c0 = *cst, b_lo = (double)s[perm[0]], b_hi = (double)s[perm[m - 1]];
+    const double a_lo = b_lo + c0, a_hi = b_hi + c0; /* (a = b + const rounds monotonically: its ends are these) */
+    const double lo = a_lo < b_lo ? a_lo : b_lo, hi = a_hi > b_hi ? a_hi : b_hi, twice_c = hi + lo;
+    int64_t i = 0, j = 0;
+    for (int64_t x = 0; x < 2 * m; x++) { /* merge: keys i, queries j */
+        const double a = i < m ? (double)s[perm[i]] + c0 : 0.0, b = j < m ? (double)s[perm[j]] : 0.0;
+        if (j >= m || (i < m && a <= b)) {
+            const double z = a - 0.5 * twice_c;
+            code[x] = 2 * tk[perm[i++]] + 1;
+            f[x] = k == 0 ? beta * z : z;
+        } else {
+            const double z = b - 0.5 * twice_c;
+            code[x] = 2 * tq[perm[j++]];
+            f[x] = k == 0 ? -beta * z : z;
+        }
+        acc[x] = 0.0;
+    }
+    res[1] = count;
+    res[2] = hi - lo;
+    return 0;
+}
+
+int64_t pwr_pair_finish(int64_t m, int32_t k, double beta, double *scratch, double *grad, double *res) {
+    if (m < 2 || m > ((int64_t)1 << 29) || k < 0 || k > MAX_K) return -1;
+    buf_t a = {(int32_t *)scratch, scratch + m, scratch + 3 * m};
+    buf_t b = {(int32_t *)(scratch + 5 * m), scratch + 6 * m, scratch + 8 * m};
+    const int32_t *tq = (int32_t *)(scratch + 10 * m), *tk = tq + m;
+    double sums[2];
+    const int64_t rc = tree_pass(2 * m, 1, k, beta, a, b, sums);
+    if (rc) return rc;
+    for (int64_t r = 0; r < m; r++) grad[r] = a.acc[tq[r]] + a.acc[tk[r]];
+    res[0] = k == 0 ? sums[0] - sums[1] : sums[0];
+    return 0;
+}
+

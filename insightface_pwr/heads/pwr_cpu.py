@@ -18,12 +18,12 @@ import ctypes
 import importlib.machinery
 import os
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 
 __all__ = ["ENV", "ABI", "MAX_ITEMS", "MAX_ROWS", "available", "enabled", "library_path", "run_tree_cpu",
-           "single_sum", "cosine_mean", "sort", "call_count"]
+           "single_sum", "pair_sum", "cosine_mean", "sort", "call_count"]
 
 ENV = "INSIGHTFACE_PWR_CPU_KERNEL"  # "0" (or "off", "false", "no"): never use the compiled pass
 _NAME = "_pwr_cpu"
@@ -44,7 +44,7 @@ def library_path() -> Optional[Path]:
     return found[0] if found else None
 
 
-ABI = 2  # _pwr_cpu.c's pwr_cpu_abi(): a library built from another version of the C file is not used
+ABI = 3  # _pwr_cpu.c's pwr_cpu_abi(): a library built from another version of the C file is not used
 MAX_ITEMS = 1 << 30  # the C code's limit (int32 positions); larger inputs take the vectorised path
 MAX_ROWS = 46341  # the most rows whose pairs (M = n (n - 1) / 2) stay within MAX_ITEMS (``cosine_mean``)
 _SIGNATURES = {  # function: argument types (every one returns int64)
@@ -57,6 +57,10 @@ _SIGNATURES = {  # function: argument types (every one returns int64)
     "pwr_cosine_setup_f32": [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32,
                              ctypes.c_double] + [ctypes.c_void_p] * 4,
     "pwr_cosine_finish": [ctypes.c_int64, ctypes.c_int32, ctypes.c_double] + [ctypes.c_void_p] * 6,
+    "pwr_pair_setup_f32": [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
+                           ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p],
+    "pwr_pair_finish": [ctypes.c_int64, ctypes.c_int32, ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p,
+                        ctypes.c_void_p],
 }
 
 
@@ -178,6 +182,46 @@ def single_sum(s: torch.Tensor, t: torch.Tensor, lam: int, k: int,
                                    grad.data_ptr(), res.data_ptr())
     if rc != 0:
         _fail(rc, f"{m} relations (k={k}, beta={beta})")
+    return res[0], grad, res[1].to(torch.int64), res[2]
+
+
+def pair_sum(s: torch.Tensor, t: torch.Tensor, const: Union[float, torch.Tensor], k: int,
+             beta: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fast path's sum for a query and a key item per relation (a constant margin ``const`` other than 0, or
+    teacher_std: ``const`` a float64 0-d tensor, read by the C code, not on the host) and float32 relations ``s``,
+    ``t`` (2 <= M <= MAX_ITEMS / 2, on the CPU) in two compiled calls around torch's exp of the features: the same
+    items, orders, count, features and pass as ``pwr_fast`` composes them, 88 bytes of scratch per relation.
+    Returns as ``single_sum``."""
+    lib = _load()
+    m = s.numel()
+    if lib is None or s.dtype != torch.float32 or t.dtype != torch.float32 or t.numel() != m \
+            or not 2 <= m <= MAX_ITEMS // 2 or s.device.type != "cpu" or t.device.type != "cpu":
+        raise ValueError(f"pwr CPU pair sum: expected two float32 CPU vectors of one length, 2 to {MAX_ITEMS // 2}, "
+                         f"and the library built, got {s.dtype} {tuple(s.shape)} on {s.device} and {t.dtype} "
+                         f"{tuple(t.shape)} on {t.device}")
+    if isinstance(const, torch.Tensor):
+        if const.dtype != torch.float64 or const.numel() != 1 or const.device.type != "cpu":
+            raise ValueError(f"pwr CPU pair sum: the margin must be a float or a float64 CPU tensor of one value, "
+                             f"got {const.dtype} {tuple(const.shape)} on {const.device}")
+        keep = const.contiguous()
+        const_ptr = keep.data_ptr()
+    else:
+        keep = ctypes.c_double(float(const))
+        const_ptr = ctypes.addressof(keep)
+    s, t = s.contiguous(), t.contiguous()
+    scratch = torch.empty(11 * m, dtype=torch.float64)
+    grad = torch.empty(m, dtype=torch.float64)
+    res = torch.empty(3, dtype=torch.float64)
+    _CALLS[0] += 2
+    rc = lib.pwr_pair_setup_f32(m, s.data_ptr(), t.data_ptr(), const_ptr, k, float(beta), scratch.data_ptr(),
+                                res.data_ptr())
+    del keep  # (the margin was read)
+    if rc == 0:
+        if k == 0:
+            scratch[m:3 * m].exp_()
+        rc = lib.pwr_pair_finish(m, k, float(beta), scratch.data_ptr(), grad.data_ptr(), res.data_ptr())
+    if rc != 0:
+        _fail(rc, f"{m} relations with pair items (k={k}, beta={beta})")
     return res[0], grad, res[1].to(torch.int64), res[2]
 
 

@@ -157,8 +157,9 @@ def pwr_sum_and_grad_fast(s: torch.Tensor, t: torch.Tensor, inversion: str, marg
     single = lam == 1.0 or (isinstance(const, float) and const == 0.0)
     k = 1 if inversion == "diff" else (int(p) if inversion == "power" else 0)
     compiled = 2 * m <= pwr_cpu.MAX_ITEMS and t.device == dev and pwr_cpu.enabled(dev)  # no padding, no blocks
-    if compiled and single and s.dtype in BITS32 and t.dtype in BITS32:  # the sum in two compiled calls
-        total, grad, count, span = pwr_cpu.single_sum(s.float(), t.float(), int(lam), k, beta)
+    if compiled and s.dtype in BITS32 and t.dtype in BITS32:  # the sum in two compiled calls
+        total, grad, count, span = (pwr_cpu.single_sum(s.float(), t.float(), int(lam), k, beta) if single else
+                                    pwr_cpu.pair_sum(s.float(), t.float(), const, k, beta))  # (pairs: lam = 0)
         if k == 0:
             check_exp_range(beta, lambda: span)
         return total, grad, count

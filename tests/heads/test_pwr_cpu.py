@@ -49,7 +49,21 @@ def test_compiled_equals_dense_at_block_edges(m: int, ties: str) -> None:
 def test_one_call_sum_equals_dense_at_block_edges(monkeypatch, m: int, ties: str, offset: float) -> None:
     """float32 relations with one item per relation (teacher_diff, margin 0) take ``pwr_cpu.single_sum``: the
     dyadic test values are exact in float32, ties included; -0.0 and +0.0 mixed in t and s; with ``offset`` -1
-    half the values are negative (the order keys flip their magnitude bits)."""
+    half the values are negative (their order keys are made differently)."""
+    _two_call_sums_against_dense(m, ties, offset, ("teacher_diff", 0.0))
+
+
+# a query and a key item per relation: 3.0 puts every key above every query (every t-ordered pair counts)
+@pytest.mark.parametrize("m", [2, 3, 4, 5, 8, 9, 16, 17, 33, 65, 97, 300])
+@pytest.mark.parametrize("ties", TIES)
+@pytest.mark.parametrize("offset", [0.0, -1.0])
+def test_pair_sum_equals_dense_at_block_edges(m: int, ties: str, offset: float) -> None:
+    """float32 relations with a query and a key item per relation (a constant margin other than 0, teacher_std)
+    take ``pwr_cpu.pair_sum``, as above."""
+    _two_call_sums_against_dense(m, ties, offset, (0.125, -0.25, 3.0, "teacher_std"))
+
+
+def _two_call_sums_against_dense(m: int, ties: str, offset: float, margins: tuple) -> None:
     s, t = relations(m, ties, seed=3 * m + len(ties))
     s, t = s.float() + offset, t.float() + offset
     if ties != "none":
@@ -59,7 +73,7 @@ def test_one_call_sum_equals_dense_at_block_edges(monkeypatch, m: int, ties: str
         t[0] = t.max() + 0.125
     calls = pwr_cpu.call_count()
     for inversion, p, beta in FAST + [("power", 5.0, 1.0)]:
-        for margin in ("teacher_diff", 0.0):
+        for margin in margins:
             total, grad, count = pwr_sum_and_grad_fast(s, t, inversion, margin, p, beta)
             s_ref = s.double().requires_grad_(True)
             ref = pwr_loss_dense(s_ref, t.double(), inversion, margin, p, beta)
@@ -68,11 +82,12 @@ def test_one_call_sum_equals_dense_at_block_edges(monkeypatch, m: int, ties: str
             assert int(count) == n_ref
             assert_close_rel(total / n_ref, ref.detach(), f"loss ({inversion} {p} {margin})")
             assert_close_rel(grad / n_ref, g_ref, f"grad ({inversion} {p} {margin})")
-    assert pwr_cpu.call_count() - calls == 2 * 2 * (len(FAST) + 1)  # two calls per sum
+    assert pwr_cpu.call_count() - calls == 2 * len(margins) * (len(FAST) + 1)  # two calls per sum
 
 
 @pytest.mark.parametrize("m", [40_000, (1 << 16) + 3])
-@pytest.mark.parametrize("inversion,p,margin", [("exp", 1.0, "teacher_diff"), ("power", 3.0, 0.0)])
+@pytest.mark.parametrize("inversion,p,margin", [("exp", 1.0, "teacher_diff"), ("power", 3.0, 0.0),
+                                                ("diff", 1.0, 0.1), ("power", 2.0, "teacher_std")])
 @pytest.mark.parametrize("ties", ["both", "none"])
 def test_one_call_sum_equals_vectorised_at_large_m(monkeypatch, m: int, inversion: str, p: float, margin,
                                                    ties: str) -> None:
@@ -385,3 +400,34 @@ def test_one_call_sum_with_runs_of_equal_teacher_values(monkeypatch, run: int) -
         (dense_grad,) = torch.autograd.grad(dense, s_ref)
         assert_close_rel(got[0] / got[2], dense.detach(), "sum (dense)")
         assert_close_rel(got[1] / got[2], dense_grad, "grad (dense)")
+
+
+def test_pair_sum_refuses_bad_arguments() -> None:
+    s = torch.rand(6)
+    with pytest.raises(ValueError, match="pair sum: expected two float32 CPU vectors"):
+        pwr_cpu.pair_sum(s, torch.rand(6, dtype=torch.float64), 0.1, 1, 1.0)
+    with pytest.raises(ValueError, match="pair sum: expected two float32 CPU vectors"):
+        pwr_cpu.pair_sum(s[:1], s[:1], 0.1, 1, 1.0)
+    with pytest.raises(ValueError, match="the margin must be a float or a float64 CPU tensor of one value"):
+        pwr_cpu.pair_sum(s, s, torch.tensor(0.1), 1, 1.0)
+    with pytest.raises(ValueError, match="the margin must be a float or a float64 CPU tensor of one value"):
+        pwr_cpu.pair_sum(s, s, torch.zeros(2, dtype=torch.float64), 1, 1.0)
+    with pytest.raises(ValueError, match="failed"):
+        pwr_cpu.pair_sum(s, s, 0.1, 9, 1.0)  # k above the C code's MAX_K
+
+
+def test_pair_sum_centres_the_features_on_keys_and_queries(monkeypatch) -> None:
+    """beta * (value range) at the fast path's limit (200 x (2 + 3 + 2) = 1400): the exp features stay finite only
+    if centred on the range of keys AND queries (centred on the queries alone a key feature would be exp(800)), and
+    the pass masks a product that does not count before forming it (a key's feature times the keys' sum overflows:
+    0 x inf would be NaN). float32 (``pair_sum``) and float64 (the composed compiled path) against the vectorised
+    path and the dense loss (whose gradient is NaN here: its masked pairs overflow)."""
+    s = torch.linspace(0.0, 2.0, 50)
+    ref = _sum_grad_count(s.double(), s.double(), "exp", 3.0, 1.0, 200.0, False, monkeypatch)
+    dense = pwr_loss_dense(s.double(), s.double(), "exp", 3.0, 1.0, 200.0)
+    assert_close_rel(ref[0] / ref[2], dense, "vectorised loss")
+    for x in (s, s.double()):
+        total, grad, count = _sum_grad_count(x, x.clone(), "exp", 3.0, 1.0, 200.0, True, monkeypatch)
+        assert torch.isfinite(total) and torch.isfinite(grad).all() and int(count) == int(ref[2])
+        assert_close_rel(total, ref[0], f"sum ({x.dtype})")
+        assert_close_rel(grad, ref[1], f"grad ({x.dtype})")
