@@ -140,8 +140,9 @@ static inline void exp_level(ctx_t *c, const int single, int bit, int64_t gs, in
 }
 
 /* power k: (a - b)^k = sum_e binom(k, e) a^e (-b)^(k-e); its derivatives by a and b likewise with k - 1 */
-static void power_level(ctx_t *c, int bit, int64_t gs, int64_t ge, int64_t mid, buf_t a, buf_t b) {
-    const int k = c->k, single = c->single;
+static inline __attribute__((always_inline)) void power_level_k(ctx_t *c, const int k, int bit, int64_t gs, int64_t ge,
+                                                                int64_t mid, buf_t a, buf_t b) {
+    const int single = c->single;
     double S[MAX_K + 1], T[MAX_K + 1], pw[MAX_K + 1];
     double tot = 0.0;
     int64_t nright = 0;
@@ -177,6 +178,21 @@ static void power_level(ctx_t *c, int bit, int64_t gs, int64_t ge, int64_t mid, 
         put(b, r, &lp, &rp, cd, v, av);
     }
     c->tot += tot;
+}
+
+/* power_level_k with k a constant (its loops over the powers unrolled): 2-3x faster than with k read at run time */
+static void power_level(ctx_t *c, int bit, int64_t gs, int64_t ge, int64_t mid, buf_t a, buf_t b) {
+    switch (c->k) {
+    case 1: power_level_k(c, 1, bit, gs, ge, mid, a, b); break;
+    case 2: power_level_k(c, 2, bit, gs, ge, mid, a, b); break;
+    case 3: power_level_k(c, 3, bit, gs, ge, mid, a, b); break;
+    case 4: power_level_k(c, 4, bit, gs, ge, mid, a, b); break;
+    case 5: power_level_k(c, 5, bit, gs, ge, mid, a, b); break;
+    case 6: power_level_k(c, 6, bit, gs, ge, mid, a, b); break;
+    case 7: power_level_k(c, 7, bit, gs, ge, mid, a, b); break;
+    case 8: power_level_k(c, 8, bit, gs, ge, mid, a, b); break;
+    default: power_level_k(c, c->k, bit, gs, ge, mid, a, b); break;
+    }
 }
 
 #ifndef DENSE_LEVELS

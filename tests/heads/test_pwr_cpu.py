@@ -431,3 +431,18 @@ def test_pair_sum_centres_the_features_on_keys_and_queries(monkeypatch) -> None:
         assert torch.isfinite(total) and torch.isfinite(grad).all() and int(count) == int(ref[2])
         assert_close_rel(total, ref[0], f"sum ({x.dtype})")
         assert_close_rel(grad, ref[1], f"grad ({x.dtype})")
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+def test_every_fast_power_through_the_compiled_pass(p: float) -> None:
+    """The pass's power levels are compiled once per k (1 .. 8): each against the dense reference, with one item
+    per relation and with two, float32 (the two-call sums) and float64 (the composed path), ties included."""
+    s, t = relations(300, "both", seed=int(p))
+    for margin in ("teacher_diff", 0.0, 0.125, "teacher_std"):
+        check_against_dense(s, t, "power", margin, p, 1.0, "fast")
+        total, grad, count = pwr_sum_and_grad_fast(s.float(), t.float(), "power", margin, p, 1.0)
+        s_ref = s.float().double().requires_grad_(True)
+        ref = pwr_loss_dense(s_ref, t.float().double(), "power", margin, p, 1.0)
+        (g_ref,) = torch.autograd.grad(ref, s_ref)
+        assert_close_rel(total / count, ref.detach(), f"loss (p={p}, {margin})")
+        assert_close_rel(grad / count, g_ref, f"grad (p={p}, {margin})")
