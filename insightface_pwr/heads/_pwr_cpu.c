@@ -27,11 +27,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 
 #define MAX_K 8
 
 /* the interface's version: pwr_cpu.py uses a library only if this matches its ABI (bump on any signature change) */
-int64_t pwr_cpu_abi(void) { return 3; }
+int64_t pwr_cpu_abi(void) { return 4; }
 
 typedef struct {
     int32_t *code;
@@ -545,50 +546,6 @@ int64_t pwr_single_finish(int64_t m, int32_t k, double beta, int64_t *i64, doubl
     return single_finish(m, k, beta, i64, f64, i32, grad, res);
 }
 
-/* The head's step for the cosine relation of float32 embeddings (pwr.py), in two calls around the features' exp as
- * above, with the same scratch. Setup: the relations of the pairs i < j (row-major) from the n x n Gram matrices
- * gs (student) and gt (teacher) of the normalised rows, s = 1 - gs[i n + j] in float32 as relations.py's
- * relation_vector computes them (into i32, free until the second sort), then as pwr_single_setup_f32. Finish: the
- * pass, the loss = sum / max(C, 1) rounded to float32 into loss[0], and, unless kmat is NULL, the n x n float32
- * matrix of the loss's gradient with respect to the relations, d loss / d s_p = (d sum / d s_p) / max(C, 1) rounded
- * to float32, at (i, j) and (j, i) for the pair p = (i, j), zero on the diagonal (relations.py's
- * relation_vector_backward builds the same matrix). res as above. */
-int64_t pwr_cosine_setup_f32(int64_t n, const float *gs, const float *gt, int32_t lam, int32_t k, double beta,
-                             int64_t *i64, double *f64, int32_t *i32, double *res) {
-    if (n < 3 || n > 46341 || k < 0 || k > MAX_K || (lam != 0 && lam != 1)) return -1; /* (M <= 2^30) */
-    const int64_t m = n * (n - 1) / 2;
-    float *s = (float *)i32, *t = s + m;
-    int64_t p = 0;
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t j = i + 1; j < n; j++, p++) {
-            s[p] = 1.0f - gs[i * n + j];
-            t[p] = 1.0f - gt[i * n + j];
-        }
-    return single_setup(m, s, t, lam, k, beta, i64, f64, i32, res);
-}
-
-int64_t pwr_cosine_finish(int64_t n, int32_t k, double beta, int64_t *i64, double *f64, int32_t *i32, float *kmat,
-                          float *loss, double *res) {
-    if (n < 3 || n > 46341 || k < 0 || k > MAX_K) return -1;
-    const int64_t m = n * (n - 1) / 2;
-    double *grad = kmat ? (double *)(i64 + 3 * m) : NULL; /* (free during the pass) */
-    const int64_t rc = single_finish(m, k, beta, i64, f64, i32, grad, res);
-    if (rc) return rc;
-    const double denom = res[1] > 0.0 ? res[1] : 1.0; /* C = 0: every sum is 0, so is the loss */
-    loss[0] = (float)(res[0] / denom);
-    if (!kmat) return 0;
-    int64_t p = 0;
-    for (int64_t i = 0; i < n; i++) {
-        kmat[i * n + i] = 0.0f;
-        for (int64_t j = i + 1; j < n; j++, p++) {
-            const float g = (float)(grad[p] / denom);
-            kmat[i * n + j] = g;
-            kmat[j * n + i] = g;
-        }
-    }
-    return 0;
-}
-
 /* The fast-path sum for a query and a key item per relation (a constant margin other than 0, or teacher_std: lam = 0,
  * query b = s, key a = s + const) and float32 relations s, t (m of each), as pwr_fast.pwr_sum_and_grad_fast composes
  * it, in two calls around torch's exp of the features: pwr_pair_setup_f32, then (exp only) f = exp(f) in place on
@@ -602,9 +559,9 @@ int64_t pwr_cosine_finish(int64_t n, int32_t k, double beta, int64_t *i64, doubl
  * (power) with c the middle of the range of all a and b. res[1] = C, res[2] = the range. Finish: the pass, d sum /
  * d s (the query's sums plus the key's) into grad (m), res[0] = the sum. Each returns 0, -1 on bad arguments, -3
  * when out of memory, or the pass's error. */
-int64_t pwr_pair_setup_f32(int64_t m, const float *s, const float *t, const double *cst, int32_t k, double beta,
-                           double *scratch, double *res) {
-    if (m < 2 || m > ((int64_t)1 << 29) || k < 0 || k > MAX_K) return -1;
+static int64_t pair_setup(int64_t m, const float *s, const float *t, double c0, int32_t k, double beta,
+                          double *scratch, double *res) {
+    /* (s and t may lie in [8 m, 10 m): nothing before the pass writes there) */
     int32_t *code = (int32_t *)scratch, *perm = (int32_t *)(scratch + 5 * m), *perm_tmp = perm + m;
     int32_t *tq = (int32_t *)(scratch + 10 * m), *tk = tq + m;
     double *f = scratch + m, *acc = scratch + 3 * m;
@@ -624,7 +581,7 @@ int64_t pwr_pair_setup_f32(int64_t m, const float *s, const float *t, const doub
     }
     for (int64_t i = 0; i < m; i++) w[i] = f32_word(s[i], 1);
     if (sort_u32(m, w, w_sorted, perm, w_tmp, perm_tmp)) return -3;
-    const double c0 = *cst, b_lo = (double)s[perm[0]], b_hi = (double)s[perm[m - 1]];
+    const double b_lo = (double)s[perm[0]], b_hi = (double)s[perm[m - 1]];
     const double a_lo = b_lo + c0, a_hi = b_hi + c0; /* (a = b + const rounds monotonically: its ends are these) */
     const double lo = a_lo < b_lo ? a_lo : b_lo, hi = a_hi > b_hi ? a_hi : b_hi, twice_c = hi + lo;
     int64_t i = 0, j = 0;
@@ -646,16 +603,90 @@ int64_t pwr_pair_setup_f32(int64_t m, const float *s, const float *t, const doub
     return 0;
 }
 
-int64_t pwr_pair_finish(int64_t m, int32_t k, double beta, double *scratch, double *grad, double *res) {
+int64_t pwr_pair_setup_f32(int64_t m, const float *s, const float *t, const double *cst, int32_t k, double beta,
+                           double *scratch, double *res) {
     if (m < 2 || m > ((int64_t)1 << 29) || k < 0 || k > MAX_K) return -1;
+    return pair_setup(m, s, t, *cst, k, beta, scratch, res);
+}
+
+/* the pass; d sum / d s (relation order) into grad (m, NULL: none; the sums stay in buffer a), res[0] = the sum */
+static int64_t pair_finish(int64_t m, int32_t k, double beta, double *scratch, double *grad, double *res) {
     buf_t a = {(int32_t *)scratch, scratch + m, scratch + 3 * m};
     buf_t b = {(int32_t *)(scratch + 5 * m), scratch + 6 * m, scratch + 8 * m};
     const int32_t *tq = (int32_t *)(scratch + 10 * m), *tk = tq + m;
     double sums[2];
     const int64_t rc = tree_pass(2 * m, 1, k, beta, a, b, sums);
     if (rc) return rc;
-    for (int64_t r = 0; r < m; r++) grad[r] = a.acc[tq[r]] + a.acc[tk[r]];
+    if (grad)
+        for (int64_t r = 0; r < m; r++) grad[r] = a.acc[tq[r]] + a.acc[tk[r]];
     res[0] = k == 0 ? sums[0] - sums[1] : sums[0];
+    return 0;
+}
+
+int64_t pwr_pair_finish(int64_t m, int32_t k, double beta, double *scratch, double *grad, double *res) {
+    if (m < 2 || m > ((int64_t)1 << 29) || k < 0 || k > MAX_K || !grad) return -1;
+    return pair_finish(m, k, beta, scratch, grad, res);
+}
+
+/* The head's step for the cosine relation of float32 embeddings (pwr.py), in two calls around the features' exp as
+ * above. Setup: the relations of the pairs i < j (row-major) from the n x n Gram matrices gs (student) and gt
+ * (teacher) of the normalised rows, s = 1 - gs[i n + j] in float32 as relations.py's relation_vector computes them,
+ * then as pwr_single_setup_f32 (kind 0, lam 0 or 1; scratch of 7 m doubles: i64, f64, i32 at 0, 4 m, 6 m; the
+ * relations in i32, free until the second sort) or as pwr_pair_setup_f32 (scratch of 11 m doubles; the relations
+ * in [8 m, 10 m)) with the margin cst (kind 1) or the population standard deviation of t (kind 2, two passes in
+ * float64; torch's std may differ in the last bits). Finish: the pass, the loss = sum / max(C, 1) rounded to
+ * float32 into loss[0], and, unless kmat is NULL, the n x n float32 matrix of the loss's gradient with respect to
+ * the relations, d loss / d s_p = (d sum / d s_p) / max(C, 1) rounded to float32, at (i, j) and (j, i) for the
+ * pair p = (i, j), zero on the diagonal (relations.py's relation_vector_backward builds the same matrix). res as
+ * above. */
+int64_t pwr_cosine_setup_f32(int64_t n, const float *gs, const float *gt, int32_t kind, int32_t lam, double cst,
+                             int32_t k, double beta, double *scratch, double *res) {
+    if (n < 3 || n > 46341 || k < 0 || k > MAX_K || kind < 0 || kind > 2 || (lam != 0 && lam != 1)) return -1;
+    const int64_t m = n * (n - 1) / 2; /* (M <= 2^30; pair items: 2 M <= 2^31 codes, checked below) */
+    if (kind && m > ((int64_t)1 << 29)) return -1;
+    float *s = kind ? (float *)(scratch + 8 * m) : (float *)(scratch + 6 * m), *t = s + m;
+    int64_t p = 0;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = i + 1; j < n; j++, p++) {
+            s[p] = 1.0f - gs[i * n + j];
+            t[p] = 1.0f - gt[i * n + j];
+        }
+    if (kind == 0) return single_setup(m, s, t, lam, k, beta, (int64_t *)scratch, scratch + 4 * m,
+                                       (int32_t *)(scratch + 6 * m), res);
+    if (kind == 2) { /* teacher_std: sqrt(mean((t - mean t)^2)) */
+        double sum = 0.0, sq = 0.0;
+        for (int64_t i = 0; i < m; i++) sum += (double)t[i];
+        const double mean = sum / (double)m;
+        for (int64_t i = 0; i < m; i++) sq += ((double)t[i] - mean) * ((double)t[i] - mean);
+        cst = sqrt(sq / (double)m);
+    }
+    return pair_setup(m, s, t, cst, k, beta, scratch, res);
+}
+
+int64_t pwr_cosine_finish(int64_t n, int32_t kind, int32_t k, double beta, double *scratch, float *kmat, float *loss,
+                          double *res) {
+    if (n < 3 || n > 46341 || k < 0 || k > MAX_K || kind < 0 || kind > 2) return -1;
+    const int64_t m = n * (n - 1) / 2;
+    if (kind && m > ((int64_t)1 << 29)) return -1;
+    double *grad = kmat && !kind ? scratch + 3 * m : NULL; /* (single: i64[3], free during the pass) */
+    const int64_t rc = kind ? pair_finish(m, k, beta, scratch, NULL, res)
+                            : single_finish(m, k, beta, (int64_t *)scratch, scratch + 4 * m,
+                                            (int32_t *)(scratch + 6 * m), grad, res);
+    if (rc) return rc;
+    const double denom = res[1] > 0.0 ? res[1] : 1.0; /* C = 0: every sum is 0, so is the loss */
+    loss[0] = (float)(res[0] / denom);
+    if (!kmat) return 0;
+    const double *acc = scratch + 3 * m; /* pair items: buffer a's sums, in t order */
+    const int32_t *tq = (int32_t *)(scratch + 10 * m), *tk = tq + m;
+    int64_t p = 0;
+    for (int64_t i = 0; i < n; i++) {
+        kmat[i * n + i] = 0.0f;
+        for (int64_t j = i + 1; j < n; j++, p++) {
+            const float g = (float)((kind ? acc[tq[p]] + acc[tk[p]] : grad[p]) / denom);
+            kmat[i * n + j] = g;
+            kmat[j * n + i] = g;
+        }
+    }
     return 0;
 }
 

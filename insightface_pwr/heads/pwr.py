@@ -95,11 +95,14 @@ class PairwiseRankingLoss(EmbeddingHead):
             resolved = "tiled"
         self.relation, self.inversion, self.margin, self.p, self.beta = relation, inversion, margin, float(p), float(beta)
         self.method, self.tile, self._method = method, tile, resolved
-        # the head's step in two compiled calls (pwr_cpu.cosine_mean) where it applies: cosine, fast, one item per
-        # relation (teacher_diff: lam 1, a zero constant margin: lam 0); k as pwr_fast's features
-        single = 1 if margin == "teacher_diff" else (0 if not isinstance(margin, str) and margin == 0 else None)
-        self._compiled = None if relation != "cosine" or resolved != "fast" or single is None else (
-            single, 1 if inversion == "diff" else (int(p) if inversion == "power" else 0))
+        # the head's step in two compiled calls (pwr_cpu.cosine_mean) where it applies: cosine, fast; items as
+        # pwr_fast's (teacher_diff: one per relation, lam 1; a zero margin: lam 0; else a query and a key), k as its
+        # features
+        items = ((pwr_cpu.SINGLE, 1, 0.0) if margin == "teacher_diff" else
+                 (pwr_cpu.TEACHER_STD, 0, 0.0) if margin == "teacher_std" else
+                 (pwr_cpu.SINGLE, 0, 0.0) if margin == 0 else (pwr_cpu.CONSTANT, 0, float(margin)))
+        self._compiled = None if relation != "cosine" or resolved != "fast" else (
+            *items, 1 if inversion == "diff" else (int(p) if inversion == "power" else 0))
         self._param_names = ("relation", "inversion", "margin", "p", "beta", "method", "tile")
 
     def relations(self, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,9 +135,10 @@ class PairwiseRankingLoss(EmbeddingHead):
         else:
             xn, r = l2_normalize_mx_scale(student)
             both, xt = None, l2_normalize_mx(teacher)
-        if self._compiled is not None and 3 <= n <= pwr_cpu.MAX_ROWS and student.dtype == torch.float32 \
+        if self._compiled is not None and 3 <= n <= (pwr_cpu.MAX_ROWS if self._compiled[0] == pwr_cpu.SINGLE
+                                                      else pwr_cpu.MAX_PAIR_ROWS) and student.dtype == torch.float32 \
                 and teacher.dtype == torch.float32 and teacher.device == student.device \
-                and pwr_cpu.enabled(student.device):  # (cosine, fast, one item per relation)
+                and pwr_cpu.enabled(student.device):  # (cosine, fast)
             g = gram(both if xt is None else xn)
             gs, gt = (g[0], g[1]) if xt is None else (g, gram(xt))
             return self._compiled_step(xn, r, gs, gt, need_grad)
@@ -161,8 +165,8 @@ class PairwiseRankingLoss(EmbeddingHead):
         normalised rows (float32, on a CPU with the compiled pass): the relations, the sum, the mean and the n x n
         matrix of its gradient with respect to the relations in two compiled calls (``pwr_cpu.cosine_mean``: the
         same values as the relation vectors and ``pwr_sum_grad_count``, about ten tensor operations fewer)."""
-        lam, k = self._compiled
-        loss, kmat, res = pwr_cpu.cosine_mean(gs, gt, lam, k, self.beta, need_grad)
+        kind, lam, const, k = self._compiled
+        loss, kmat, res = pwr_cpu.cosine_mean(gs, gt, kind, lam, const, k, self.beta, need_grad)
         if k == 0:
             check_exp_range(self.beta, lambda: res[2])
         dx = None if kmat is None else l2_normalize_mx_backward(xn, r, relation_matrix_backward(xn, "cosine", kmat))

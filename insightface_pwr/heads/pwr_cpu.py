@@ -3,10 +3,11 @@
 The same orders, pass and results (up to float64 rounding) as the vectorised path (``pwr_math.t_order``,
 ``pwr_fast``'s setup, ``pwr_tree.run_tree``), done as sequential loops instead of library calls: a stable radix
 sort (``sort``), the tree pass (``run_tree_cpu``: two loops per level instead of about twenty calls) and, for
-float32 relations with one item per relation (the head's usual case), the whole sum in two calls
-(``single_sum``), or for the head's cosine relations everything from its Gram matrices to its loss and the matrix
-of the loss's gradient with respect to the relations in two calls (``cosine_mean``). At N = 1024 (M = 523,776 relations) the sum takes ~80 ms instead of ~300 (benchmarks/RESULTS.md,
-part 6). The C file uses neither the Python nor the torch API, so one build serves every Python and torch
+float32 relations, the whole sum in two calls (``single_sum``: one item per relation, the head's usual case;
+``pair_sum``: a query and a key item per relation), or for the head's cosine relations everything from its Gram
+matrices to its loss and the matrix of the loss's gradient with respect to the relations in two calls
+(``cosine_mean``). At N = 1024 (M = 523,776 relations) the sum takes ~60 ms instead of ~300 (benchmarks/RESULTS.md,
+parts 6 and 7). The C file uses neither the Python nor the torch API, so one build serves every Python and torch
 version; ``setup.py`` builds it as an optional extension (a machine without a C compiler installs without it).
 Where the library is missing, or ``INSIGHTFACE_PWR_CPU_KERNEL=0`` is set, or the tensors are not on the CPU, the
 fast path runs the vectorised path (the one every GPU runs; it stays a reference the compiled one is tested
@@ -22,8 +23,9 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-__all__ = ["ENV", "ABI", "MAX_ITEMS", "MAX_ROWS", "available", "enabled", "library_path", "run_tree_cpu",
-           "single_sum", "pair_sum", "cosine_mean", "sort", "call_count"]
+__all__ = ["ENV", "ABI", "MAX_ITEMS", "MAX_ROWS", "MAX_PAIR_ROWS", "available", "enabled", "library_path",
+           "run_tree_cpu", "single_sum", "pair_sum", "cosine_mean", "SINGLE", "CONSTANT", "TEACHER_STD", "sort",
+           "call_count"]
 
 ENV = "INSIGHTFACE_PWR_CPU_KERNEL"  # "0" (or "off", "false", "no"): never use the compiled pass
 _NAME = "_pwr_cpu"
@@ -44,9 +46,10 @@ def library_path() -> Optional[Path]:
     return found[0] if found else None
 
 
-ABI = 3  # _pwr_cpu.c's pwr_cpu_abi(): a library built from another version of the C file is not used
+ABI = 4  # _pwr_cpu.c's pwr_cpu_abi(): a library built from another version of the C file is not used
 MAX_ITEMS = 1 << 30  # the C code's limit (int32 positions); larger inputs take the vectorised path
 MAX_ROWS = 46341  # the most rows whose pairs (M = n (n - 1) / 2) stay within MAX_ITEMS (``cosine_mean``)
+MAX_PAIR_ROWS = 32768  # the same for a query and a key item per relation (2 M <= MAX_ITEMS)
 _SIGNATURES = {  # function: argument types (every one returns int64)
     "pwr_cpu_abi": [],
     "pwr_tree_cpu": [ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_double] + [ctypes.c_void_p] * 7,
@@ -55,8 +58,8 @@ _SIGNATURES = {  # function: argument types (every one returns int64)
                              ctypes.c_double] + [ctypes.c_void_p] * 4,
     "pwr_single_finish": [ctypes.c_int64, ctypes.c_int32, ctypes.c_double] + [ctypes.c_void_p] * 5,
     "pwr_cosine_setup_f32": [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32,
-                             ctypes.c_double] + [ctypes.c_void_p] * 4,
-    "pwr_cosine_finish": [ctypes.c_int64, ctypes.c_int32, ctypes.c_double] + [ctypes.c_void_p] * 6,
+                             ctypes.c_double, ctypes.c_int32, ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p],
+    "pwr_cosine_finish": [ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_double] + [ctypes.c_void_p] * 4,
     "pwr_pair_setup_f32": [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
                            ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p],
     "pwr_pair_finish": [ctypes.c_int64, ctypes.c_int32, ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p,
@@ -231,38 +234,41 @@ def _fail(rc: int, what: str) -> None:
     raise ValueError(f"pwr CPU sum: failed ({rc}) on {what}")
 
 
-def cosine_mean(gs: torch.Tensor, gt: torch.Tensor, lam: int, k: int, beta: float,
+SINGLE, CONSTANT, TEACHER_STD = 0, 1, 2  # ``cosine_mean``'s items: one per relation, or a query and a key
+
+
+def cosine_mean(gs: torch.Tensor, gt: torch.Tensor, kind: int, lam: int, const: float, k: int, beta: float,
                 need_grad: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
     """The PWR head's loss for the cosine relation, from the n x n float32 Gram matrices ``gs`` (student) and ``gt``
-    (teacher) of the normalised rows (3 <= n <= ``MAX_ROWS``, on the CPU), one item per relation (``lam`` as in
-    ``single_sum``), in two compiled calls around torch's exp: the relations 1 - g of the pairs i < j as
-    ``relations.relation_vector`` computes them, then ``single_sum``'s orders, features and pass, and the mean and
-    its gradient as ``pwr.py`` computes them from the sum. Returns (the loss (float32 0-d), ``need_grad``: the
-    n x n float32 matrix K of d loss / d relation at (i, j) and (j, i) for each pair, zero diagonal, as
-    ``relations.relation_vector_backward`` builds it (else None), (sum, C, value range) (float64, 3))."""
+    (teacher) of the normalised rows (3 <= n <= ``MAX_ROWS``, on the CPU), in two compiled calls around torch's exp:
+    the relations 1 - g of the pairs i < j as ``relations.relation_vector`` computes them, then the orders, features
+    and pass of ``single_sum`` (``kind`` SINGLE, ``lam`` 1 for teacher_diff, 0 for a zero margin) or ``pair_sum``
+    (CONSTANT: the margin ``const``; TEACHER_STD: the population std of the teacher relations, computed by the C
+    code), and the mean and its gradient as ``pwr.py`` computes them from the sum. Returns (the loss (float32 0-d),
+    ``need_grad``: the n x n float32 matrix K of d loss / d relation at (i, j) and (j, i) for each pair, zero
+    diagonal, as ``relations.relation_vector_backward`` builds it (else None), (sum, C, value range) (float64, 3))."""
     lib = _load()
     n = gs.shape[0] if gs.dim() == 2 else -1
+    limit = MAX_ROWS if kind == SINGLE else MAX_PAIR_ROWS
     if lib is None or gs.dtype != torch.float32 or gt.dtype != torch.float32 or gs.shape != (n, n) \
-            or gt.shape != (n, n) or not 3 <= n <= MAX_ROWS or gs.device.type != "cpu" or gt.device.type != "cpu":
+            or gt.shape != (n, n) or not 3 <= n <= limit or gs.device.type != "cpu" or gt.device.type != "cpu":
         raise ValueError(f"pwr CPU mean: expected two float32 CPU Gram matrices of one shape (n, n), 3 <= n <= "
-                         f"{MAX_ROWS}, and the library built, got {gs.dtype} {tuple(gs.shape)} on {gs.device} and "
+                         f"{limit}, and the library built, got {gs.dtype} {tuple(gs.shape)} on {gs.device} and "
                          f"{gt.dtype} {tuple(gt.shape)} on {gt.device}")
     gs, gt = gs.contiguous(), gt.contiguous()
     m = n * (n - 1) // 2
-    scratch = torch.empty(7 * m, dtype=torch.float64)  # i64 (4 m), f64 (2 m), i32 (2 m): one allocation
-    i64, f64 = scratch.data_ptr(), scratch.data_ptr() + 32 * m
-    i32 = f64 + 16 * m
+    scratch = torch.empty((7 if kind == SINGLE else 11) * m, dtype=torch.float64)  # (one allocation)
     res = torch.empty(3, dtype=torch.float64)
     loss = torch.empty((), dtype=torch.float32)
     kmat = torch.empty((n, n), dtype=torch.float32) if need_grad else None
     _CALLS[0] += 2
-    rc = lib.pwr_cosine_setup_f32(n, gs.data_ptr(), gt.data_ptr(), int(lam), k, float(beta), i64, f64, i32,
-                                  res.data_ptr())
+    rc = lib.pwr_cosine_setup_f32(n, gs.data_ptr(), gt.data_ptr(), int(kind), int(lam), float(const), k,
+                                  float(beta), scratch.data_ptr(), res.data_ptr())
     if rc == 0:
-        if k == 0:
-            scratch[4 * m:5 * m].exp_()
-        rc = lib.pwr_cosine_finish(n, k, float(beta), i64, f64, i32, None if kmat is None else kmat.data_ptr(),
-                                   loss.data_ptr(), res.data_ptr())
+        if k == 0:  # the features: f64 (single) or buffer a's (pairs)
+            (scratch[4 * m:5 * m] if kind == SINGLE else scratch[m:3 * m]).exp_()
+        rc = lib.pwr_cosine_finish(n, int(kind), k, float(beta), scratch.data_ptr(),
+                                   None if kmat is None else kmat.data_ptr(), loss.data_ptr(), res.data_ptr())
     if rc != 0:
-        _fail(rc, f"{n} rows (k={k}, beta={beta})")
+        _fail(rc, f"{n} rows (kind={kind}, k={k}, beta={beta})")
     return loss, kmat, res

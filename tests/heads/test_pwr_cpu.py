@@ -240,7 +240,11 @@ def test_a_library_of_another_interface_version_is_not_used() -> None:
 # the head's step in two compiled calls (``pwr_cpu.cosine_mean``: cosine, fast, teacher_diff or a zero margin)
 HEAD_CASES = [dict(inversion="exp", margin="teacher_diff"), dict(inversion="exp", margin=0, beta=2.0),
               dict(inversion="diff", margin="teacher_diff"), dict(inversion="power", p=2.0, margin=0.0),
-              dict(inversion="power", p=5.0, margin="teacher_diff")]
+              dict(inversion="power", p=5.0, margin="teacher_diff"),
+              # a query and a key item per relation
+              dict(inversion="diff", margin=0.1), dict(inversion="exp", margin=-0.05, beta=1.5),
+              dict(inversion="diff", margin="teacher_std"), dict(inversion="exp", margin="teacher_std"),
+              dict(inversion="power", p=3.0, margin=0.25)]
 
 
 def _embeddings(n: int, d_s: int, d_t: int, ties: bool, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,9 +311,13 @@ def test_head_step_in_two_calls_equals_the_composed_paths(monkeypatch, n: int, t
         head = create_head("pwr", **case)
         fused = _head_step(head, student, teacher)
         assert fused[2] == 2
-        head._compiled = None  # (the composed path: relation vectors, single_sum, the gradient matrix in torch)
+        head._compiled = None  # (the composed path: relation vectors, the two-call sum, the gradient matrix in torch)
         composed = _head_step(head, student, teacher)
-        assert torch.equal(fused[0], composed[0]) and torch.equal(fused[1], composed[1]), case
+        if case["margin"] == "teacher_std":  # (the C code's std and torch's may differ in their last bits)
+            torch.testing.assert_close(fused[0], composed[0], rtol=1e-6, atol=0)
+            torch.testing.assert_close(fused[1], composed[1], rtol=1e-5, atol=1e-9)
+        else:
+            assert torch.equal(fused[0], composed[0]) and torch.equal(fused[1], composed[1]), case
         monkeypatch.setenv(pwr_cpu.ENV, "0")
         vectorised = _head_step(create_head("pwr", **case), student, teacher)
         monkeypatch.setenv(pwr_cpu.ENV, "1")
@@ -328,7 +336,7 @@ def test_cosine_mean_returns_the_sum_count_and_range() -> None:
     gram = x @ x.transpose(1, 2)
     iu = torch.triu_indices(30, 30, 1)
     s, t = (1.0 - gram[:, iu[0], iu[1]]).double()
-    loss, kmat, res = pwr_cpu.cosine_mean(gram[0], gram[1], 1, 0, 1.0, True)
+    loss, kmat, res = pwr_cpu.cosine_mean(gram[0], gram[1], pwr_cpu.SINGLE, 1, 0.0, 0, 1.0, True)
     ref_sum, ref_grad = pwr_sum_and_grad_tiled(s, t, "exp", "teacher_diff", 1.0, 1.0, 64)
     count = int((t[:, None] > t[None, :]).sum())
     assert int(res[1]) == count
@@ -337,23 +345,39 @@ def test_cosine_mean_returns_the_sum_count_and_range() -> None:
     assert float(loss) == float((res[0] / count).float())
     assert torch.equal(kmat, kmat.t()) and not kmat.diagonal().any()
     assert_close_rel(kmat[iu[0], iu[1]].double(), ref_grad / count, "gradient matrix")
-    assert pwr_cpu.cosine_mean(gram[0], gram[1], 1, 0, 1.0, False)[1] is None
+    assert pwr_cpu.cosine_mean(gram[0], gram[1], pwr_cpu.SINGLE, 1, 0.0, 0, 1.0, False)[1] is None
     lower = gram.clone()  # only the pairs i < j (the upper triangles) are read
     lower.tril_(-1).add_(torch.rand(2, 30, 30, generator=g).tril_(-1)).add_(gram.triu())
-    again = pwr_cpu.cosine_mean(lower[0], lower[1], 1, 0, 1.0, True)
+    again = pwr_cpu.cosine_mean(lower[0], lower[1], pwr_cpu.SINGLE, 1, 0.0, 0, 1.0, True)
     assert torch.equal(again[0], loss) and torch.equal(again[1], kmat) and torch.equal(again[2], res)
+    # a query and a key item per relation: a constant margin, the teacher's std (computed by the C code)
+    for kind, margin in ((pwr_cpu.CONSTANT, 0.3), (pwr_cpu.CONSTANT, -0.2), (pwr_cpu.TEACHER_STD, "teacher_std")):
+        loss, kmat, res = pwr_cpu.cosine_mean(gram[0], gram[1], kind, 0, 0.0 if kind == pwr_cpu.TEACHER_STD else
+                                              margin, 1, 1.0, True)
+        ref_sum, ref_grad = pwr_sum_and_grad_tiled(s, t, "diff", margin, 1.0, 1.0, 64)
+        const = t.std(unbiased=False) if kind == pwr_cpu.TEACHER_STD else margin
+        assert int(res[1]) == count
+        assert_close_rel(res[0], ref_sum, f"sum ({margin})")
+        assert float(res[2]) == pytest.approx(float(torch.cat((s, s + const)).max() - torch.cat((s, s + const)).min()),
+                                              rel=1e-12)
+        assert float(loss) == float((res[0] / count).float())
+        assert torch.equal(kmat, kmat.t()) and not kmat.diagonal().any()
+        assert_close_rel(kmat[iu[0], iu[1]].double(), ref_grad / count, f"gradient matrix ({margin})")
+        again = pwr_cpu.cosine_mean(lower[0], lower[1], kind, 0, 0.0 if kind == pwr_cpu.TEACHER_STD else margin, 1,
+                                    1.0, True)
+        assert torch.equal(again[0], loss) and torch.equal(again[1], kmat) and torch.equal(again[2], res)
 
 
 def test_the_head_takes_the_two_call_step_only_where_it_applies(monkeypatch) -> None:
-    """euclidean relations, pair items (a nonzero or teacher_std margin), float64 embeddings, fewer than 3 rows:
-    the composed paths, with ``cosine_mean`` never called."""
+    """euclidean relations, float64 embeddings, fewer than 3 rows, the tiled method (ranknet): the composed paths,
+    with ``cosine_mean`` never called."""
     def refuse(*args, **kwargs):
         raise AssertionError("cosine_mean called")
 
     student, teacher = _embeddings(12, 8, 8, False, seed=1)
     monkeypatch.setattr(pwr_cpu, "cosine_mean", refuse)
-    for kwargs, s, t in ((dict(relation="euclidean"), student, teacher), (dict(margin=0.1), student, teacher),
-                         (dict(margin="teacher_std"), student, teacher), ({}, student.double(), teacher.double()),
+    for kwargs, s, t in ((dict(relation="euclidean"), student, teacher), (dict(inversion="ranknet"), student, teacher),
+                         (dict(margin="teacher_std"), student.double(), teacher.double()),
                          ({}, student[:2], teacher[:2]), (dict(method="tiled"), student, teacher)):
         x = s.clone().requires_grad_(True)
         create_head("pwr", **kwargs)(student=x, teacher=t).backward()
@@ -365,9 +389,9 @@ def test_cosine_mean_refuses_bad_arguments() -> None:
     for gs, gt in ((gram, gram.double()), (gram, torch.eye(5, device="meta")), (gram[:4], gram),
                    (torch.eye(2), torch.eye(2)), (torch.ones(5), torch.ones(5)), (torch.ones(()), torch.ones(()))):
         with pytest.raises(ValueError, match="pwr CPU mean: expected two float32 CPU Gram matrices"):
-            pwr_cpu.cosine_mean(gs, gt, 1, 0, 1.0, True)
+            pwr_cpu.cosine_mean(gs, gt, pwr_cpu.SINGLE, 1, 0.0, 0, 1.0, True)
     with pytest.raises(ValueError, match="failed"):
-        pwr_cpu.cosine_mean(gram, gram, 2, 0, 1.0, True)  # lam must be 0 or 1 (checked by the C code)
+        pwr_cpu.cosine_mean(gram, gram, pwr_cpu.SINGLE, 2, 0.0, 0, 1.0, True)  # lam must be 0 or 1 (the C code)
 
 
 def test_head_step_in_two_calls_without_ordered_pairs() -> None:
