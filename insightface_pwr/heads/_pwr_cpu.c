@@ -45,34 +45,42 @@ typedef struct {
     double ck[MAX_K + 1], ck1[MAX_K + 1]; /* binom(k, e) (-1)^(k-e), binom(k-1, e) (-1)^(k-1-e) */
 } ctx_t;
 
-/* exp, one item per relation, two levels in one: the group's quarters (digit d = the t position's bits l - 1,
- * l - 2); a query in quarter d pairs with the keys after it in the quarters below d (those in the other half at
- * level l, the sibling quarter at level l - 1), a key with the queries before it in the quarters above */
+/* exp, two levels in one: the group's quarters (digit d = the t position's bits l - 1, l - 2); a query in quarter d
+ * pairs with the keys after it in the quarters below d (those in the other half at level l, the sibling quarter at
+ * level l - 1), a key with the queries before it in the quarters above */
 static const double EQ4[4][4] = {{1, 0, 0, 0}, {0, 1, 0, 0}, {0, 0, 1, 0}, {0, 0, 0, 1}}; /* d == j */
 static const double GT4[4][4] = {{0, 0, 0, 0}, {1, 0, 0, 0}, {1, 1, 0, 0}, {1, 1, 1, 0}}; /* d > j */
 static const double LT4[4][4] = {{0, 1, 1, 1}, {0, 0, 1, 1}, {0, 0, 0, 1}, {0, 0, 0, 0}}; /* d < j */
 
-static void exp_single4(ctx_t *c, int l, int64_t gs, int64_t ge, buf_t a, buf_t b) {
-    /* (0/1 factors from tables: comparisons would compile to unpredictable branches) */
+/* (`single`: one item per relation, F = f, G = 1 / f; else the code's bit 0 flags a key, F = f on keys, G = f on
+ * queries, and the t position is the code without that bit) */
+static inline __attribute__((always_inline)) void exp_quarters_k(ctx_t *c, const int single, int l, int64_t gs,
+                                                                 int64_t ge, buf_t a, buf_t b) {
+    /* (0/1 factors from tables: comparisons would compile to unpredictable branches; a factor masks a product
+     * before it is formed: a product that does not count can overflow, and 0 x inf is NaN) */
     const double beta = c->beta;
-    const int sh = l - 2;
+    const int sh = l - 2, bit = sh + (single ? 0 : 1);
     const int64_t q = (int64_t)1 << sh;
     double s0 = 0.0, s1 = 0.0, s2 = 0.0, n0 = 0.0, n1 = 0.0, n2 = 0.0, tot = 0.0, cnt = 0.0;
+    int64_t seen[4] = {0, 0, 0, 0};
     for (int64_t x = ge - 1; x >= gs; x--) {
-        const int32_t d = (a.code[x] >> sh) & 3;
+        const int32_t cd = a.code[x], d = (cd >> bit) & 3;
+        const double kf = single ? 1.0 : (double)(cd & 1), qf = single ? 1.0 : 1.0 - kf;
         const double *gt = GT4[d], *eq = EQ4[d], fv = a.f[x];
-        const double qv = (gt[0] * s0 + gt[1] * s1 + gt[2] * s2) / fv;
+        const double qv = single ? (gt[0] * s0 + gt[1] * s1 + gt[2] * s2) / fv
+                                 : (qf * fv) * (gt[0] * s0 + gt[1] * s1 + gt[2] * s2);
         a.acc[x] -= beta * qv;
         tot += qv;
-        cnt += gt[0] * n0 + gt[1] * n1 + gt[2] * n2;
-        s0 += eq[0] * fv;
-        s1 += eq[1] * fv;
-        s2 += eq[2] * fv;
-        n0 += eq[0];
-        n1 += eq[1];
-        n2 += eq[2];
+        cnt += qf * (gt[0] * n0 + gt[1] * n1 + gt[2] * n2);
+        const double kv = kf * fv;
+        s0 += eq[0] * kv;
+        s1 += eq[1] * kv;
+        s2 += eq[2] * kv;
+        n0 += eq[0] * kf;
+        n1 += eq[1] * kf;
+        n2 += eq[2] * kf;
+        seen[d]++;
     }
-    const int64_t seen[4] = {(int64_t)n0, (int64_t)n1, (int64_t)n2, (ge - gs) - (int64_t)(n0 + n1 + n2)};
     int64_t o[4]; /* each quarter's next slot */
     for (int d = 0; d < 4; d++) { /* each quarter must hold exactly its positions */
         const int64_t lo = gs + d * q, want = lo >= ge ? 0 : (ge - lo < q ? ge - lo : q);
@@ -81,10 +89,11 @@ static void exp_single4(ctx_t *c, int l, int64_t gs, int64_t ge, buf_t a, buf_t 
     }
     double p1 = 0.0, p2 = 0.0, p3 = 0.0;
     for (int64_t x = gs; x < ge; x++) {
-        const int32_t cd = a.code[x], d = (cd >> sh) & 3;
+        const int32_t cd = a.code[x], d = (cd >> bit) & 3;
+        const double kf = single ? 1.0 : (double)(cd & 1), qf = single ? 1.0 : 1.0 - kf;
         const double *lt = LT4[d], *eq = EQ4[d], fv = a.f[x];
-        const double av = a.acc[x] + beta * fv * (lt[1] * p1 + lt[2] * p2 + lt[3] * p3);
-        const double gv = 1.0 / fv;
+        const double av = a.acc[x] + (kf * beta * fv) * (lt[1] * p1 + lt[2] * p2 + lt[3] * p3);
+        const double gv = single ? 1.0 / fv : qf * fv;
         p1 += eq[1] * gv;
         p2 += eq[2] * gv;
         p3 += eq[3] * gv;
@@ -95,6 +104,13 @@ static void exp_single4(ctx_t *c, int l, int64_t gs, int64_t ge, buf_t a, buf_t 
     }
     c->tot += tot;
     c->cnt += cnt;
+}
+
+static void exp_quarters(ctx_t *c, int l, int64_t gs, int64_t ge, buf_t a, buf_t b) {
+    if (c->single)
+        exp_quarters_k(c, 1, l, gs, ge, a, b);
+    else
+        exp_quarters_k(c, 0, l, gs, ge, a, b);
 }
 
 /* the stable partition's write: an item to the next slot of its half (`r`: the right one) in buffer b */
@@ -270,9 +286,9 @@ static void run(ctx_t *c, int l, int64_t gs, int64_t ge, buf_t a, buf_t b, buf_t
         dense_group(c, gs, ge, a, final);
         return;
     }
-    if (c->single && c->k == 0 && l - 2 >= DENSE_LEVELS) { /* two levels in one pass, then the quarters */
+    if (c->k == 0 && l - 2 >= DENSE_LEVELS) { /* two levels in one pass, then the quarters */
         const int64_t q = (int64_t)1 << (l - 2);
-        exp_single4(c, l, gs, ge, a, b);
+        exp_quarters(c, l, gs, ge, a, b);
         for (int64_t lo = gs; lo < ge; lo += q) run(c, l - 2, lo, lo + q < ge ? lo + q : ge, b, a, final);
         return;
     }
