@@ -197,6 +197,79 @@ static inline __attribute__((always_inline)) void power_level_k(ctx_t *c, const 
     c->tot += tot;
 }
 
+/* power k, two levels in one (the quarters, as exp_quarters_k): a query in quarter d takes the power sums of the
+ * keys after it in the quarters below d, a key those of the queries before it in the quarters above */
+static inline __attribute__((always_inline)) void power_quarters_k(ctx_t *c, const int k, const int single, int l,
+                                                                   int64_t gs, int64_t ge, buf_t a, buf_t b) {
+    const int sh = l - 2, bit = sh + (single ? 0 : 1);
+    const int64_t q = (int64_t)1 << sh;
+    double S[3][MAX_K + 1], T[4][MAX_K + 1], pw[MAX_K + 1], U[MAX_K + 1];
+    double tot = 0.0;
+    int64_t seen[4] = {0, 0, 0, 0};
+    for (int j = 0; j < 3; j++)
+        for (int e = 0; e <= k; e++) S[j][e] = 0.0;
+    for (int64_t x = ge - 1; x >= gs; x--) { /* queries: power sums of the keys after them in the quarters below */
+        const int32_t cd = a.code[x], d = (cd >> bit) & 3;
+        const double kf = single ? 1.0 : (double)(cd & 1), qf = single ? 1.0 : 1.0 - kf;
+        const double *gt = GT4[d], *eq = EQ4[d], v = a.f[x];
+        pw[0] = 1.0;
+        for (int e = 1; e <= k; e++) pw[e] = pw[e - 1] * v;
+        for (int e = 0; e <= k; e++) U[e] = gt[0] * S[0][e] + gt[1] * S[1][e] + gt[2] * S[2][e];
+        double val = 0.0, der = 0.0;
+        for (int e = 0; e <= k; e++) val += c->ck[e] * U[e] * pw[k - e];
+        for (int e = 0; e < k; e++) der += c->ck1[e] * U[e] * pw[k - 1 - e];
+        a.acc[x] -= qf * (double)k * der;
+        tot += qf * val;
+        for (int j = 0; j < 3; j++)
+            for (int e = 0; e <= k; e++) S[j][e] += eq[j] * kf * pw[e];
+        seen[d]++;
+    }
+    int64_t o[4]; /* each quarter's next slot */
+    for (int d = 0; d < 4; d++) { /* each quarter must hold exactly its positions */
+        const int64_t lo = gs + d * q, want = lo >= ge ? 0 : (ge - lo < q ? ge - lo : q);
+        if (seen[d] != want) { c->error = 1; return; }
+        o[d] = lo;
+    }
+    for (int j = 1; j < 4; j++)
+        for (int e = 0; e < k; e++) T[j][e] = 0.0;
+    for (int64_t x = gs; x < ge; x++) { /* keys: power sums of the queries before them in the quarters above */
+        const int32_t cd = a.code[x], d = (cd >> bit) & 3;
+        const double kf = single ? 1.0 : (double)(cd & 1), qf = single ? 1.0 : 1.0 - kf;
+        const double *lt = LT4[d], *eq = EQ4[d], v = a.f[x];
+        pw[0] = 1.0;
+        for (int e = 1; e <= k; e++) pw[e] = pw[e - 1] * v;
+        double der = 0.0;
+        for (int e = 0; e < k; e++)
+            der += c->ck1[k - 1 - e] * pw[k - 1 - e] * (lt[1] * T[1][e] + lt[2] * T[2][e] + lt[3] * T[3][e]);
+        const double av = a.acc[x] + kf * (double)k * der;
+        for (int j = 1; j < 4; j++)
+            for (int e = 0; e < k; e++) T[j][e] += eq[j] * qf * pw[e];
+        const int64_t at = o[d]++;
+        b.code[at] = cd;
+        b.f[at] = v;
+        b.acc[at] = av;
+    }
+    c->tot += tot;
+}
+
+#define POWER_QUARTERS(K) (c->single ? power_quarters_k(c, K, 1, l, gs, ge, a, b) \
+                                     : power_quarters_k(c, K, 0, l, gs, ge, a, b))
+
+/* power_quarters_k with k and the item kind constants */
+static void power_quarters(ctx_t *c, int l, int64_t gs, int64_t ge, buf_t a, buf_t b) {
+    switch (c->k) {
+    case 1: POWER_QUARTERS(1); break;
+    case 2: POWER_QUARTERS(2); break;
+    case 3: POWER_QUARTERS(3); break;
+    case 4: POWER_QUARTERS(4); break;
+    case 5: POWER_QUARTERS(5); break;
+    case 6: POWER_QUARTERS(6); break;
+    case 7: POWER_QUARTERS(7); break;
+    case 8: POWER_QUARTERS(8); break;
+    default: POWER_QUARTERS(c->k); break;
+    }
+}
+
 /* power_level_k with k a constant (its loops over the powers unrolled): 2-3x faster than with k read at run time */
 static void power_level(ctx_t *c, int bit, int64_t gs, int64_t ge, int64_t mid, buf_t a, buf_t b) {
     switch (c->k) {
@@ -286,9 +359,12 @@ static void run(ctx_t *c, int l, int64_t gs, int64_t ge, buf_t a, buf_t b, buf_t
         dense_group(c, gs, ge, a, final);
         return;
     }
-    if (c->k == 0 && l - 2 >= DENSE_LEVELS) { /* two levels in one pass, then the quarters */
+    if (l - 2 >= DENSE_LEVELS) { /* two levels in one pass, then the quarters */
         const int64_t q = (int64_t)1 << (l - 2);
-        exp_quarters(c, l, gs, ge, a, b);
+        if (c->k == 0)
+            exp_quarters(c, l, gs, ge, a, b);
+        else
+            power_quarters(c, l, gs, ge, a, b);
         for (int64_t lo = gs; lo < ge; lo += q) run(c, l - 2, lo, lo + q < ge ? lo + q : ge, b, a, final);
         return;
     }
