@@ -226,7 +226,8 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--tiled-budget-s", type=float, default=30.0)
     ap.add_argument("--tile", type=int, default=2048)
     ap.add_argument("--low-mmap", action="store_true", help="re-execute with MALLOC_MMAP_THRESHOLD_=131072")
-    ap.add_argument("--no-variants", action="store_true", help="skip the diff / power lines at the last N")
+    ap.add_argument("--no-variants", action="store_true",
+                    help="skip the lines of the other Table 1 rows (diff, exp with other margins) at the last N")
     ap.add_argument("--loop", type=float, default=0.0, metavar="S",
                     help="also run the fast path back to back for S seconds per N and print the min, 10th "
                          "percentile and median of its calls (steadier than a median of --repeats on a noisy host)")
@@ -323,12 +324,16 @@ def main(argv: Optional[list] = None) -> int:
         n = args.sizes[-1]
         g = torch.Generator().manual_seed(n)
         student, teacher = torch.randn(n, args.dim, generator=g).to(dev), torch.randn(n, args.dim, generator=g).to(dev)
-        for inv, extra in (("diff", dict(margin=0.1)), ("power", dict(p=2.0, margin="teacher_std")),
+        # the other PWR rows of the paper's Table 1 (RankNet aside: tiled), then two powers
+        for inv, extra in (("diff", dict(margin=0.1)), ("diff", dict(margin="teacher_std")),
+                           ("diff", dict(margin="teacher_diff")), ("exp", dict(margin=0.1)),
+                           ("exp", dict(margin="teacher_std")), ("power", dict(p=2.0, margin="teacher_std")),
                            ("power", dict(p=3.0, margin="teacher_diff"))):
             fn = fwd_bwd("fast", student, teacher, inversion=inv, relation="cosine", **extra)
             t_fast, mb_fast, c_fast = measure(fn, args.repeats, args.device)
-            print(f"# fast {inv} {extra}: N = {n}: {t_fast * 1e3:.1f} ms wall, {c_fast * 1e3:.1f} ms cpu, "
-                  f"{mb_fast if mb_fast is not None else float('nan'):.1f} MB, {count_ops(fn)[0]} ops")
+            mb = mb_fast if mb_fast is not None else float("nan")
+            print(f"# fast {inv} {extra}: N = {n}: {t_fast * 1e3:.1f} ms wall ({t_fast / t_floor:.2f} x floor), "
+                  f"{c_fast * 1e3:.1f} ms cpu, {mb:.1f} MB ({mb * 2**20 / m:.0f} B/rel), {count_ops(fn)[0]} ops")
     print(f"# load average after: {' '.join('%.2f' % x for x in os.getloadavg())}")
     return 0
 
