@@ -772,6 +772,8 @@ int64_t pwr_pair_finish(int64_t m, int32_t k, double beta, double *scratch, doub
  * the relations, d loss / d s_p = (d sum / d s_p) / max(C, 1) rounded to float32, at (i, j) and (j, i) for the
  * pair p = (i, j), zero on the diagonal (relations.py's relation_vector_backward builds the same matrix). res as
  * above. */
+#define K_TILE 64
+
 int64_t pwr_cosine_setup_f32(int64_t n, const float *gs, const float *gt, int32_t kind, int32_t lam, double cst,
                              int32_t k, double beta, double *scratch, double *res) {
     if (n < 3 || n > 46341 || k < 0 || k > MAX_K || kind < 0 || kind > 2 || (lam != 0 && lam != 1)) return -1;
@@ -811,15 +813,18 @@ int64_t pwr_cosine_finish(int64_t n, int32_t kind, int32_t k, double beta, doubl
     if (!kmat) return 0;
     const double *acc = scratch + 3 * m; /* pair items: buffer a's sums, in t order */
     const int32_t *tq = (int32_t *)(scratch + 10 * m), *tk = tq + m;
-    int64_t p = 0;
-    for (int64_t i = 0; i < n; i++) {
-        kmat[i * n + i] = 0.0f;
-        for (int64_t j = i + 1; j < n; j++, p++) {
-            const float g = (float)((kind ? acc[tq[p]] + acc[tk[p]] : grad[p]) / denom);
-            kmat[i * n + j] = g;
-            kmat[j * n + i] = g;
-        }
-    }
+    for (int64_t i = 0; i < n; i++) kmat[i * n + i] = 0.0f;
+    for (int64_t i0 = 0; i0 < n; i0 += K_TILE) /* by tiles: the mirrored writes stay in cache */
+        for (int64_t j0 = i0; j0 < n; j0 += K_TILE)
+            for (int64_t i = i0; i < i0 + K_TILE && i < n; i++) {
+                const int64_t base = i * (n - 1) - i * (i - 1) / 2 - i - 1; /* the pair (i, j) is p = base + j */
+                for (int64_t j = j0 > i ? j0 : i + 1; j < j0 + K_TILE && j < n; j++) {
+                    const int64_t p = base + j;
+                    const float g = (float)((kind ? acc[tq[p]] + acc[tk[p]] : grad[p]) / denom);
+                    kmat[i * n + j] = g;
+                    kmat[j * n + i] = g;
+                }
+            }
     return 0;
 }
 
