@@ -45,6 +45,24 @@ typedef struct {
     double ck[MAX_K + 1], ck1[MAX_K + 1]; /* binom(k, e) (-1)^(k-e), binom(k-1, e) (-1)^(k-1-e) */
 } ctx_t;
 
+/* an item's code, feature and sums into slot `at` of buffer b (the partitions' write) */
+static inline void place(buf_t b, int64_t at, int32_t cd, double f, double acc) {
+    b.code[at] = cd;
+    b.f[at] = f;
+    b.acc[at] = acc;
+}
+
+/* the first slot of each quarter of the group [gs, ge) (quarters of q positions) into o; 1 (and c->error) unless
+ * each quarter held exactly its positions (`seen`: the items counted in each) */
+static int quarter_slots(ctx_t *c, int64_t gs, int64_t ge, int64_t q, const int64_t seen[4], int64_t o[4]) {
+    for (int d = 0; d < 4; d++) {
+        const int64_t lo = gs + d * q, want = lo >= ge ? 0 : (ge - lo < q ? ge - lo : q);
+        if (seen[d] != want) { c->error = 1; return 1; }
+        o[d] = lo;
+    }
+    return 0;
+}
+
 /* exp, two levels in one: the group's quarters (digit d = the t position's bits l - 1, l - 2); a query in quarter d
  * pairs with the keys after it in the quarters below d (those in the other half at level l, the sibling quarter at
  * level l - 1), a key with the queries before it in the quarters above */
@@ -82,11 +100,7 @@ static inline __attribute__((always_inline)) void exp_quarters_k(ctx_t *c, const
         seen[d]++;
     }
     int64_t o[4]; /* each quarter's next slot */
-    for (int d = 0; d < 4; d++) { /* each quarter must hold exactly its positions */
-        const int64_t lo = gs + d * q, want = lo >= ge ? 0 : (ge - lo < q ? ge - lo : q);
-        if (seen[d] != want) { c->error = 1; return; }
-        o[d] = lo;
-    }
+    if (quarter_slots(c, gs, ge, q, seen, o)) return;
     double p1 = 0.0, p2 = 0.0, p3 = 0.0;
     for (int64_t x = gs; x < ge; x++) {
         const int32_t cd = a.code[x], d = (cd >> bit) & 3;
@@ -97,10 +111,7 @@ static inline __attribute__((always_inline)) void exp_quarters_k(ctx_t *c, const
         p1 += eq[1] * gv;
         p2 += eq[2] * gv;
         p3 += eq[3] * gv;
-        const int64_t at = o[d]++;
-        b.code[at] = cd;
-        b.f[at] = fv;
-        b.acc[at] = av;
+        place(b, o[d]++, cd, fv, av);
     }
     c->tot += tot;
     c->cnt += cnt;
@@ -118,9 +129,7 @@ static inline void put(buf_t b, int32_t r, int64_t *lp, int64_t *rp, int32_t cd,
     const int64_t d = r ? *rp : *lp;
     *rp += r;
     *lp += 1 - r;
-    b.code[d] = cd;
-    b.f[d] = f;
-    b.acc[d] = acc;
+    place(b, d, cd, f, acc);
 }
 
 /* exp, one level: one item per relation (`single`: key and query at once, F = f, G = 1 / f), or a key item and a
@@ -225,11 +234,7 @@ static inline __attribute__((always_inline)) void power_quarters_k(ctx_t *c, con
         seen[d]++;
     }
     int64_t o[4]; /* each quarter's next slot */
-    for (int d = 0; d < 4; d++) { /* each quarter must hold exactly its positions */
-        const int64_t lo = gs + d * q, want = lo >= ge ? 0 : (ge - lo < q ? ge - lo : q);
-        if (seen[d] != want) { c->error = 1; return; }
-        o[d] = lo;
-    }
+    if (quarter_slots(c, gs, ge, q, seen, o)) return;
     for (int j = 1; j < 4; j++)
         for (int e = 0; e < k; e++) T[j][e] = 0.0;
     for (int64_t x = gs; x < ge; x++) { /* keys: power sums of the queries before them in the quarters above */
@@ -244,10 +249,7 @@ static inline __attribute__((always_inline)) void power_quarters_k(ctx_t *c, con
         const double av = a.acc[x] + kf * (double)k * der;
         for (int j = 1; j < 4; j++)
             for (int e = 0; e < k; e++) T[j][e] += eq[j] * qf * pw[e];
-        const int64_t at = o[d]++;
-        b.code[at] = cd;
-        b.f[at] = v;
-        b.acc[at] = av;
+        place(b, o[d]++, cd, v, av);
     }
     c->tot += tot;
 }
